@@ -1,0 +1,102 @@
+"""The one place that touches JAX internals (jaxpr-level APIs move between releases).
+
+Tested with jax 0.10.x (CPU, Python 3.11) and 0.11.x (CUDA, Python 3.12).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+from jax import core as _core
+
+try:  # jax >= 0.4.30 exposes the jaxpr types here
+    from jax.extend import core as _ext_core
+except ImportError:  # pragma: no cover
+    _ext_core = None
+
+Tracer = _core.Tracer
+
+
+def is_tracer(x) -> bool:
+    """True if ``x`` is an abstract value being traced (no concrete data)."""
+    return isinstance(x, Tracer)
+
+
+def _ext(name):
+    if _ext_core is not None and hasattr(_ext_core, name):
+        return getattr(_ext_core, name)
+    return getattr(_core, name)
+
+
+Literal = _ext("Literal")
+ClosedJaxpr = _ext("ClosedJaxpr")
+Jaxpr = _ext("Jaxpr")
+
+
+def is_literal(v) -> bool:
+    return isinstance(v, Literal)
+
+
+def literal_value(v):
+    return v.val
+
+
+def make_jaxpr(fun, *args):
+    """``jax.make_jaxpr`` returning the closed jaxpr and the output tree."""
+    closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+    return closed, out_shape
+
+
+def open_jaxpr(j):
+    """(jaxpr, consts) for a ClosedJaxpr or an open Jaxpr."""
+    if hasattr(j, "jaxpr") and hasattr(j, "consts"):
+        return j.jaxpr, list(j.consts)
+    return j, []
+
+
+def source_line(eqn) -> str | None:
+    """The user's ``file:line`` (first frame outside jax) for an equation, or None."""
+    try:
+        from jax._src import source_info_util
+        frame = source_info_util.user_frame(eqn.source_info.traceback)
+        if frame is None:
+            return None
+        return f"{frame.file_name}:{frame.start_line}"
+    except Exception:  # pragma: no cover - best effort across versions
+        return None
+
+
+def user_frames(eqn):
+    """All frames of the equation's traceback as (file, line) pairs, innermost last."""
+    try:
+        tb = eqn.source_info.traceback
+        if tb is None:
+            return []
+        return [(f.file_name, f.start_line) for f in tb.frames]
+    except Exception:  # pragma: no cover
+        return []
+
+
+def bind_eqn(eqn, vals):
+    """Evaluate one equation on concrete (or outer-traced) values, as eval_jaxpr does."""
+    res = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(res, tuple) and len(res) == 2 and isinstance(res[1], dict):
+        subfuns, params = res  # jax < 0.7: (subfuns, params)
+    else:
+        subfuns, params = [], res
+    with eqn.ctx.manager if hasattr(eqn, "ctx") else _nullcontext():
+        return eqn.primitive.bind(*subfuns, *vals, **params)
+
+
+def sub_jaxpr(eqn):
+    """(jaxpr, consts) of a call-like equation (jit, custom_jvp/vjp, closed_call, remat)."""
+    p = eqn.params
+    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        if key in p:
+            return open_jaxpr(p[key])
+    raise KeyError(f"no sub-jaxpr in {eqn.primitive.name}")
+
+
+def _nullcontext():
+    return contextlib.nullcontext()

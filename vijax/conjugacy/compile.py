@@ -1,0 +1,125 @@
+"""Compile a model and its data into the multilinear form F.
+
+``compile_model(model, data)`` traces ``log_joint`` to a jaxpr, walks it with the rule
+table, matches every latent to an exponential family and returns a :class:`Compiled`
+holding ``F(mean_params)`` with ``E_q[log p(x, z)] = F(E_q[T(z)])`` for mean-field q.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax import _compat
+from vijax.conjugacy import rules  # noqa: F401  (registers the rule table)
+from vijax.conjugacy import terms as T
+from vijax.conjugacy.matching import LatentInfo, match
+from vijax.conjugacy.walker import Poison, Walker
+from vijax.errors import ModelSpecError, NonConjugateError
+
+
+@dataclasses.dataclass
+class Compiled:
+    """The result of the conjugacy compiler for one model and data set."""
+
+    infos: Dict[str, LatentInfo]
+    const: Any
+    terms: list
+    sizes: dict
+
+    @property
+    def conjugate(self) -> bool:
+        return all(i.family is not None for i in self.infos.values())
+
+    def require_conjugate(self, names=None):
+        for n in (names or self.infos):
+            inf = self.infos[n]
+            if inf.family is None:
+                raise NonConjugateError(
+                    f"latent '{n}' has no conjugate update: {inf.reason}. Use "
+                    "vj.fit_gradient(model, data, key) for this model, or rewrite that term.",
+                    latent=n, primitive=inf.primitive, source=inf.source)
+
+    def F(self, mean_params):
+        """``E_q[log p]`` from the mean parameters ``{latent: {stat: array}}``."""
+        total = jnp.asarray(self.const)
+        for t in self.terms:
+            total = total + T.eval_term(t, mean_params, self.sizes)
+        return total
+
+    def stat_shapes(self):
+        return {n: {s: i.stat_shape(s) for s in i.stats} for n, i in self.infos.items()
+                if i.family is not None}
+
+
+def _latent_value(space, name, sup):
+    """The initial symbolic value of a latent."""
+    labels = space.fresh_many(sup.value_shape)
+    if sup.kind == "categorical":
+        K = sup.num_categories
+        k = space.fresh(K)
+        term = T.Term(((jnp.arange(K, dtype=jnp.zeros(()).dtype), (k,)),),
+                      (T.Atom(name, "onehot", labels + (k,)),), labels)
+        return T.Sym(sup.shape, jnp.int32, (term,))
+    dtype = jnp.int32 if sup.is_discrete else jnp.zeros(()).dtype
+    return T.Sym(sup.value_shape, dtype, (T.Term((), (T.Atom(name, "x", labels),), labels),))
+
+
+def trace(model, data):
+    """The closed jaxpr of ``log_joint`` at the canonical point, with checks."""
+    example = {n: s.canonical_point() for n, s in model.supports.items()}
+    shapes = {n: tuple(v.shape) for n, v in example.items()}
+    try:
+        closed, out_shape = _compat.make_jaxpr(model.log_joint, example, data)
+    except KeyError as e:
+        key = e.args[0] if e.args else e
+        raise ModelSpecError(
+            f"the log joint reads latent {key!r}, which is not declared in supports "
+            f"(declared: {sorted(model.supports)}). Add it, e.g. supports[{key!r}] = vj.real()."
+        ) from e
+    except ModelSpecError:
+        raise
+    except Exception as e:  # re-raise with the shapes it was traced with
+        raise ModelSpecError(
+            f"tracing the log joint failed with {type(e).__name__}: {e}. It was called with "
+            f"latents of shapes {shapes} (declared supports); check that the supports' shapes "
+            "match how the log joint indexes them.") from e
+    leaves = jax.tree_util.tree_leaves(out_shape)
+    if len(leaves) != 1 or tuple(leaves[0].shape) != () or \
+            not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+        desc = [(tuple(l.shape), str(l.dtype)) for l in leaves]
+        raise ModelSpecError(f"the log joint must return one float scalar; it returned {desc}")
+    return closed, example
+
+
+def compile_model(model, data) -> Compiled:
+    """Run the compiler: trace, walk, match families, build F."""
+    closed, example = trace(model, data)
+    space = T.Space()
+    dtype = jnp.zeros(()).dtype
+    w = Walker(model.supports, space, dtype)
+    lat_vals = {n: _latent_value(space, n, s) for n, s in model.supports.items()}
+    args = jax.tree_util.tree_leaves((lat_vals, data), is_leaf=lambda x: isinstance(x, T.Sym))
+    (out,) = w.run(closed, args)
+    reasons = ()
+    if isinstance(out, Poison):
+        reasons = out.reasons
+        value = out.good
+    elif isinstance(out, T.Sym):
+        value = out
+    else:
+        value = None
+    seen = set(value.latents()) if value is not None else set()
+    for r in reasons:
+        seen |= set(r.latents)
+    unused = sorted(set(model.supports) - seen)
+    if unused:
+        raise ModelSpecError(
+            f"latent(s) {unused} are declared in supports but the log joint does not depend "
+            "on them. Remove them from supports, or use them in the log joint.")
+    infos, const, terms = match(space, model.supports, value, reasons, seen)
+    return Compiled(infos, const, terms, space.sizes)

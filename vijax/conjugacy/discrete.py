@@ -1,0 +1,202 @@
+"""Exact treatment of binary and categorical latents by tabulation.
+
+For one element ``s`` of a discrete latent, any expression ``f(s)`` equals
+``sum_k [s = k] f(k)``, which is linear in ``one_hot(s)``. When a primitive that is
+not multilinear (a comparison, an index, a log, a power...) meets a value that depends
+on a discrete latent, the primitive is evaluated once per support value ``k`` with the
+latent substituted by ``k`` everywhere, and the results are recombined with the
+indicator statistics of the element each output position depends on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax.conjugacy import terms as T
+from vijax.errors import NonConjugateError
+
+
+def discrete_latents(w, invals):
+    """Names of discrete latents that the symbolic inputs depend on."""
+    out = set()
+    for v in invals:
+        if isinstance(v, T.Sym):
+            for name in v.latents():
+                if w.supports[name].kind in ("binary", "categorical"):
+                    out.add(name)
+    return out
+
+
+def _num_values(sup):
+    return 2 if sup.kind == "binary" else sup.num_categories
+
+
+def _atom_elements(w, a: T.Atom):
+    """(element id array, its labels) of an atom of a discrete latent."""
+    sup = w.supports[a.latent]
+    if a.stat == "onehot":
+        K = sup.num_categories
+        if a.idx is None:
+            labels = a.labels[:-1]
+            return np.arange(sup.size).reshape(sup.shape), labels
+        return np.asarray(a.idx) // K, a.labels
+    if a.idx is None:
+        return np.arange(sup.size).reshape(sup.shape), a.labels
+    return np.asarray(a.idx), a.labels
+
+
+def _several(w, name):
+    raise NonConjugateError(
+        f"latent '{name}': a non-multilinear operation (at {w.source() or 'unknown line'}) "
+        "mixes several elements of this discrete latent; its complete conditional does not "
+        "factorize over elements. Split the latent, or use vj.fit_gradient.",
+        latent=name, primitive=w.eqn.primitive.name if w.eqn else None, source=w.source())
+
+
+def element_map(w, s, z, shape):
+    """For each position of ``s`` (broadcast to ``shape``), the element of ``z`` it
+    depends on (-1 where it does not depend on ``z``)."""
+    emap = np.full(shape, -1, dtype=np.int64)
+    if not isinstance(s, T.Sym):
+        return emap
+    lead = len(shape) - len(s.shape)
+    for t in s.terms:
+        zs = [a for a in t.atoms if a.latent == z]
+        if not zs:
+            continue
+        if len(zs) > 1:
+            _several(w, z)
+        a = zs[0]
+        if not T.is_concrete(a.idx):
+            _several(w, z)
+        el, labels = _atom_elements(w, a)
+        if not set(labels) <= set(t.out):
+            _several(w, z)
+        # arrange along the term's output axes
+        order = [labels.index(l) for l in t.out if l in labels]
+        el = np.transpose(el, order) if el.ndim else el
+        sh = [w.space.sizes[l] if l in labels else 1 for l in t.out]
+        el = np.broadcast_to(el.reshape(sh), s.shape)
+        el = np.broadcast_to(el.reshape((1,) * lead + tuple(s.shape)), shape)
+        clash = (emap >= 0) & (el != emap)
+        if clash.any():
+            _several(w, z)
+        emap = np.where(emap >= 0, emap, el)
+    return emap
+
+
+def _gather_map(w, eqn, ind, z):
+    """Element map of a gather's output from its (z-dependent) indices."""
+    ishape = tuple(ind.shape)
+    e = element_map(w, ind, z, ishape)
+    e = e.max(axis=-1) if ishape else e  # the index vector is the last axis
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    offset = set(eqn.params["dimension_numbers"].offset_dims)
+    sh = [1 if d in offset else None for d in range(len(out_shape))]
+    it = iter(e.shape)
+    sh = [next(it) if s is None else 1 for s in sh]
+    return np.broadcast_to(e.reshape(sh), out_shape)
+
+
+def substitute(w, v, z, k):
+    """``v`` with every statistic of ``z`` evaluated at ``z = k`` (all elements)."""
+    if not isinstance(v, T.Sym) or z not in v.latents():
+        return v
+    from vijax.conjugacy.rules import simplify_const
+    from vijax.conjugacy.walker import base_stats
+    sup = w.supports[z]
+    stats = {z: base_stats(sup, jnp.full(sup.shape, k, jnp.int32))}
+    terms = []
+    for t in v.terms:
+        consts = list(t.consts)
+        atoms = []
+        zero = False
+        for a in t.atoms:
+            if a.latent != z:
+                atoms.append(a)
+                continue
+            val = T.atom_operand(a, stats)
+            if not (isinstance(val, jax.core.Tracer)) and not np.any(np.asarray(val)):
+                zero = True
+                break
+            consts.append((val.astype(w.dtype), a.labels))
+        if not zero:
+            terms.append(T.Term(tuple(consts), tuple(atoms), t.out, t.src))
+    if not terms:
+        return jnp.zeros(v.shape, v.dtype)
+    return simplify_const(w, T.Sym(v.shape, v.dtype, tuple(terms)))
+
+
+def indicator(w, z, k, emap):
+    """Sym over ``emap.shape``: ``[z_{emap(o)} = k]`` (1 for k = 0 where emap is -1)."""
+    from vijax.conjugacy.rules import _operand
+    sup = w.supports[z]
+    shape = emap.shape
+    q = w.space.fresh_many(shape)
+    dep = emap >= 0
+    e = np.where(dep, emap, 0)
+    if sup.kind == "binary":
+        atom = T.Atom(z, "x", q, e)
+        pos = T.Term((), (atom,), q)
+        terms = [pos] if k == 1 else [T.const_term(w.space, 1.0, shape).relabel({}),
+                                      T.scale_term(pos, -1.0)]
+        # align fresh output labels
+        terms = [t if t.out == q else t.relabel(dict(zip(t.out, q))) for t in terms]
+    else:
+        terms = [T.Term((), (T.Atom(z, "onehot", q, e * sup.num_categories + k),), q)]
+    if not dep.all():
+        mask = jnp.asarray(dep, w.dtype)
+        terms = [t.with_(consts=t.consts + ((mask, q),)) for t in terms]
+        if k == 0:
+            terms.append(T.Term(((1.0 - mask, q),), (), q))
+    return T.Sym(shape, w.dtype, tuple(terms))
+
+
+def tabulate(w, eqn, invals):
+    """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly."""
+    from vijax.conjugacy.rules import _operand, mul_sym
+    from vijax.conjugacy.walker import Poison
+    z = sorted(discrete_latents(w, invals))[0]
+    sup = w.supports[z]
+    if eqn.primitive.multiple_results:
+        raise NonConjugateError(
+            f"latent '{z}': primitive '{eqn.primitive.name}' with several outputs depends on "
+            f"a discrete latent (at {w.source()}); not supported", latent=z,
+            primitive=eqn.primitive.name, source=w.source())
+    shape = tuple(eqn.outvars[0].aval.shape)
+    if eqn.primitive.name == "gather" and isinstance(invals[1], T.Sym):
+        if isinstance(invals[0], T.Sym) and z in invals[0].latents():
+            _several(w, z)
+        emap = _gather_map(w, eqn, invals[1], z)
+    else:
+        emap = np.full(shape, -1, dtype=np.int64)
+        for v in invals:
+            if isinstance(v, T.Sym) and z in v.latents():
+                if len(v.shape) > len(shape) or math.prod(v.shape) > math.prod(shape):
+                    _several(w, z)
+                e = element_map(w, v, z, shape)
+                if ((emap >= 0) & (e >= 0) & (e != emap)).any():
+                    _several(w, z)
+                emap = np.where(emap >= 0, emap, e)
+    dtype = eqn.outvars[0].aval.dtype
+    total = None
+    poisons = []
+    for k in range(_num_values(sup)):
+        sub = [substitute(w, v, z, k) for v in invals]
+        out_k = w.eval_eqn(eqn, sub)
+        if isinstance(out_k, Poison):
+            poisons.append(out_k)
+            continue
+        if not isinstance(out_k, T.Sym):
+            out_k = jnp.asarray(w.concrete(out_k)).astype(w.dtype)
+        piece = mul_sym(w, indicator(w, z, k, emap), _operand(w, out_k, shape))
+        total = piece if total is None else T.Sym(shape, dtype, total.terms + piece.terms)
+    if poisons:
+        pts = [w.point(p) for p in poisons]
+        return w.poison(eqn.primitive.name, poisons, pts[0], "non-conjugate after expanding "
+                        f"the discrete latent '{z}'")
+    return T.Sym(shape, dtype, total.terms)

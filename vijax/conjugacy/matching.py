@@ -1,0 +1,341 @@
+"""From the walked terms to families and the multilinear function F.
+
+Each term's atoms are grouped per latent and mapped to the statistics of an
+exponential family (DESIGN section 2 table). Two atoms of one real latent on different
+elements make that latent a multivariate normal over the smallest trailing event that
+contains every such pair; any other pattern is reported as non-conjugate. Like terms
+are merged (constants added, per-element index patterns stacked), and F is their sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+
+import jax.numpy as jnp
+import numpy as np
+
+from vijax.conjugacy import terms as T
+
+FAMILY_BY_KIND = {"positive": "Gamma", "unit_interval": "Beta", "simplex": "Dirichlet",
+                  "binary": "Bernoulli", "categorical": "Categorical"}
+
+
+class _Reject(Exception):
+    def __init__(self, latent, detail, src):
+        super().__init__(detail)
+        self.latent, self.detail, self.src = latent, detail, src
+
+
+@dataclasses.dataclass
+class LatentInfo:
+    """What the compiler found for one latent."""
+
+    name: str
+    support: object
+    family: str | None = None
+    stats: tuple = ()
+    reason: str | None = None
+    source: str | None = None
+    primitive: str | None = None
+    event_ndim: int = 0  # trailing latent axes forming one multivariate-normal event
+
+    @property
+    def batch_shape(self):
+        shp = self.support.shape
+        return shp[:len(shp) - self.event_ndim] if self.event_ndim else shp
+
+    @property
+    def event_size(self):
+        shp = self.support.shape
+        return int(math.prod(shp[len(shp) - self.event_ndim:])) if self.event_ndim else 1
+
+    def stat_shape(self, stat):
+        sup = self.support
+        if self.family == "MultivariateNormal":
+            E = self.event_size
+            return self.batch_shape + ((E,) if stat == "x" else (E, E))
+        if stat == "onehot":
+            return sup.shape + (sup.num_categories,)
+        return sup.value_shape
+
+
+def _elements_over(w_sizes, a: T.Atom, shape, union):
+    """The atom's flat index broadcast over the ``union`` labels."""
+    idx = np.asarray(T.explicit_idx(a, shape))
+    order = [a.labels.index(l) for l in union if l in a.labels]
+    idx = np.transpose(idx, order) if idx.ndim else idx
+    sh = [w_sizes[l] if l in a.labels else 1 for l in union]
+    return np.broadcast_to(idx.reshape(sh), [w_sizes[l] for l in union])
+
+
+def _classify(sizes, supports, t: T.Term):
+    """Per latent: list of ('single', atom) or ('pair', atom_a, atom_b, union)."""
+    groups = defaultdict(list)
+    for a in t.atoms:
+        groups[a.latent].append(a)
+    out = {}
+    for name, atoms in groups.items():
+        sup = supports[name]
+        kind = sup.kind
+        if len(atoms) == 1:
+            a = atoms[0]
+            if kind == "real":
+                if a.stat == "x" and a.power in (1.0, 2.0):
+                    out[name] = ("single", a)
+                    continue
+                raise _Reject(name, f"'{name}' appears as {name}**{a.power:g}; a real latent "
+                              "may appear at most squared", t.src)
+            if kind == "positive":
+                if a.stat == "log" or (a.stat == "x" and a.power in (1.0, -1.0)):
+                    out[name] = ("single", a)
+                    continue
+                raise _Reject(name, f"'{name}' appears as {name}**{a.power:g}; a positive "
+                              "latent may appear as tau, 1/tau or log(tau)", t.src)
+            allowed = {"unit_interval": ("log", "log1m"), "simplex": ("log",),
+                       "binary": ("x",), "categorical": ("onehot",)}[kind]
+            if a.stat in allowed and a.power == 1.0:
+                out[name] = ("single", a)
+                continue
+            what = {"x": f"{name}" + (f"**{a.power:g}" if a.power != 1 else "")}.get(a.stat, a.stat)
+            raise _Reject(name, f"'{name}' ({kind}) appears as {what}; its family needs "
+                          f"only {', '.join(allowed)} statistics", t.src)
+        if len(atoms) == 2 and kind == "real" and all(
+                a.stat == "x" and a.power == 1.0 for a in atoms):
+            a, b = atoms
+            union = tuple(dict.fromkeys(a.labels + b.labels))
+            shape = sup.shape
+            ea = _elements_over(sizes, a, shape, union)
+            eb = _elements_over(sizes, b, shape, union)
+            out[name] = ("pair", a, b, union, ea, eb)
+            continue
+        same = len(atoms) == 2 and atoms[0].labels == atoms[1].labels and (
+            atoms[0].idx is None and atoms[1].idx is None)
+        if kind == "real":
+            raise _Reject(name, f"'{name}' appears in a product of {len(atoms)} factors "
+                          "(degree above 2 is not conjugate for a Gaussian)", t.src)
+        if same:
+            desc = " * ".join(_atom_str(a) for a in atoms)
+            raise _Reject(name, f"'{name}' appears as {desc} of one element: not a "
+                          "statistic of an exponential family", t.src)
+        raise _Reject(name, f"two elements of '{name}' are multiplied together: its "
+                      "mean-field factor does not factorize over elements. Split the latent "
+                      "into separate latents, or fit it by gradient", t.src)
+    return out
+
+
+def _atom_str(a):
+    if a.stat == "x":
+        return a.latent if a.power == 1 else f"{a.latent}**{a.power:g}"
+    return f"{a.stat}({a.latent})"
+
+
+def _event_ndim(shape, pairs):
+    """Smallest number of trailing axes holding every coupled pair in one event."""
+    for m in range(1, len(shape) + 1):
+        E = int(math.prod(shape[len(shape) - m:]))
+        if all(np.array_equal(ea // E, eb // E) for ea, eb in pairs):
+            return m
+    return len(shape)
+
+
+def match(space, supports, value, reasons, all_latents):
+    """Families per latent, and final terms (over family statistics)."""
+    info = {n: LatentInfo(n, supports[n]) for n in supports}
+    for r in reasons:
+        for n in sorted(r.latents):
+            if info[n].reason is None:
+                info[n].reason = (f"'{r.primitive}' at {r.source or 'unknown line'}: {r.detail}")
+                info[n].source, info[n].primitive = r.source, r.primitive
+    terms = list(value.terms) if value is not None else []
+    # pass 1: classify, find coupled pairs
+    classified = []
+    pairs = defaultdict(list)
+    used = defaultdict(set)
+    for t in terms:
+        if not t.atoms:
+            classified.append((t, {}))
+            continue
+        try:
+            c = _classify(space.sizes, supports, t)
+        except _Reject as e:
+            if info[e.latent].reason is None:
+                info[e.latent].reason = e.detail + (f" (at {e.src})" if e.src else "")
+                info[e.latent].source = e.src
+                info[e.latent].primitive = "mul"
+            continue
+        classified.append((t, c))
+        for name, entry in c.items():
+            if entry[0] == "pair":
+                _, a, b, union, ea, eb = entry
+                if not np.array_equal(ea, eb):
+                    pairs[name].append((ea, eb))
+                used[name].add("x2")
+            else:
+                a = entry[1]
+                used[name].add(_final_stat_name(supports[name].kind, a))
+    for name, inf in info.items():
+        if inf.reason is not None:
+            continue
+        kind = inf.support.kind
+        stats = used.get(name, set())
+        if kind == "real":
+            if pairs.get(name):
+                inf.event_ndim = _event_ndim(inf.support.shape, pairs[name])
+                inf.family = "MultivariateNormal"
+                inf.stats = ("x", "xxT")
+            else:
+                inf.family = "Normal"
+                inf.stats = ("x", "x2")
+        elif kind == "positive":
+            if "x" in stats and "inv" in stats:
+                inf.reason = (f"'{name}' appears both as {name} and as 1/{name}: the complete "
+                              "conditional is generalized inverse Gaussian, not supported")
+                continue
+            inf.family = "InverseGamma" if "inv" in stats else "Gamma"
+            inf.stats = ("inv", "log") if "inv" in stats else ("x", "log")
+        elif kind == "count":
+            inf.reason = ("count latents have no conjugate update in this version; "
+                          "marginalize them or use a different model")
+        else:
+            inf.family = FAMILY_BY_KIND[kind]
+            inf.stats = {"unit_interval": ("log", "log1m"), "simplex": ("log",),
+                         "binary": ("x",), "categorical": ("onehot",)}[kind]
+    # pass 2: rewrite atoms onto final statistics
+    const = 0.0
+    final = []
+    for t, c in classified:
+        if not c:
+            const = const + T.const_value(t, space.sizes)
+            continue
+        if any(info[n].family is None for n in c):
+            continue
+        atoms = []
+        for name, entry in c.items():
+            atoms.append(_final_atom(space.sizes, info[name], entry))
+        final.append(T.Term(t.consts, tuple(atoms), t.out, t.src))
+    return info, const, merge_terms(space, final)
+
+
+def _final_stat_name(kind, a):
+    if a.stat == "x" and kind == "positive":
+        return "x" if a.power == 1 else "inv"
+    if a.stat == "x" and kind == "real":
+        return "x" if a.power == 1 else "x2"
+    return a.stat
+
+
+def _final_atom(sizes, inf: LatentInfo, entry):
+    kind = inf.support.kind
+    if inf.family != "MultivariateNormal":
+        if entry[0] == "pair":
+            _, a, b, union, ea, eb = entry
+            return T.Atom(inf.name, "x2", union, np.ascontiguousarray(ea))
+        a = entry[1]
+        return T.Atom(inf.name, _final_stat_name(kind, a), a.labels, a.idx)
+    E = inf.event_size
+    if entry[0] == "pair":
+        _, a, b, union, ea, eb = entry
+        idx = (ea // E) * E * E + (ea % E) * E + (eb % E)
+        return T.Atom(inf.name, "xxT", union, np.ascontiguousarray(idx))
+    a = entry[1]
+    if a.power == 1.0:
+        return T.Atom(inf.name, "x", a.labels, a.idx)
+    e = np.asarray(T.explicit_idx(a, inf.support.shape))
+    return T.Atom(inf.name, "xxT", a.labels, (e // E) * E * E + (e % E) * E + (e % E))
+
+
+# ----------------------------------------------------------------- merging like terms
+
+def _fold_consts(space, t: T.Term) -> T.Term:
+    """Contract a term's constants together when that does not grow them."""
+    if len(t.consts) <= 1:
+        return t
+    other = set(t.out)
+    for a in t.atoms:
+        other.update(a.labels)
+    labs = []
+    for _, ls in t.consts:
+        for l in ls:
+            if l in other and l not in labs:
+                labs.append(l)
+    size = math.prod(space.sizes[l] for l in labs) if labs else 1
+    biggest = max(int(np.prod(jnp.shape(c))) for c, _ in t.consts)
+    if size > biggest:
+        return t
+    folded = T._einsum(list(t.consts), tuple(labs), space.sizes)
+    return t.with_(consts=((folded, tuple(labs)),))
+
+
+def _canonical(t: T.Term):
+    """Relabel in order of appearance; return (signature, relabeled term)."""
+    atoms = sorted(t.atoms, key=lambda a: (a.latent, a.stat, len(a.labels)))
+    ren = {}
+    for l in t.out:
+        ren.setdefault(l, len(ren))
+    for a in atoms:
+        for l in a.labels:
+            ren.setdefault(l, len(ren))
+    for _, ls in t.consts:
+        for l in ls:
+            ren.setdefault(l, len(ren))
+    sig_atoms = tuple((a.latent, a.stat, tuple(ren[l] for l in a.labels),
+                       None if a.idx is None else tuple(np.shape(a.idx))) for a in atoms)
+    sig_consts = tuple((tuple(ren[l] for l in ls), tuple(jnp.shape(c))) for c, ls in t.consts)
+    return (sig_atoms, sig_consts), atoms, ren
+
+
+def merge_terms(space, terms):
+    """Merge terms of one pattern: add constants (same indices) or stack along a new label."""
+    groups = defaultdict(list)
+    for t in terms:
+        t = _fold_consts(space, t)
+        sig, atoms, ren = _canonical(t)
+        groups[sig].append((t, atoms, ren))
+    out = []
+    for sig, members in groups.items():
+        if len(members) == 1:
+            out.append(members[0][0])
+            continue
+        t0, atoms0, ren0 = members[0]
+        inv0 = {v: k for k, v in ren0.items()}
+        same_idx = all(
+            all((a.idx is None and b.idx is None) or (
+                a.idx is not None and b.idx is not None and T.is_concrete(a.idx)
+                and T.is_concrete(b.idx) and np.array_equal(a.idx, b.idx))
+                for a, b in zip(atoms0, m[1])) for m in members[1:])
+        if same_idx and len(t0.consts) <= 1:
+            total = None
+            for t, atoms, ren in members:
+                c = t.consts[0][0] if t.consts else jnp.ones(())
+                total = c if total is None else total + c
+            consts = ((total, t0.consts[0][1]),) if t0.consts else ((total, ()),)
+            out.append(t0.with_(consts=consts))
+            continue
+        # stack along a new summed label s
+        s = space.fresh(len(members))
+        consts = []
+        for ci, (c0, ls0) in enumerate(t0.consts):
+            stacked = jnp.stack([jnp.asarray(m[0].consts[ci][0]) for m in members])
+            consts.append((stacked, (s,) + ls0))
+        atoms = []
+        for ai, a0 in enumerate(atoms0):
+            if all(m[1][ai].idx is None for m in members):
+                atoms.append(a0)
+                continue
+            idxs = [m[1][ai].idx for m in members]
+            if any(i is None for i in idxs):
+                # mixed: fall back to keeping the group unmerged
+                atoms = None
+                break
+            if all(T.is_concrete(i) for i in idxs):
+                stacked = np.stack([np.asarray(i) for i in idxs])
+            else:
+                stacked = jnp.stack([jnp.asarray(i) for i in idxs])
+            atoms.append(T.Atom(a0.latent, a0.stat, (s,) + a0.labels, stacked, a0.power))
+        if atoms is None:
+            out.extend(m[0] for m in members)
+            continue
+        out.append(T.Term(tuple(consts), tuple(atoms), t0.out, t0.src))
+    return out

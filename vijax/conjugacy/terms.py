@@ -1,0 +1,211 @@
+"""Symbolic values of the conjugacy compiler: sums of einsum terms.
+
+A latent-dependent array value is a :class:`Sym`: a sum of :class:`Term` s, each an
+einsum over constant operands and statistic :class:`Atom` s of latents,
+
+    value[out] = sum_{other labels} prod_c const_c[labels_c] * prod_a stat_a[labels_a].
+
+Labels are integers, unique in one compilation (:class:`Space` hands them out and
+knows their sizes). An output label no operand carries means the term is constant
+(broadcast) along that axis. An atom reads ``stat.reshape(-1)[idx]`` when ``idx`` is an
+index array over its labels, or the statistic array itself (one label per axis) when
+``idx`` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from vijax._compat import is_tracer
+
+
+class Space:
+    """Hands out fresh integer labels and remembers their sizes."""
+
+    def __init__(self):
+        self.sizes: dict[int, int] = {}
+        self._next = 0
+
+    def fresh(self, size: int) -> int:
+        lab = self._next
+        self._next += 1
+        self.sizes[lab] = int(size)
+        return lab
+
+    def fresh_many(self, shape) -> Tuple[int, ...]:
+        return tuple(self.fresh(s) for s in shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Atom:
+    """One statistic operand of a latent.
+
+    ``stat`` is "x" (the value, raised to ``power``), "log", "log1m" or "onehot"
+    during the walk, and a family statistic name after matching.
+    """
+
+    latent: str
+    stat: str
+    labels: Tuple[int, ...]
+    idx: Any = None
+    power: float = 1.0
+
+    def relabel(self, sub):
+        return dataclasses.replace(self, labels=tuple(sub.get(l, l) for l in self.labels))
+
+    def key(self):
+        return (self.latent, self.stat, self.power)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """An einsum of constant operands ``(array, labels)`` and atoms onto ``out``."""
+
+    consts: Tuple[Tuple[Any, Tuple[int, ...]], ...]
+    atoms: Tuple[Atom, ...]
+    out: Tuple[int, ...]
+    src: str | None = None
+
+    def relabel(self, sub):
+        consts = tuple((c, tuple(sub.get(l, l) for l in ls)) for c, ls in self.consts)
+        atoms = tuple(a.relabel(sub) for a in self.atoms)
+        return Term(consts, atoms, tuple(sub.get(l, l) for l in self.out), self.src)
+
+    def with_(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    def labels(self):
+        labs = set(self.out)
+        for _, ls in self.consts:
+            labs.update(ls)
+        for a in self.atoms:
+            labs.update(a.labels)
+        return labs
+
+    def latents(self):
+        return {a.latent for a in self.atoms}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sym:
+    """A latent-dependent array: ``shape``, ``dtype`` and a sum of terms."""
+
+    shape: Tuple[int, ...]
+    dtype: Any
+    terms: Tuple[Term, ...]
+
+    def latents(self):
+        out = set()
+        for t in self.terms:
+            out |= t.latents()
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+def const_term(space: Space, value, shape) -> Term:
+    """A term holding a constant array broadcast to ``shape`` (scalars stay scalars)."""
+    value = jnp.asarray(value)
+    out = space.fresh_many(shape)
+    nd = value.ndim
+    if nd == 0:
+        return Term(((value, ()),), (), out)
+    # align trailing axes (numpy broadcasting); size-1 axes are dropped from labels
+    lead = len(shape) - nd
+    labels, keep = [], []
+    for i in range(nd):
+        if value.shape[i] == 1 and shape[lead + i] != 1:
+            continue
+        keep.append(i)
+        labels.append(out[lead + i])
+    squeeze = tuple(i for i in range(nd) if i not in keep)
+    if squeeze:
+        value = jnp.squeeze(value, squeeze)
+    return Term(((value, tuple(labels)),), (), out)
+
+
+def scale_term(t: Term, c) -> Term:
+    return t.with_(consts=t.consts + ((jnp.asarray(c), ()),))
+
+
+def stat_shape(latent_shape, stat, num_categories=None):
+    if stat == "onehot":
+        return tuple(latent_shape) + (num_categories,)
+    return tuple(latent_shape)
+
+
+def explicit_idx(atom: Atom, shape) -> np.ndarray:
+    """The atom's flat index array over its labels (``shape`` is its stat shape)."""
+    if atom.idx is not None:
+        return atom.idx
+    return np.arange(int(math.prod(shape))).reshape(shape)
+
+
+def is_concrete(x) -> bool:
+    return x is None or not is_tracer(x)
+
+
+def _einsum(operands, out, sizes):
+    """``jnp.einsum`` over ``(array, labels)`` pairs; broadcast out labels no operand has."""
+    present = set()
+    for _, ls in operands:
+        present.update(ls)
+    real_out = [l for l in out if l in present]
+    if not operands:
+        return jnp.ones([sizes[l] for l in out])
+    # relabel to small ints for jnp.einsum's interleaved form
+    remap = {}
+    for _, ls in operands:
+        for l in ls:
+            remap.setdefault(l, len(remap))
+    args = []
+    for arr, ls in operands:
+        args.append(arr)
+        args.append([remap[l] for l in ls])
+    args.append([remap[l] for l in real_out])
+    if len(operands) == 1 and sorted(operands[0][1]) == sorted(real_out) \
+            and len(set(operands[0][1])) == len(operands[0][1]):
+        arr, ls = operands[0]
+        res = jnp.transpose(arr, [ls.index(l) for l in real_out]) if ls else arr
+    else:
+        res = jnp.einsum(*args, optimize="optimal" if len(operands) <= 4 else "greedy")
+    if len(real_out) == len(out):
+        return res
+    # insert broadcast axes
+    shape_b = [sizes[l] if l in present else 1 for l in out]
+    res = jnp.reshape(res, [sizes[l] if l in present else 1 for l in out])
+    return jnp.broadcast_to(res, [sizes[l] for l in out]) if shape_b else res
+
+
+def atom_operand(atom: Atom, stats):
+    """The array an atom contributes, given ``stats[latent][stat]`` arrays."""
+    arr = stats[atom.latent][atom.stat]
+    if atom.idx is not None:
+        arr = jnp.reshape(arr, (-1,))[atom.idx]
+    if atom.power != 1.0:
+        arr = arr ** atom.power
+    return arr
+
+
+def eval_term(t: Term, stats, sizes):
+    ops = [(c, ls) for c, ls in t.consts]
+    ops += [(atom_operand(a, stats), a.labels) for a in t.atoms]
+    return _einsum(ops, t.out, sizes)
+
+
+def eval_sym(s: Sym, stats, sizes):
+    total = jnp.zeros(s.shape)
+    for t in s.terms:
+        total = total + eval_term(t, stats, sizes)
+    return total
+
+
+def const_value(t: Term, sizes):
+    """Dense value of an atom-free term."""
+    assert not t.atoms
+    return _einsum(list(t.consts), t.out, sizes)

@@ -1,0 +1,312 @@
+"""The jaxpr walker: environment, constant folding, recursion, dispatch to rules.
+
+Values in the environment are one of
+
+- a concrete array (data, hyper-parameters; may be a tracer of an outer transform),
+- :class:`Lazy`, a constant ``broadcast_in_dim`` kept unmaterialized,
+- :class:`~vijax.conjugacy.terms.Sym`, a latent-dependent sum of einsum terms,
+- :class:`Poison`, a latent-dependent value with no multilinear form (the reason is
+  kept, with its value at the canonical point so that support guards still resolve).
+
+Equations whose inputs are all constant are evaluated as JAX would (constant folding).
+Equations with a latent input go to the rule registered for their primitive in
+:mod:`vijax.conjugacy.rules`; a missing rule raises :class:`UnsupportedPrimitiveError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax import _compat
+from vijax.conjugacy import terms as T
+from vijax.errors import UnsupportedPrimitiveError
+
+RULES: Dict[str, Callable] = {}
+# primitives whose result is only used to decide a branch (evaluated at the support's point)
+PREDICATES = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite", "and", "or", "not", "xor",
+              "sign", "floor", "ceil", "round"}
+# linear in their (single symbolic) operand, applied to a Poison's parts separately
+PASS_THROUGH = {"neg", "reduce_sum", "convert_element_type", "reshape", "squeeze",
+                "broadcast_in_dim", "transpose", "copy", "copy_p", "expand_dims"}
+
+
+def register(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+@dataclasses.dataclass(frozen=True)
+class Lazy:
+    """A constant ``broadcast_in_dim(base, shape, dims)`` not yet materialized."""
+
+    base: Any
+    shape: tuple
+    dims: tuple
+
+    def materialize(self):
+        return jax.lax.broadcast_in_dim(self.base, self.shape, self.dims)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """Why a latent-dependent value has no multilinear form."""
+
+    latents: frozenset
+    primitive: str
+    source: str | None
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Poison:
+    """Non-multilinear value: ``good`` (Sym or None) + a part known only at the point."""
+
+    shape: tuple
+    dtype: Any
+    good: Any
+    point: Any
+    reasons: tuple
+
+
+def is_sym(v):
+    return isinstance(v, T.Sym)
+
+
+def is_symbolic(v):
+    return isinstance(v, (T.Sym, Poison))
+
+
+class Walker:
+    """Walks a jaxpr symbolically for one model (one set of latent supports)."""
+
+    def __init__(self, supports, space: T.Space, dtype):
+        self.supports = supports
+        self.space = space
+        self.dtype = dtype
+        self.point_stats = {name: _base_stats(s, s.canonical_point(
+            None if s.is_discrete else dtype)) for name, s in supports.items()}
+        self.eqn = None  # the equation being processed (for source lines)
+        self.stack = []  # enclosing equations (nested jaxprs)
+
+    # ------------------------------------------------------------------ helpers
+    def source(self, eqn=None):
+        """The user's file:line of the equation, or of the nearest enclosing one."""
+        for e in ([eqn] if eqn is not None else []) + [self.eqn] + self.stack[::-1]:
+            if e is not None:
+                line = _compat.source_line(e)
+                if line is not None:
+                    return line
+        return None
+
+    def concrete(self, v):
+        if isinstance(v, Lazy):
+            return v.materialize()
+        return v
+
+    def point(self, v):
+        """Value at the canonical point of every latent (concrete array)."""
+        if isinstance(v, T.Sym):
+            return T.eval_sym(v, self.point_stats, self.space.sizes).astype(v.dtype)
+        if isinstance(v, Poison):
+            val = v.point
+            if v.good is not None:
+                val = val + self.point(v.good)
+            return val.astype(v.dtype)
+        return self.concrete(v)
+
+    def to_sym(self, v, shape=None):
+        """Any non-poison value as a Sym of ``shape`` (constants become one term)."""
+        if isinstance(v, T.Sym):
+            return v
+        if isinstance(v, Lazy):
+            out = self.space.fresh_many(v.shape)
+            base = jnp.asarray(v.base)
+            labels, keep = [], []
+            for i, d in enumerate(v.dims):
+                if base.shape[i] == v.shape[d]:
+                    keep.append(i)
+                    labels.append(out[d])
+            base = jnp.squeeze(base, tuple(i for i in range(base.ndim) if i not in keep))
+            return T.Sym(tuple(v.shape), base.dtype, (T.Term(((base, tuple(labels)),), (), out),))
+        v = jnp.asarray(v)
+        shape = tuple(v.shape) if shape is None else tuple(shape)
+        return T.Sym(shape, v.dtype, (T.const_term(self.space, v, shape),))
+
+    def poison(self, prim, invals, outval_point, detail):
+        lats = set()
+        reasons = []
+        for v in invals:
+            if isinstance(v, T.Sym):
+                lats |= v.latents()
+            if isinstance(v, Poison):
+                reasons.extend(v.reasons)
+                if v.good is not None:
+                    lats |= v.good.latents()
+        if lats:
+            reasons.append(Reason(frozenset(lats), prim, self.source(), detail))
+        pt = jnp.asarray(outval_point)
+        return Poison(tuple(pt.shape), pt.dtype, None, pt, tuple(reasons))
+
+    # ------------------------------------------------------------------ walking
+    def run(self, closed_jaxpr, args):
+        jaxpr, consts = _compat.open_jaxpr(closed_jaxpr)
+        return self.walk(jaxpr, consts, args)
+
+    def walk(self, jaxpr, consts, args):
+        env = {}
+
+        def read(v):
+            if _compat.is_literal(v):
+                return _compat.literal_value(v)
+            return env[v]
+
+        for var, val in zip(jaxpr.constvars, consts):
+            env[var] = val
+        for var, val in zip(jaxpr.invars, args):
+            env[var] = val
+        for eqn in jaxpr.eqns:
+            invals = [read(v) for v in eqn.invars]
+            outs = self.eval_eqn(eqn, invals)
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+            for var, val in zip(eqn.outvars, outs):
+                env[var] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    def eval_eqn(self, eqn, invals):
+        prev, self.eqn = self.eqn, eqn
+        self.stack.append(eqn)
+        try:
+            return self._eval_eqn(eqn, invals)
+        finally:
+            self.eqn = prev
+            self.stack.pop()
+
+    def _eval_eqn(self, eqn, invals):
+        name = eqn.primitive.name
+        symbolic = [is_symbolic(v) for v in invals]
+        if not any(symbolic):
+            if name == "broadcast_in_dim" and len(invals) == 1:
+                return Lazy(invals[0], tuple(eqn.params["shape"]),
+                            tuple(eqn.params["broadcast_dimensions"]))
+            vals = [self.concrete(v) for v in invals]
+            return _compat.bind_eqn(eqn, vals)
+        if any(isinstance(v, Poison) for v in invals):
+            return self.eval_poisoned(eqn, invals)
+        rule = RULES.get(name)
+        if rule is None:
+            if name in PREDICATES:
+                return self.eval_predicate(eqn, invals)
+            raise UnsupportedPrimitiveError(
+                f"the compiler has no rule for primitive '{name}', applied to a value that "
+                f"depends on latent(s) {sorted(_latents_of(invals))}"
+                + (f" at {self.source()}" if self.source() else "")
+                + ". Rewrite that step with supported jax.numpy operations, or fit this "
+                "model with vj.fit_gradient(..., estimator='reparam').",
+                primitive=name, source=self.source(),
+                latent=",".join(sorted(_latents_of(invals))))
+        return rule(self, eqn, invals)
+
+    def eval_predicate(self, eqn, invals):
+        from vijax.conjugacy import discrete
+        if discrete.discrete_latents(self, invals):
+            return discrete.tabulate(self, eqn, invals)
+        return _compat.bind_eqn(eqn, [self.point(v) for v in invals])
+
+    def eval_poisoned(self, eqn, invals):
+        name = eqn.primitive.name
+        if name in PREDICATES:
+            return _compat.bind_eqn(eqn, [self.point(v) for v in invals])
+        if name in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"):
+            return RULES[name](self, eqn, invals)
+        n_sym = sum(is_symbolic(v) for v in invals)
+        if name in ("add", "sub", "add_any") or (name in PASS_THROUGH and n_sym == 1):
+            goods, points, reasons = [], [], []
+            for v in invals:
+                if isinstance(v, Poison):
+                    goods.append(v.good)
+                    points.append(v.point)
+                    reasons.extend(v.reasons)
+                elif isinstance(v, T.Sym):
+                    goods.append(v)
+                    points.append(jnp.zeros(v.shape, v.dtype))
+                else:
+                    goods.append(None)
+                    points.append(self.concrete(v))
+            if name in ("add", "sub", "add_any"):
+                # constants go to the good part so that the bad part stays centred
+                goods = [g if g is not None or isinstance(v, Poison) else self.to_sym(v)
+                         for g, v in zip(goods, invals)]
+                points = [p if isinstance(v, Poison) else jnp.zeros(jnp.shape(p), jnp.result_type(p))
+                          for p, v in zip(points, invals)]
+                present = [g for g in goods if g is not None]
+                if len(present) == 2:
+                    good = RULES[name](self, eqn, goods)
+                elif len(present) == 1:
+                    g = present[0]
+                    if name == "sub" and goods[1] is not None:
+                        g = RULES["neg"](self, eqn, [g])
+                    good = _broadcast_to(self, g, _out_shape(eqn))
+                else:
+                    good = None
+            else:
+                good = RULES[name](self, eqn, [g for g in goods]) if goods[0] is not None else None
+            pt = _compat.bind_eqn(eqn, points)
+            return Poison(tuple(jnp.shape(pt)), jnp.result_type(pt), good, pt, tuple(reasons))
+        point_out = _compat.bind_eqn(eqn, [self.point(v) for v in invals])
+        if eqn.primitive.multiple_results:
+            return [self.poison(name, invals, p, "non-multilinear") for p in point_out]
+        return self.poison(name, invals, point_out, "value depends on a non-conjugate term")
+
+
+def _out_shape(eqn):
+    return tuple(eqn.outvars[0].aval.shape)
+
+
+def _broadcast_to(w, s, shape):
+    if s.shape == tuple(shape):
+        return s
+    from vijax.conjugacy.rules import broadcast_sym
+    lead = len(shape) - len(s.shape)
+    return broadcast_sym(w, s, tuple(shape), tuple(range(lead, len(shape))))
+
+
+def _latents_of(invals):
+    out = set()
+    for v in invals:
+        if isinstance(v, T.Sym):
+            out |= v.latents()
+        elif isinstance(v, Poison):
+            for r in v.reasons:
+                out |= set(r.latents)
+            if v.good is not None:
+                out |= v.good.latents()
+    return out
+
+
+def _base_stats(support, point):
+    """Walk-time base statistics of a latent at a value."""
+    k = support.kind
+    if k == "categorical":
+        return {"onehot": jax.nn.one_hot(point, support.num_categories, dtype=jnp.zeros(()).dtype),
+                "x": point}
+    if k in ("binary", "count"):
+        return {"x": point.astype(jnp.zeros(()).dtype)}
+    out = {"x": point}
+    if k in ("positive", "unit_interval", "simplex"):
+        out["log"] = jnp.log(point)
+    if k == "unit_interval":
+        out["log1m"] = jnp.log1p(-point)
+    return out
+
+
+base_stats = _base_stats

@@ -1,0 +1,133 @@
+"""The user's model: a log-joint function plus a support per latent; and its analysis."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax import _compat
+from vijax.errors import DataError, ModelSpecError
+from vijax.supports import Support
+
+
+class Model:
+    """A probabilistic model written as a log joint.
+
+    Args:
+        log_joint: ``log_joint(latents: dict, data) -> scalar``, jittable, written with
+            ``jax.numpy`` / ``jax.scipy.stats``.
+        supports: latent name -> :class:`~vijax.supports.Support` (``vj.real()``, ...).
+        blocks: optional groups of latents to update jointly (each latent alone by default).
+
+    Example:
+        >>> import vijax as vj
+        >>> from jax.scipy import stats
+        >>> m = vj.Model(lambda z, x: stats.norm.logpdf(z["mu"]) + stats.norm.logpdf(x, z["mu"]).sum(),
+        ...              {"mu": vj.real()})
+        >>> sorted(m.supports)
+        ['mu']
+    """
+
+    def __init__(self, log_joint: Callable, supports: Dict[str, Support], blocks=None):
+        if not callable(log_joint):
+            raise ModelSpecError(f"log_joint must be callable, got {type(log_joint).__name__}")
+        if not isinstance(supports, dict) or not supports:
+            raise ModelSpecError("supports must be a non-empty dict: latent name -> vj.real(), "
+                                 "vj.positive(), ...")
+        for name, sup in supports.items():
+            if not isinstance(name, str):
+                raise ModelSpecError(f"latent names must be strings, got {name!r}")
+            if not isinstance(sup, Support):
+                raise ModelSpecError(
+                    f"support of latent '{name}' must be a vijax support such as vj.real() or "
+                    f"vj.positive(shape=(3,)), got {sup!r}")
+        self.log_joint = log_joint
+        self.supports = dict(supports)
+        if blocks is not None:
+            for b in blocks:
+                for n in b:
+                    if n not in self.supports:
+                        raise ModelSpecError(f"block {b} names latent '{n}', which is not declared")
+                if len(b) > 1:
+                    raise ModelSpecError(
+                        f"block {list(b)}: joint updates of several latents are not available in "
+                        "this version; declare each latent as its own block (the default) or fit "
+                        "with vj.fit_gradient")
+        self.blocks = [list(b) for b in blocks] if blocks else [[n] for n in self.supports]
+
+    def __call__(self, latents, data):
+        return self.log_joint(latents, data)
+
+    def __repr__(self):
+        return f"Model({getattr(self.log_joint, '__name__', 'log_joint')}, {self.supports})"
+
+
+def check_data(data):
+    """Raise :class:`DataError` when a concrete float leaf of ``data`` has NaN or Inf."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(data)
+    for path, leaf in leaves:
+        if _compat.is_tracer(leaf) or leaf is None:
+            continue
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            where = jax.tree_util.keystr(path) or "data"
+            bad = int(np.sum(~np.isfinite(arr)))
+            raise DataError(f"{where} has {bad} NaN/Inf value(s) (shape {arr.shape}); remove or "
+                            "impute them before fitting")
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What the compiler found, per latent.
+
+    Attributes:
+        families: latent -> family class from :mod:`vijax.families` (None if not conjugate).
+        reasons: latent -> why it is not conjugate (with the source line).
+        statistics: latent -> the sufficient statistics the log joint uses.
+        compiled: the compiled multilinear form (``compiled.F``).
+    """
+
+    families: dict
+    reasons: dict
+    statistics: dict
+    compiled: object
+
+    @property
+    def conjugate(self):
+        return all(f is not None for f in self.families.values())
+
+    def __str__(self):
+        lines = ["latent        support               family               statistics"]
+        for n, inf in self.compiled.infos.items():
+            fam = inf.family or "NOT CONJUGATE"
+            if inf.family == "MultivariateNormal":
+                fam += f"(event={inf.event_size})"
+            lines.append(f"{n:<13} {str(inf.support):<21} {fam:<20} "
+                         f"{', '.join(inf.stats) if inf.family else ''}")
+        for n, r in self.reasons.items():
+            lines.append(f"  {n}: {r}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def analyze(model: Model, data) -> Analysis:
+    """Run the conjugacy compiler and report, per latent, the family or the reason not.
+
+    Does not raise for non-conjugacy (inference routines do).
+    """
+    from vijax import families
+    from vijax.conjugacy.compile import compile_model
+    check_data(data)
+    comp = compile_model(model, data)
+    fams, reasons, stats = {}, {}, {}
+    for n, inf in comp.infos.items():
+        fams[n] = getattr(families, inf.family) if inf.family else None
+        if inf.reason:
+            reasons[n] = inf.reason
+        stats[n] = tuple(inf.stats)
+    return Analysis(fams, reasons, stats, comp)
