@@ -51,9 +51,43 @@ class Compiled:
             total = total + T.eval_term(t, mean_params, self.sizes)
         return total
 
+    def stats_at(self, latents):
+        """The family statistics ``T(z)`` of a point ``z`` (so ``F(T(z)) = log p(x, z)``)."""
+        out = {}
+        for n, inf in self.infos.items():
+            if inf.family is None:
+                continue
+            out[n] = point_statistics(inf, jnp.asarray(latents[n]))
+        return out
+
     def stat_shapes(self):
         return {n: {s: i.stat_shape(s) for s in i.stats} for n, i in self.infos.items()
                 if i.family is not None}
+
+
+def point_statistics(inf: LatentInfo, z):
+    """Family statistics of one latent's value ``z``."""
+    sup = inf.support
+    fam = inf.family
+    dtype = jnp.zeros(()).dtype
+    if fam == "MultivariateNormal":
+        x = jnp.reshape(z, inf.batch_shape + (inf.event_size,))
+        return {"x": x, "xxT": x[..., :, None] * x[..., None, :]}
+    if fam == "Normal":
+        return {"x": z, "x2": z * z}
+    if fam == "Gamma":
+        return {"x": z, "log": jnp.log(z)}
+    if fam == "InverseGamma":
+        return {"inv": 1.0 / z, "log": jnp.log(z)}
+    if fam == "Beta":
+        return {"log": jnp.log(z), "log1m": jnp.log1p(-z)}
+    if fam == "Dirichlet":
+        return {"log": jnp.log(z)}
+    if fam == "Bernoulli":
+        return {"x": z.astype(dtype)}
+    if fam == "Categorical":
+        return {"onehot": jax.nn.one_hot(z, sup.num_categories, dtype=dtype)}
+    raise ValueError(fam)
 
 
 def _latent_value(space, name, sup):

@@ -231,14 +231,14 @@ def _final_atom(sizes, inf: LatentInfo, entry):
     if inf.family != "MultivariateNormal":
         if entry[0] == "pair":
             _, a, b, union, ea, eb = entry
-            return T.Atom(inf.name, "x2", union, np.ascontiguousarray(ea))
+            return T.Atom(inf.name, "x2", union, np.array(ea))
         a = entry[1]
         return T.Atom(inf.name, _final_stat_name(kind, a), a.labels, a.idx)
     E = inf.event_size
     if entry[0] == "pair":
         _, a, b, union, ea, eb = entry
         idx = (ea // E) * E * E + (ea % E) * E + (eb % E)
-        return T.Atom(inf.name, "xxT", union, np.ascontiguousarray(idx))
+        return T.Atom(inf.name, "xxT", union, np.array(idx))
     a = entry[1]
     if a.power == 1.0:
         return T.Atom(inf.name, "x", a.labels, a.idx)

@@ -140,12 +140,19 @@ def _label_shape(w, labels):
 
 def product(w, ta: T.Term, tb: T.Term, out_b_to_a=None, src=None) -> T.Term | None:
     """The product of two terms with aligned outputs (``tb.out`` renamed to ``ta.out``)."""
-    sub = dict(zip(tb.out, ta.out)) if out_b_to_a is None else out_b_to_a
+    sub = _fresh_inner(w, tb)
+    sub.update(dict(zip(tb.out, ta.out)) if out_b_to_a is None else out_b_to_a)
     tb = tb.relabel(sub)
     t = T.Term(ta.consts + tb.consts, ta.atoms + tb.atoms, ta.out, src or ta.src or tb.src)
     if ta.atoms and tb.atoms:
         t = t.with_(src=src)
     return collapse(w, t)
+
+
+def _fresh_inner(w, t: T.Term):
+    """Fresh names for a term's summed labels (so a term can multiply itself)."""
+    outs = set(t.out)
+    return {l: w.space.fresh(w.space.sizes[l]) for l in t.labels() if l not in outs}
 
 
 def mul_sym(w, a: T.Sym, b: T.Sym, src=None) -> T.Sym:
@@ -412,11 +419,26 @@ def _dynamic_slice(w, eqn, invals):
     return reindex_sym(w, s, new, ia)
 
 
+@register("stack")
+def _stack_rule(w, eqn, invals):
+    axis = eqn.params["axis"]
+    shape = _shape(eqn)
+    parts = []
+    for v in invals:
+        one = tuple(shape[:axis]) + (1,) + tuple(shape[axis + 1:])
+        s = _operand(w, v, tuple(shape[:axis]) + tuple(shape[axis + 1:]))
+        dims = tuple(i for i in range(len(shape)) if i != axis)
+        parts.append(broadcast_sym(w, s, one, dims))
+    return concat_syms(w, parts, axis, shape, _dtype(eqn))
+
+
 @register("concatenate")
 def _concatenate(w, eqn, invals):
-    dim = eqn.params["dimension"]
-    new = _shape(eqn)
-    dtype = _dtype(eqn)
+    return concat_syms(w, invals, eqn.params["dimension"], _shape(eqn), _dtype(eqn))
+
+
+def concat_syms(w, invals, dim, new, dtype):
+    """Concatenate constant and symbolic parts along ``dim``."""
     const_parts, terms, offset = [], [], 0
     for v in invals:
         n = jnp.shape(w.point(v))[dim] if not is_sym(v) else v.shape[dim]
@@ -508,7 +530,7 @@ def dot_syms(w, a: T.Sym, b: T.Sym, dimension_numbers, out_shape, src=None) -> T
     terms = []
     for ta in a.terms:
         for tb in b.terms:
-            sub = {}
+            sub = _fresh_inner(w, tb)
             for i, j in zip(rc, lc):
                 sub[tb.out[i]] = ta.out[j]
             for i, j in zip(rb, lb):
