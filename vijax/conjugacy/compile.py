@@ -65,6 +65,43 @@ class Compiled:
                 if i.family is not None}
 
 
+def _flatten(c: "Compiled"):
+    leaves = [c.const]
+    skeleton = []
+    used = set()
+    for t in c.terms:
+        leaves.extend(arr for arr, _ in t.consts)
+        atoms = []
+        for a in t.atoms:
+            if a.idx is not None:
+                leaves.append(a.idx)
+            atoms.append((a.latent, a.stat, a.labels, a.idx is not None, a.power))
+            used.update(a.labels)
+        used.update(t.out)
+        for _, ls in t.consts:
+            used.update(ls)
+        skeleton.append((tuple(ls for _, ls in t.consts), tuple(atoms), t.out, t.src))
+    sizes = tuple(sorted((l, c.sizes[l]) for l in used))
+    aux = (tuple(c.infos.items()), sizes, tuple(skeleton))
+    return leaves, aux
+
+
+def _unflatten(aux, leaves):
+    infos, sizes, skeleton = aux
+    it = iter(leaves)
+    const = next(it)
+    terms = []
+    for const_labels, atoms, out, src in skeleton:
+        consts = tuple((next(it), ls) for ls in const_labels)
+        ats = tuple(T.Atom(lat, st, labels, next(it) if has else None, power)
+                    for lat, st, labels, has, power in atoms)
+        terms.append(T.Term(consts, ats, out, src))
+    return Compiled(dict(infos), const, terms, dict(sizes))
+
+
+jax.tree_util.register_pytree_node(Compiled, _flatten, _unflatten)
+
+
 def point_statistics(inf: LatentInfo, z):
     """Family statistics of one latent's value ``z``."""
     sup = inf.support

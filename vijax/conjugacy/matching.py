@@ -28,7 +28,7 @@ class _Reject(Exception):
         self.latent, self.detail, self.src = latent, detail, src
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(unsafe_hash=True)
 class LatentInfo:
     """What the compiler found for one latent."""
 

@@ -1,0 +1,24 @@
+"""vijax: variational inference from a plain log-joint function.
+
+Write the model once as ``log_joint(latents, data)`` with a support per latent; vijax
+derives closed-form CAVI updates from its jaxpr, maximizes the same ELBO by gradient,
+and compares the two.
+"""
+
+from vijax import errors, families, models
+from vijax.errors import (DataError, FitDivergedError, InvalidParameterError, ModelSpecError,
+                          NonConjugateError, UnsupportedPrimitiveError, VijaxError)
+from vijax.inference.cavi import CaviResult, cavi
+from vijax.model import Analysis, Model, analyze
+from vijax.supports import (Support, binary, categorical, count, positive, real, simplex,
+                            unit_interval)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model", "analyze", "Analysis", "cavi", "CaviResult",
+    "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
+    "errors", "families", "models",
+    "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
+    "DataError", "InvalidParameterError", "FitDivergedError",
+]

@@ -1,0 +1,1 @@
+"""Inference routines: CAVI, gradient ELBO, EM, Laplace, KL projections."""
