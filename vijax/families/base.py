@@ -1,0 +1,282 @@
+"""Shared base of the exponential families.
+
+A family is a frozen dataclass with one field, ``natural``: a dict of natural
+parameters keyed by statistic name. Its density (w.r.t. a base measure ``h``) is
+
+.. math::
+
+    \\log p(x \\mid \\eta) = \\sum_s \\langle \\eta_s, T_s(x) \\rangle + \\log h(x) - A(\\eta).
+
+Subclasses supply the statistics ``T``, the base measure ``h``, the log-normalizer
+``A`` and its closed-form gradient (the mean parameters ``mu = grad A``); entropy and
+KL divergence are derived here once:
+
+.. math::
+
+    H = A(\\eta) - \\langle \\eta, \\mu \\rangle - E[\\log h(x)], \\qquad
+    KL(p \\| q) = A(\\eta_q) - A(\\eta_p) - \\langle \\eta_q - \\eta_p, \\mu_p \\rangle.
+
+Families override these in closed form where that is numerically better.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax.errors import InvalidParameterError
+
+Array = jax.Array
+Natural = dict[str, Array]
+
+
+def is_tracer(x: Any) -> bool:
+    """True when ``x`` is an abstract value under a JAX transformation."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def float_dtype(*xs: Any) -> Any:
+    """The floating dtype the arrays promote to (default float for ints/bools)."""
+    dtype = jnp.result_type(*xs)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(dtype, float)
+    return dtype
+
+
+def as_float_arrays(*xs: Any) -> tuple[Array, ...]:
+    """Convert to arrays of one common floating dtype (inputs decide the precision)."""
+    dtype = float_dtype(*xs)
+    return tuple(jnp.asarray(x, dtype) for x in xs)
+
+
+def check_param(where: str, name: str, value: Any, ok: Any, requirement: str) -> None:
+    """Raise :class:`InvalidParameterError` if a concrete check fails.
+
+    Does nothing when ``value`` or ``ok`` is a tracer (inside ``jit``/``vmap``/``grad``
+    the values are unknown; :meth:`ExponentialFamily.is_valid` is the traced check).
+
+    Args:
+        where: the constructor, e.g. ``"Normal.from_loc_scale"``.
+        name: the offending parameter's name.
+        value: its value (reported in the message).
+        ok: boolean array, False where ``value`` is invalid.
+        requirement: what a valid value is, e.g. ``"positive and finite"``.
+    """
+    if is_tracer(ok) or is_tracer(value):
+        return
+    ok = np.asarray(ok)
+    if ok.all():
+        return
+    value = np.asarray(value)
+    if value.shape == ok.shape and value.ndim > 0:
+        bad = np.argwhere(~ok)[:5]
+        shown = ", ".join(f"{name}[{','.join(map(str, i))}]={value[tuple(i)]!r}" for i in bad)
+        more = " ..." if (~ok).sum() > len(bad) else ""
+    else:
+        shown = f"{name}={np.array2string(value, threshold=20)}"
+        more = ""
+    raise InvalidParameterError(
+        f"{where}: {name} must be {requirement}; got {shown}{more}. "
+        f"Pass a valid {name} (check for negative, zero or NaN entries).")
+
+
+def family(cls):
+    """Class decorator: make ``cls`` a frozen dataclass and register it as a pytree.
+
+    The pytree's only children are the natural-parameter arrays, so families pass
+    through ``jit``, ``vmap``, ``grad`` and ``lax`` control flow unchanged.
+    """
+    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+    jax.tree_util.register_dataclass(cls, data_fields=["natural"], meta_fields=[])
+    return cls
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExponentialFamily:
+    """Base class of the exponential families (see the module docstring).
+
+    Attributes:
+        natural: natural parameters keyed by statistic name; arrays of shape
+            ``batch_shape + stat_event_shape``.
+        stat_names: the statistic names, in a fixed order.
+        stat_event_ndims: trailing axes of each statistic (and its natural parameter).
+        event_ndim: trailing axes of a sample.
+        support: ``"real"``, ``"positive"``, ``"unit_interval"``, ``"simplex"``,
+            ``"binary"``, ``"categorical"`` or ``"count"``.
+    """
+
+    natural: Natural
+
+    stat_names: ClassVar[tuple[str, ...]] = ()
+    stat_event_ndims: ClassVar[Mapping[str, int]] = {}
+    event_ndim: ClassVar[int] = 0
+    support: ClassVar[str] = ""
+
+    # ---------------------------------------------------------------- per family
+    @classmethod
+    def stats(cls, x: Array) -> Natural:
+        """Sufficient statistics ``T(x)`` of a (batched) sample."""
+        raise NotImplementedError
+
+    @classmethod
+    def log_base_measure(cls, x: Array) -> Array:
+        """``log h(x)``, with the sample's batch shape."""
+        raise NotImplementedError
+
+    @classmethod
+    def log_normalizer(cls, natural: Mapping[str, Array]) -> Array:
+        """``A(eta)``, with the parameters' batch shape."""
+        raise NotImplementedError
+
+    @classmethod
+    def natural_from_mean(cls, mean: Mapping[str, Array]) -> Natural:
+        """Inverse of :meth:`mean_params`."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
+        """Boolean array (batch shape): natural parameters inside the domain of ``A``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_unconstrained(cls, u: Mapping[str, Array]):
+        """Instance from the real-valued parameterization of :meth:`to_unconstrained`."""
+        raise NotImplementedError
+
+    def to_unconstrained(self) -> dict[str, Array]:
+        """Real-valued parameters for gradient-based fitting."""
+        raise NotImplementedError
+
+    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        """Draw ``sample_shape + batch_shape + event_shape`` samples."""
+        raise NotImplementedError
+
+    def mean(self) -> Array:
+        """Mean of a sample."""
+        raise NotImplementedError
+
+    def variance(self) -> Array:
+        """Elementwise variance of a sample."""
+        raise NotImplementedError
+
+    def expected_log_base_measure(self) -> Array:
+        """``E_q[log h(x)]`` (batch shape)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- generic
+    @classmethod
+    def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
+        """Mean parameters ``mu = E[T(x)] = grad A(eta)`` (autodiff; families override)."""
+        return cls.mean_params_autodiff(natural)
+
+    @classmethod
+    def mean_params_autodiff(cls, natural: Mapping[str, Array]) -> Natural:
+        """``grad A(eta)`` by automatic differentiation (reference for the closed forms)."""
+        return jax.grad(lambda n: jnp.sum(cls.log_normalizer(n)))(dict(natural))
+
+    @classmethod
+    def inner(cls, a: Mapping[str, Array], b: Mapping[str, Array]) -> Array:
+        """``sum_s <a_s, b_s>`` over each statistic's event axes (batch axes remain)."""
+        total = 0.0
+        for name in cls.stat_names:
+            nd = cls.stat_event_ndims[name]
+            prod = a[name] * b[name]
+            total = total + (jnp.sum(prod, axis=tuple(range(-nd, 0))) if nd else prod)
+        return total
+
+    @classmethod
+    def from_natural(cls, natural: Mapping[str, Array]):
+        """Instance from natural parameters; validates them when they are concrete.
+
+        Raises:
+            InvalidParameterError: concrete parameters outside the family's domain.
+        """
+        missing = set(cls.stat_names) - set(natural)
+        extra = set(natural) - set(cls.stat_names)
+        if missing or extra:
+            raise InvalidParameterError(
+                f"{cls.__name__}.from_natural: expected keys {cls.stat_names}, "
+                f"got {tuple(natural)}.")
+        arrays = as_float_arrays(*(natural[k] for k in cls.stat_names))
+        natural = dict(zip(cls.stat_names, arrays))
+        check_param(f"{cls.__name__}.from_natural", "natural", natural[cls.stat_names[0]],
+                    cls.is_valid_natural(natural), "inside the family's natural domain")
+        return cls(natural)
+
+    @classmethod
+    def from_mean(cls, mean: Mapping[str, Array]):
+        """Instance from mean parameters ``E[T(x)]``.
+
+        Raises:
+            InvalidParameterError: concrete mean parameters that no member attains.
+        """
+        mean = dict(zip(cls.stat_names, as_float_arrays(*(mean[k] for k in cls.stat_names))))
+        natural = cls.natural_from_mean(mean)
+        ok = cls.is_valid_mean(mean) & cls.is_valid_natural(natural)
+        check_param(f"{cls.__name__}.from_mean", "mean", mean[cls.stat_names[0]], ok,
+                    "attainable by some member (e.g. E[x^2] > E[x]^2, "
+                    "E[log x] < log E[x])")
+        return cls(natural)
+
+    @classmethod
+    def is_valid_mean(cls, mean: Mapping[str, Array]) -> Array:
+        """Boolean array: mean parameters in the interior of the mean domain."""
+        return jnp.asarray(True)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        shapes = []
+        for name in self.stat_names:
+            shape = jnp.shape(self.natural[name])
+            nd = self.stat_event_ndims[name]
+            shapes.append(shape[:len(shape) - nd])
+        return jnp.broadcast_shapes(*shapes)
+
+    @property
+    def dtype(self):
+        return jnp.result_type(*self.natural.values())
+
+    def mean_parameters(self) -> Natural:
+        """``E[T(x)]`` under this distribution."""
+        return self.mean_params(self.natural)
+
+    def log_normalizer_value(self) -> Array:
+        """``A(eta)`` of this distribution."""
+        return self.log_normalizer(self.natural)
+
+    def is_valid(self) -> Array:
+        """Boolean array (batch shape): parameters inside the family's domain."""
+        return self.is_valid_natural(self.natural)
+
+    def log_prob(self, x: Array) -> Array:
+        """``log p(x)``; ``x`` has shape ``sample_shape + batch_shape + event_shape``."""
+        x = jnp.asarray(x)
+        return (self.inner(self.natural, self.stats(x)) + self.log_base_measure(x)
+                - self.log_normalizer(self.natural))
+
+    def entropy(self) -> Array:
+        """``H = A(eta) - <eta, mu> - E[log h(x)]``."""
+        mu = self.mean_parameters()
+        return (self.log_normalizer(self.natural) - self.inner(self.natural, mu)
+                - self.expected_log_base_measure())
+
+    def kl(self, other: "ExponentialFamily") -> Array:
+        """``KL(self || other) = A(eta_q) - A(eta_p) - <eta_q - eta_p, mu_p>``."""
+        self._check_same_family(other)
+        mu = self.mean_parameters()
+        diff = {k: other.natural[k] - self.natural[k] for k in self.stat_names}
+        return (self.log_normalizer(other.natural) - self.log_normalizer(self.natural)
+                - self.inner(diff, mu))
+
+    def _check_same_family(self, other) -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"{type(self).__name__}.kl: other must be a "
+                            f"{type(self).__name__}, got {type(other).__name__}.")
+
+    def _constant(self, value: float) -> Array:
+        """``value`` broadcast to the batch shape in the parameters' dtype."""
+        return jnp.full(self.batch_shape, value, self.dtype)

@@ -1,0 +1,248 @@
+"""Multivariate normal distribution as an exponential family."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_solve, solve_triangular
+
+from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
+                                 check_param, family)
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sym(a: Array) -> Array:
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
+def _eye_like(a: Array) -> Array:
+    return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+
+
+def _diag(a: Array) -> Array:
+    return jnp.diagonal(a, axis1=-2, axis2=-1)
+
+
+def _chol_inverse(chol: Array) -> Array:
+    """``(L L^T)^{-1}`` from the Cholesky factor ``L`` (two triangular solves)."""
+    return _sym(cho_solve((chol, True), _eye_like(chol)))
+
+
+def _chol_solve_vec(chol: Array, b: Array) -> Array:
+    return cho_solve((chol, True), b[..., None])[..., 0]
+
+
+def _pd_ok(chol: Array) -> Array:
+    """True where a Cholesky factorization succeeded (finite, positive diagonal)."""
+    d = _diag(chol)
+    return jnp.all(jnp.isfinite(chol), (-2, -1)) & jnp.all(d > 0, -1)
+
+
+def _broadcast_loc_matrix(loc: Array, mat: Array) -> tuple[Array, Array]:
+    batch = jnp.broadcast_shapes(loc.shape[:-1], mat.shape[:-2])
+    d = loc.shape[-1]
+    return jnp.broadcast_to(loc, batch + (d,)), jnp.broadcast_to(mat, batch + (d, d))
+
+
+@family
+class MultivariateNormal(ExponentialFamily):
+    """Multivariate normal ``N(m, Sigma)`` over the last axis (size ``D``).
+
+    Statistics ``T(x) = {"x": x, "xxT": x x^T}``; natural parameters
+    ``eta = {"x": Lambda m, "xxT": -Lambda / 2}`` with precision
+    ``Lambda = Sigma^{-1}`` (a non-symmetric ``"xxT"`` is symmetrized,
+    ``Lambda = -(E + E^T)``); ``log h(x) = -D log(2 pi) / 2``; log-normalizer
+
+    .. math:: A(\\eta) = \\tfrac12 \\eta_x^T \\Lambda^{-1} \\eta_x - \\tfrac12 \\log|\\Lambda|.
+
+    Everything goes through the Cholesky factor of the precision; no explicit
+    inverse is formed except for ``cov`` itself.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> q = MultivariateNormal.from_loc_cov(jnp.zeros(2), jnp.diag(jnp.array([1., 4.])))
+        >>> q.variance().tolist()
+        [1.0, 4.0]
+    """
+
+    stat_names = ("x", "xxT")
+    stat_event_ndims = {"x": 1, "xxT": 2}
+    event_ndim = 1
+    support = "real"
+
+    @classmethod
+    def stats(cls, x: Array) -> Natural:
+        return {"x": x, "xxT": x[..., :, None] * x[..., None, :]}
+
+    @classmethod
+    def log_base_measure(cls, x: Array) -> Array:
+        (x,) = as_float_arrays(x)
+        return jnp.full(x.shape[:-1], -0.5 * x.shape[-1] * _LOG_2PI, x.dtype)
+
+    @classmethod
+    def _precision_chol(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        precision = -2.0 * _sym(natural["xxT"])
+        return precision, jnp.linalg.cholesky(precision)
+
+    @classmethod
+    def log_normalizer(cls, natural: Mapping[str, Array]) -> Array:
+        _, chol = cls._precision_chol(natural)
+        w = solve_triangular(chol, natural["x"][..., None], lower=True)[..., 0]
+        return 0.5 * jnp.sum(w * w, -1) - jnp.sum(jnp.log(_diag(chol)), -1)
+
+    @classmethod
+    def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
+        _, chol = cls._precision_chol(natural)
+        loc = _chol_solve_vec(chol, natural["x"])
+        cov = _chol_inverse(chol)
+        return {"x": loc, "xxT": cov + loc[..., :, None] * loc[..., None, :]}
+
+    @classmethod
+    def natural_from_mean(cls, mean: Mapping[str, Array]) -> Natural:
+        loc = mean["x"]
+        cov = _sym(mean["xxT"]) - loc[..., :, None] * loc[..., None, :]
+        chol = jnp.linalg.cholesky(cov)
+        precision = _chol_inverse(chol)
+        return {"x": _chol_solve_vec(chol, loc), "xxT": -0.5 * precision}
+
+    @classmethod
+    def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
+        _, chol = cls._precision_chol(natural)
+        return _pd_ok(chol) & jnp.all(jnp.isfinite(natural["x"]), -1)
+
+    @classmethod
+    def is_valid_mean(cls, mean: Mapping[str, Array]) -> Array:
+        loc = mean["x"]
+        cov = _sym(mean["xxT"]) - loc[..., :, None] * loc[..., None, :]
+        return _pd_ok(jnp.linalg.cholesky(cov))
+
+    # ------------------------------------------------------------ usual params
+    @classmethod
+    def from_loc_cov(cls, loc: Array, cov: Array) -> "MultivariateNormal":
+        """From mean ``[..., D]`` and symmetric positive-definite covariance ``[..., D, D]``."""
+        loc, cov = as_float_arrays(loc, cov)
+        cls._check_matrix("from_loc_cov", "cov", loc, cov)
+        loc, cov = _broadcast_loc_matrix(loc, cov)
+        chol = jnp.linalg.cholesky(_sym(cov))
+        check_param("MultivariateNormal.from_loc_cov", "cov", cov, _pd_ok(chol),
+                    "positive definite")
+        return cls({"x": _chol_solve_vec(chol, loc), "xxT": -0.5 * _chol_inverse(chol)})
+
+    @classmethod
+    def from_loc_precision(cls, loc: Array, precision: Array) -> "MultivariateNormal":
+        """From mean ``[..., D]`` and symmetric positive-definite precision ``[..., D, D]``."""
+        loc, precision = as_float_arrays(loc, precision)
+        cls._check_matrix("from_loc_precision", "precision", loc, precision)
+        loc, precision = _broadcast_loc_matrix(loc, _sym(precision))
+        check_param("MultivariateNormal.from_loc_precision", "precision", precision,
+                    _pd_ok(jnp.linalg.cholesky(precision)), "positive definite")
+        eta_x = jnp.einsum("...ij,...j->...i", precision, loc)
+        return cls({"x": eta_x, "xxT": -0.5 * precision})
+
+    @staticmethod
+    def _check_matrix(where: str, name: str, loc: Array, mat: Array) -> None:
+        if mat.ndim < 2 or mat.shape[-1] != mat.shape[-2] or loc.shape[-1:] != mat.shape[-1:]:
+            raise ValueError(f"MultivariateNormal.{where}: {name} must have shape "
+                             f"[..., D, D] matching loc [..., D]; got {name} {mat.shape}, "
+                             f"loc {loc.shape}.")
+        check_param(f"MultivariateNormal.{where}", "loc", loc, jnp.isfinite(loc), "finite")
+        check_param(f"MultivariateNormal.{where}", name, mat,
+                    jnp.all(jnp.isfinite(mat), (-2, -1)), "finite")
+        tol = 1e3 * jnp.finfo(mat.dtype).eps * jnp.max(jnp.abs(mat), (-2, -1))
+        check_param(f"MultivariateNormal.{where}", name, mat,
+                    jnp.all(jnp.abs(mat - jnp.swapaxes(mat, -1, -2)) <= tol[..., None, None],
+                            (-2, -1)), "symmetric")
+
+    @property
+    def precision(self) -> Array:
+        return -2.0 * _sym(self.natural["xxT"])
+
+    @property
+    def precision_chol(self) -> Array:
+        """Lower Cholesky factor ``L`` of the precision, ``Lambda = L L^T``."""
+        return jnp.linalg.cholesky(self.precision)
+
+    @property
+    def loc(self) -> Array:
+        return _chol_solve_vec(self.precision_chol, self.natural["x"])
+
+    @property
+    def cov(self) -> Array:
+        return _chol_inverse(self.precision_chol)
+
+    @property
+    def dim(self) -> int:
+        return self.natural["x"].shape[-1]
+
+    def covariance(self) -> Array:
+        return self.cov
+
+    def mean(self) -> Array:
+        return self.loc
+
+    def variance(self) -> Array:
+        """Diagonal of the covariance."""
+        return _diag(self.cov)
+
+    # ------------------------------------------------------------ closed forms
+    def log_prob(self, x: Array) -> Array:
+        chol = self.precision_chol
+        loc = _chol_solve_vec(chol, self.natural["x"])
+        # (x - m)^T Lambda (x - m) = |L^T (x - m)|^2
+        z = jnp.einsum("...ji,...j->...i", chol, x - loc)
+        return (-0.5 * jnp.sum(z * z, -1) + jnp.sum(jnp.log(_diag(chol)), -1)
+                - 0.5 * self.dim * _LOG_2PI)
+
+    def entropy(self) -> Array:
+        return (0.5 * self.dim * (1.0 + _LOG_2PI)
+                - jnp.sum(jnp.log(_diag(self.precision_chol)), -1))
+
+    def kl(self, other: "MultivariateNormal") -> Array:
+        """``(tr(Lq Sp) + (mq - mp)^T Lq (mq - mp) - D + log|Lp| - log|Lq|) / 2``."""
+        self._check_same_family(other)
+        chol_p, chol_q = self.precision_chol, other.precision_chol
+        chol_p, chol_q = jnp.broadcast_arrays(chol_p, chol_q)
+        # tr(Lambda_q Sigma_p) = |L_p^{-1} L_q|_F^2
+        trace = jnp.sum(solve_triangular(chol_p, chol_q, lower=True) ** 2, (-2, -1))
+        diff = jnp.einsum("...ji,...j->...i", chol_q, other.loc - self.loc)
+        logdet = 2.0 * jnp.sum(jnp.log(_diag(chol_p)) - jnp.log(_diag(chol_q)), -1)
+        return 0.5 * (trace + jnp.sum(diff * diff, -1) - self.dim + logdet)
+
+    def expected_log_base_measure(self) -> Array:
+        return self._constant(-0.5 * self.dim * _LOG_2PI)
+
+    def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
+        """Reparameterized ``m + L^{-T} eps`` with ``Lambda = L L^T`` (no inverse)."""
+        chol = self.precision_chol
+        shape = tuple(sample_shape) + chol.shape[:-1]
+        eps = jax.random.normal(key, shape, self.dtype)
+        chol = jnp.broadcast_to(chol, shape + shape[-1:])
+        z = solve_triangular(chol, eps[..., None], lower=True, trans="T")[..., 0]
+        return self.loc + z
+
+    # ------------------------------------------------------------ gradient path
+    def to_unconstrained(self) -> dict[str, Array]:
+        """``{"loc": m, "scale_tril": S}``: ``S`` is the lower Cholesky factor of the
+        covariance with its diagonal replaced by its log."""
+        scale = jnp.linalg.cholesky(self.cov)
+        raw = jnp.tril(scale, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(
+            jnp.log(_diag(scale)))
+        return {"loc": self.loc, "scale_tril": raw}
+
+    @classmethod
+    def from_unconstrained(cls, u: Mapping[str, Array]) -> "MultivariateNormal":
+        """Inverse of :meth:`to_unconstrained` (only the lower triangle of
+        ``scale_tril`` is used; its diagonal is exponentiated)."""
+        raw = u["scale_tril"]
+        scale = jnp.tril(raw, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(
+            jnp.exp(_diag(raw)))
+        # Lambda = S^{-T} S^{-1}
+        inv = solve_triangular(scale, _eye_like(scale), lower=True)
+        precision = _sym(jnp.swapaxes(inv, -1, -2) @ inv)
+        loc = jnp.broadcast_to(u["loc"], precision.shape[:-1])
+        return cls({"x": jnp.einsum("...ij,...j->...i", precision, loc),
+                    "xxT": -0.5 * precision})
