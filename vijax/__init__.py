@@ -8,7 +8,10 @@ and compares the two.
 from vijax import errors, families, models
 from vijax.errors import (DataError, FitDivergedError, InvalidParameterError, ModelSpecError,
                           NonConjugateError, UnsupportedPrimitiveError, VijaxError)
+from vijax.compare import Comparison, compare
 from vijax.inference.cavi import CaviResult, cavi
+from vijax.inference.gradient import fit_gradient
+from vijax.inference.result import FitResult
 from vijax.model import Analysis, Model, analyze
 from vijax.supports import (Support, binary, categorical, count, positive, real, simplex,
                             unit_interval)
@@ -16,7 +19,8 @@ from vijax.supports import (Support, binary, categorical, count, positive, real,
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "analyze", "Analysis", "cavi", "CaviResult",
+    "Model", "analyze", "Analysis", "cavi", "CaviResult", "FitResult", "fit_gradient",
+    "compare", "Comparison",
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
     "errors", "families", "models",
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",

@@ -21,6 +21,7 @@ from vijax import _compat
 from vijax.conjugacy.compile import compile_model
 from vijax.errors import FitDivergedError
 from vijax.inference import meanfield as mf
+from vijax.inference.result import FitResult
 from vijax.model import check_data
 
 
@@ -35,30 +36,7 @@ class CaviState(NamedTuple):
     invalid_iter: Any
 
 
-class CaviResult(NamedTuple):
-    """Result of :func:`cavi` (a pytree: works under ``jit`` and ``vmap``).
-
-    Attributes:
-        posterior: latent -> family object (``.mean()``, ``.variance()``, ``.sample``...).
-        elbo: final ELBO (a true lower bound on ``log p(x)``).
-        elbo_trace: ELBO after each sweep (``max_iters`` long; entries past
-            ``num_iters`` repeat the last value).
-        num_iters: sweeps run.
-        converged: relative ELBO change fell below ``tol``.
-        diagnostics: ``max_decrease`` (largest ELBO drop seen; > 0 beyond rounding is a
-            bug or a non-conjugate term), ``nonfinite``, ``invalid_latent`` (index into
-            ``order`` of a latent whose update left its family's domain, -1 if none),
-            ``invalid_iter``.
-        natural: natural parameters per latent (``{latent: {stat: array}}``).
-    """
-
-    posterior: dict
-    elbo: Any
-    elbo_trace: Any
-    num_iters: Any
-    converged: Any
-    diagnostics: dict
-    natural: dict
+CaviResult = FitResult
 
 
 def init(compiled, natural0, max_iters):

@@ -17,12 +17,39 @@ from vijax import families as fam_mod
 from vijax.errors import ModelSpecError
 
 
+DEFAULT_FAMILY = {"real": "Normal", "positive": "Gamma", "unit_interval": "Beta",
+                  "simplex": "Dirichlet", "binary": "Bernoulli", "categorical": "Categorical"}
+
+
 def family_class(info):
     return getattr(fam_mod, info.family)
 
 
+def _infos(compiled_or_infos):
+    return compiled_or_infos if isinstance(compiled_or_infos, dict) else compiled_or_infos.infos
+
+
 def families_of(compiled):
-    return {n: family_class(i) for n, i in compiled.infos.items() if i.family is not None}
+    return {n: family_class(i) for n, i in _infos(compiled).items() if i.family is not None}
+
+
+def variational_infos(model, compiled):
+    """Per latent, the q family: the compiler's where conjugate, else a default by support
+    (Normal, Gamma, Beta, Dirichlet, Bernoulli, Categorical)."""
+    import dataclasses
+    from vijax.conjugacy.matching import LatentInfo
+    out = {}
+    for n, sup in model.supports.items():
+        inf = compiled.infos.get(n) if compiled is not None else None
+        if inf is not None and inf.family is not None:
+            out[n] = inf
+            continue
+        fam = DEFAULT_FAMILY.get(sup.kind)
+        if fam is None:
+            raise ModelSpecError(f"latent '{n}': no variational family for support {sup}")
+        base = inf if inf is not None else LatentInfo(n, sup)
+        out[n] = dataclasses.replace(base, family=fam, event_ndim=0)
+    return out
 
 
 def mean_params(compiled, natural):
@@ -48,7 +75,7 @@ def posterior(compiled, natural):
     return {n: fams[n].from_natural(natural[n]) for n in natural}
 
 
-def default_init(compiled, key, dtype):
+def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
     """Natural parameters of a sensible starting q for every latent.
 
     Normal and dense Gaussian: unit variance around small random means; Gamma and
@@ -56,7 +83,7 @@ def default_init(compiled, key, dtype):
     probabilities (symmetry breaking for mixtures).
     """
     out = {}
-    for n, inf in compiled.infos.items():
+    for n, inf in _infos(compiled).items():
         if inf.family is None:
             continue
         key, k = jax.random.split(key)
@@ -97,9 +124,10 @@ def user_init(compiled, init, base):
         return base
     out = dict(base)
     for n, v in init.items():
-        if n not in compiled.infos:
+        infos = _infos(compiled)
+        if n not in infos:
             raise ModelSpecError(f"init names latent '{n}', which the model does not declare")
-        inf = compiled.infos[n]
+        inf = infos[n]
         cls = family_class(inf)
         if isinstance(v, fam_mod.ExponentialFamily):
             if not isinstance(v, cls):
