@@ -106,6 +106,15 @@ class Walker:
                     return line
         return None
 
+    def context(self):
+        """Names of the enclosing named calls (jit / custom_jvp functions), outermost first."""
+        names = []
+        for e in self.stack[:-1]:
+            n = e.params.get("name") if hasattr(e, "params") else None
+            if isinstance(n, str) and n not in ("_where", "where") and n not in names:
+                names.append(n)
+        return names
+
     def concrete(self, v):
         if isinstance(v, Lazy):
             return v.materialize()
@@ -151,6 +160,9 @@ class Walker:
                 if v.good is not None:
                     lats |= v.good.latents()
         if lats:
+            ctx = self.context()
+            if ctx:
+                detail = f"{detail} (inside {' > '.join(ctx)})"
             reasons.append(Reason(frozenset(lats), prim, self.source(), detail))
         pt = jnp.asarray(outval_point)
         return Poison(tuple(pt.shape), pt.dtype, None, pt, tuple(reasons))
