@@ -168,8 +168,18 @@ def trace(model, data):
 
 
 def compile_model(model, data) -> Compiled:
-    """Run the compiler: trace, walk, match families, build F."""
+    """Run the compiler: trace, walk, match families, build F.
+
+    Constants that do not depend on (possibly traced) data are folded eagerly, so the
+    structural decisions (support guards, zero tests, index maps) stay concrete under
+    ``jit`` and ``vmap``.
+    """
     closed, example = trace(model, data)
+    with jax.ensure_compile_time_eval():
+        return _compile(model, data, closed)
+
+
+def _compile(model, data, closed) -> Compiled:
     space = T.Space()
     dtype = jnp.zeros(()).dtype
     w = Walker(model.supports, space, dtype)

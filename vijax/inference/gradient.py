@@ -204,6 +204,12 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         trace = jnp.concatenate(traces)
         trace = jnp.concatenate([trace, jnp.full((n_chunks * chunk - trace.shape[0],), trace[-1])])
         converged = jnp.asarray(converged)
+    if not traced and int(state.bad_step) >= 0:
+        good = state.params if natural_gradient else _to_natural(infos, state.params)
+        raise FitDivergedError(
+            f"the ELBO became non-finite at step {int(state.bad_step)} of the gradient fit "
+            f"(estimator={estimator!r}); lower the learning rate or check the priors. The last "
+            "finite state is in .last_state.", step=int(state.bad_step), last_state=good)
     natural = state.params if natural_gradient else _to_natural(infos, state.params)
     if compiled is not None and compiled.conjugate:
         elbo = mf.elbo(compiled, natural)
@@ -217,12 +223,6 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     posterior = {n: fams[n].from_natural(natural[n]) for n in natural}
     result = FitResult(posterior, elbo, trace, state.step, converged,
                        {k: v for k, v in diag.items() if k != "estimator"}, natural)
-    if not traced and int(state.bad_step) >= 0:
-        good = state.last_good if natural_gradient else _to_natural(infos, state.last_good)
-        raise FitDivergedError(
-            f"the ELBO became non-finite at step {int(state.bad_step)} of the gradient fit "
-            f"(estimator={estimator!r}); lower the learning rate or check the priors. The last "
-            "finite state is in .last_state.", step=int(state.bad_step), last_state=good)
     return result
 
 
@@ -245,22 +245,33 @@ def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
         e, grads = loss_and_grad(state.params, sub)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(e) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(params)]))
+        e_ok = jnp.isfinite(e) & _all_finite(grads)
+        p_ok = _all_finite(params)
         if natural_gradient:
-            finite = finite & jnp.all(jnp.asarray(
+            p_ok = p_ok & jnp.all(jnp.asarray(
                 [jnp.all(fams[n].is_valid_natural(params[n])) for n in params]))
-        ok = finite & (state.bad_step < 0)
-        pick = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new = GradState(pick(params, state.params), pick(opt_state, state.opt_state), key,
-                        state.step + jnp.where(ok, 1, 0), pick(state.params, state.last_good),
-                        jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
+        running = state.bad_step < 0
+        ok = running & e_ok & p_ok
+        # a non-finite ELBO at the current point sends the fit back to the last good one
+        back = running & ~e_ok
+        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), a, b)
+        kept = jax.tree_util.tree_map(lambda g, p: jnp.where(back, g, p), state.last_good,
+                                      state.params)
+        new = GradState(pick(params, kept), pick(opt_state, state.opt_state), key,
+                        state.step + jnp.where(ok, 1, 0),
+                        jax.tree_util.tree_map(lambda p, g: jnp.where(ok, p, g), state.params,
+                                               state.last_good),
+                        jnp.where(running & ~(e_ok & p_ok), state.step, state.bad_step))
         return new, jnp.where(jnp.isfinite(e), e, jnp.nan)
 
     def run_chunk(state):
         return jax.lax.scan(one, state, None, length=chunk)
 
     return run_chunk
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)]))
 
 
 def _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype):

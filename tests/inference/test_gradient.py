@@ -1,0 +1,169 @@
+"""The gradient path against CAVI on the zoo, and on non-conjugate models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import vijax as vj
+from vijax.models import CONJUGATE, ZOO
+
+# models with several local optima: the gradient fit starts near CAVI's optimum and
+# must converge back to it (same fixed point); the others start from the default init
+MULTIMODAL = {"gaussian_mixture", "lda", "ppca"}
+
+
+@pytest.fixture(scope="module")
+def cavi_fits():
+    out = {}
+    for name in CONJUGATE:
+        zm = ZOO[name]()
+        data = zm.make_data(jax.random.key(0))
+        out[name] = (zm, data, vj.cavi(zm.model, data, key=jax.random.key(1), tol=1e-13,
+                                       max_iters=3000))
+    return out
+
+
+def _perturbed(fit, key, scale=0.05):
+    """CAVI's factors with their natural parameters jittered (same family)."""
+    out = {}
+    for n, q in fit.posterior.items():
+        u = q.to_unconstrained()
+        leaves, tree = jax.tree_util.tree_flatten(u)
+        keys = jax.random.split(jax.random.fold_in(key, hash(n) % 1000), len(leaves))
+        leaves = [l + scale * jax.random.normal(k, jnp.shape(l)) for l, k in zip(leaves, keys)]
+        out[n] = type(q).from_unconstrained(jax.tree_util.tree_unflatten(tree, leaves))
+    return out
+
+
+@pytest.mark.parametrize("name", CONJUGATE)
+def test_exact_gradient_agrees_with_cavi(cavi_fits, name):
+    zm, data, fit = cavi_fits[name]
+    init = _perturbed(fit, jax.random.key(5)) if name in MULTIMODAL else None
+    g = vj.fit_gradient(zm.model, data, jax.random.key(2), optimizer=optax.adam(2e-2),
+                        estimator="exact", num_steps=20000, tol=1e-12, init=init)
+    rep = vj.compare(fit, g, elbo_tol=1e-5, kl_tol=1e-4)
+    assert rep.elbo_gap < 1e-5, str(rep)
+    for lat, r in rep.latents.items():
+        assert r["kl_ab"] < 1e-4 and r["kl_ba"] < 1e-4, (lat, str(rep))
+    # the gradient fit never beats CAVI's fixed point by more than rounding
+    assert float(g.elbo) <= float(fit.elbo) + 1e-7 * abs(float(fit.elbo))
+
+
+@pytest.mark.parametrize("name", CONJUGATE)
+def test_reparam_gradient_agrees_with_cavi(cavi_fits, name):
+    zm, data, fit = cavi_fits[name]
+    init = _perturbed(fit, jax.random.key(6)) if name in MULTIMODAL else None
+    opt = optax.adam(optax.exponential_decay(3e-2, 1000, 0.3))
+    g = vj.fit_gradient(zm.model, data, jax.random.key(3), optimizer=opt, estimator="reparam",
+                        num_samples=32, num_steps=4000, tol=0.0, init=init)
+    rep = vj.compare(fit, g, elbo_tol=1e-2, kl_tol=np.inf, mean_tol_sd=0.1)
+    assert rep.elbo_gap < 1e-2, str(rep)
+    for lat, r in rep.latents.items():
+        if r["family"] in ("Categorical", "Bernoulli"):
+            continue  # responsibilities: compared through the ELBO and the other factors
+        assert r["max_mean_diff_sd"] < 0.1, (lat, str(rep))
+
+
+def _logistic_reference(X, y, prior_sd=1.0):
+    """Laplace approximation by Newton's method, written independently here."""
+    w = np.zeros(X.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-X @ w))
+        g = X.T @ (y - p) - w / prior_sd ** 2
+        H = -(X.T * (p * (1 - p))) @ X - np.eye(len(w)) / prior_sd ** 2
+        w = w - np.linalg.solve(H, g)
+    return w, np.diag(np.linalg.inv(-H))
+
+
+def test_logistic_regression_refused_by_cavi_fitted_by_gradient():
+    zm = ZOO["logistic_regression"]()
+    data = zm.make_data(jax.random.key(0), n=400)
+    with pytest.raises(vj.NonConjugateError) as err:
+        vj.cavi(zm.model, data)
+    assert err.value.latent == "w"
+    assert "nonconjugate.py" in str(err.value)
+    g = vj.fit_gradient(zm.model, data, jax.random.key(1),
+                        optimizer=optax.adam(optax.exponential_decay(5e-2, 1000, 0.3)),
+                        num_samples=32, num_steps=4000, tol=0.0)
+    w_map, var = _logistic_reference(np.asarray(data["X"]), np.asarray(data["y"]))
+    mean = np.asarray(g.posterior["w"].mean())
+    # with 400 points the posterior is close to Gaussian: VI mean ~ Laplace mean
+    np.testing.assert_allclose(mean, w_map, atol=0.25 * np.sqrt(var).max())
+    np.testing.assert_allclose(np.asarray(g.posterior["w"].variance()), var, rtol=0.3)
+
+
+def test_student_t_location_fitted_by_gradient():
+    zm = ZOO["student_t_location"]()
+    x = zm.make_data(jax.random.key(0), n=200)
+    assert vj.analyze(zm.model, x).families["mu"] is None
+    g = vj.fit_gradient(zm.model, x, jax.random.key(1), num_steps=3000,
+                        optimizer=optax.adam(optax.exponential_decay(5e-2, 1000, 0.3)), tol=0.0)
+    # reference: posterior mean by quadrature on a grid
+    grid = np.linspace(-2, 4, 4001)
+    lp = np.array(jax.vmap(lambda m: zm.model.log_joint({"mu": m}, x))(jnp.asarray(grid)))
+    w = np.exp(lp - lp.max())
+    post_mean = np.sum(grid * w) / np.sum(w)
+    post_sd = np.sqrt(np.sum((grid - post_mean) ** 2 * w) / np.sum(w))
+    assert abs(float(g.posterior["mu"].mean()) - post_mean) < 0.1 * post_sd
+
+
+def test_natural_gradient_step_of_one_is_the_cavi_update():
+    zm = ZOO["normal_known_variance"]()
+    x = zm.make_data(jax.random.key(0))
+    fit = vj.cavi(zm.model, x, max_iters=1)
+    g = vj.fit_gradient(zm.model, x, jax.random.key(0), optimizer=optax.sgd(1.0),
+                        natural_gradient=True, num_steps=1, chunk=1, estimator="exact")
+    for s, v in fit.natural["mu"].items():
+        np.testing.assert_allclose(np.asarray(g.natural["mu"][s]), np.asarray(v), rtol=1e-12)
+
+
+def test_gradient_under_vmap_matches_loop():
+    zm = ZOO["normal_gamma"]()
+    xs = jnp.stack([zm.make_data(jax.random.key(i), n=10) for i in range(3)])
+
+    def elbo(x):
+        return vj.fit_gradient(zm.model, x, jax.random.key(0), optimizer=optax.adam(5e-2),
+                               estimator="exact", num_steps=300, tol=0.0).elbo
+    batched = jax.jit(jax.vmap(elbo))(xs)
+    looped = jnp.stack([elbo(x) for x in xs])
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=1e-8)
+
+
+def test_divergence_raises_with_last_finite_state():
+    zm = ZOO["normal_gamma"]()
+    x = zm.make_data(jax.random.key(0))
+    with pytest.raises(vj.FitDivergedError) as err:
+        vj.fit_gradient(zm.model, x, jax.random.key(0), optimizer=optax.sgd(1e6),
+                        estimator="exact", num_steps=200, tol=0.0)
+    assert err.value.step is not None and err.value.last_state is not None
+    for lat in err.value.last_state.values():
+        for v in lat.values():
+            assert np.all(np.isfinite(np.asarray(v)))
+
+
+def test_bad_estimator_and_nan_data():
+    zm = ZOO["normal_gamma"]()
+    x = zm.make_data(jax.random.key(0))
+    with pytest.raises(vj.ModelSpecError):
+        vj.fit_gradient(zm.model, x, jax.random.key(0), estimator="mc")
+    with pytest.raises(vj.DataError):
+        vj.fit_gradient(zm.model, x.at[2].set(jnp.nan), jax.random.key(0))
+    lr = ZOO["logistic_regression"]()
+    with pytest.raises(vj.NonConjugateError):
+        vj.fit_gradient(lr.model, lr.make_data(jax.random.key(0)), jax.random.key(0),
+                        estimator="exact")
+
+
+def test_compare_report_fields_and_disagreement():
+    zm = ZOO["normal_gamma"]()
+    x = zm.make_data(jax.random.key(0))
+    fit = vj.cavi(zm.model, x)
+    early = vj.cavi(zm.model, x, max_iters=1)
+    rep = vj.compare(fit, fit)
+    assert rep.agree and rep.elbo_gap == 0.0
+    d = rep.to_dict()
+    assert set(d["latents"]["tau"]) >= {"kl_ab", "kl_ba", "max_abs_mean_diff", "max_rel_var_diff"}
+    bad = vj.compare(fit, early, kl_tol=1e-12, elbo_tol=1e-12)
+    assert not bad.agree and "DISAGREE" in str(bad)
