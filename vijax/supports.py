@@ -18,6 +18,7 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vijax.errors import ModelSpecError
 
@@ -28,6 +29,11 @@ DISCRETE = ("binary", "categorical", "count")
 # as ``x != 0`` or ``x >= 1`` take the branch of a generic point.
 _CANONICAL = {"real": 0.3183, "positive": 0.7071, "unit_interval": 0.4142,
               "binary": 0, "categorical": 0, "count": 1}
+
+
+def default_float():
+    """float64 when jax_enable_x64 is on, else float32 (no computation involved)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
 def _as_shape(shape) -> Tuple[int, ...]:
@@ -85,8 +91,8 @@ class Support:
 
     def dtype(self):
         if self.is_discrete:
-            return jnp.int32
-        return jnp.zeros(()).dtype  # the default float (float64 under x64)
+            return np.dtype(np.int32)
+        return default_float()
 
     @property
     def unconstrained_shape(self) -> Tuple[int, ...]:
@@ -116,11 +122,10 @@ class Support:
 
     def canonical_point(self, dtype=None):
         """A valid interior point with the latent's value shape."""
-        if self.kind == "simplex":
-            dt = dtype or self.dtype()
-            return jnp.full(self.value_shape, 1.0 / self.num_categories, dt)
         dt = dtype or self.dtype()
-        return jnp.full(self.shape, _CANONICAL[self.kind], dt)
+        if self.kind == "simplex":
+            return np.full(self.value_shape, 1.0 / self.num_categories, dt)
+        return np.full(self.shape, _CANONICAL[self.kind], dt)
 
     def support_values(self):
         """All values of one element of a binary or categorical latent."""

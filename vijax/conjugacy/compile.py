@@ -133,10 +133,10 @@ def _latent_value(space, name, sup):
     if sup.kind == "categorical":
         K = sup.num_categories
         k = space.fresh(K)
-        term = T.Term(((jnp.arange(K, dtype=jnp.zeros(()).dtype), (k,)),),
+        term = T.Term(((np.arange(K, dtype=np.float64), (k,)),),
                       (T.Atom(name, "onehot", labels + (k,)),), labels)
         return T.Sym(sup.shape, jnp.int32, (term,))
-    dtype = jnp.int32 if sup.is_discrete else jnp.zeros(()).dtype
+    dtype = np.dtype(np.int32) if sup.is_discrete else sup.dtype()
     return T.Sym(sup.value_shape, dtype, (T.Term((), (T.Atom(name, "x", labels),), labels),))
 
 
@@ -181,7 +181,8 @@ def compile_model(model, data) -> Compiled:
 
 def _compile(model, data, closed) -> Compiled:
     space = T.Space()
-    dtype = jnp.zeros(()).dtype
+    from vijax.supports import default_float
+    dtype = default_float()
     w = Walker(model.supports, space, dtype)
     lat_vals = {n: _latent_value(space, n, s) for n, s in model.supports.items()}
     args = jax.tree_util.tree_leaves((lat_vals, data), is_leaf=lambda x: isinstance(x, T.Sym))

@@ -102,6 +102,14 @@ def _gather_map(w, eqn, ind, z):
     return np.broadcast_to(e.reshape(sh), out_shape)
 
 
+def _host_stats(sup, k):
+    """Base statistics of ``z = k`` at every element, as numpy arrays."""
+    if sup.kind == "categorical":
+        return {"onehot": np.broadcast_to(np.eye(sup.num_categories)[k], sup.shape + (sup.num_categories,)),
+                "x": np.full(sup.shape, float(k))}
+    return {"x": np.full(sup.shape, float(k))}
+
+
 def substitute(w, v, z, k):
     """``v`` with every statistic of ``z`` evaluated at ``z = k`` (all elements)."""
     if not isinstance(v, T.Sym) or z not in v.latents():
@@ -109,7 +117,7 @@ def substitute(w, v, z, k):
     from vijax.conjugacy.rules import simplify_const
     from vijax.conjugacy.walker import base_stats
     sup = w.supports[z]
-    stats = {z: base_stats(sup, jnp.full(sup.shape, k, jnp.int32))}
+    stats = {z: _host_stats(sup, k)}
     terms = []
     for t in v.terms:
         consts = list(t.consts)
@@ -120,10 +128,10 @@ def substitute(w, v, z, k):
                 atoms.append(a)
                 continue
             val = T.atom_operand(a, stats)
-            if not (isinstance(val, jax.core.Tracer)) and not np.any(np.asarray(val)):
+            if T.is_concrete(val) and not np.any(val):
                 zero = True
                 break
-            consts.append((val.astype(w.dtype), a.labels))
+            consts.append((val, a.labels))
         if not zero:
             terms.append(T.Term(tuple(consts), tuple(atoms), t.out, t.src))
     if not terms:
@@ -149,11 +157,11 @@ def indicator(w, z, k, emap):
     else:
         terms = [T.Term((), (T.Atom(z, "onehot", q, e * sup.num_categories + k),), q)]
     if not dep.all():
-        mask = jnp.asarray(dep, w.dtype)
+        mask = dep.astype(np.float64)
         terms = [t.with_(consts=t.consts + ((mask, q),)) for t in terms]
         if k == 0:
             terms.append(T.Term(((1.0 - mask, q),), (), q))
-    return T.Sym(shape, w.dtype, tuple(terms))
+    return T.Sym(shape, w.dtype, tuple(T.compress(t, w.space.sizes) for t in terms))
 
 
 def tabulate(w, eqn, invals):
@@ -192,7 +200,8 @@ def tabulate(w, eqn, invals):
             poisons.append(out_k)
             continue
         if not isinstance(out_k, T.Sym):
-            out_k = jnp.asarray(w.concrete(out_k)).astype(w.dtype)
+            out_k = T.host(w.concrete(out_k))
+            out_k = out_k.astype(np.float64) if T.is_concrete(out_k) else out_k.astype(w.dtype)
         piece = mul_sym(w, indicator(w, z, k, emap), _operand(w, out_k, shape))
         total = piece if total is None else T.Sym(shape, dtype, total.terms + piece.terms)
     if poisons:

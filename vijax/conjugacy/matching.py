@@ -214,8 +214,12 @@ def match(space, supports, value, reasons, all_latents):
         atoms = []
         for name, entry in c.items():
             atoms.append(_final_atom(space.sizes, info[name], entry))
-        final.append(T.Term(t.consts, tuple(atoms), t.out, t.src))
-    return info, const, merge_terms(space, final)
+        final.append(T.compress(T.Term(t.consts, tuple(atoms), t.out, t.src), space.sizes))
+    merged = [T.compress(t, space.sizes) for t in merge_terms(space, final)]
+    shapes = {n: {s: i.stat_shape(s) for s in i.stats} for n, i in info.items() if i.family}
+    merged = [t.with_(atoms=tuple(T.as_identity(a, shapes[a.latent][a.stat], space)
+                                  for a in t.atoms)) for t in merged]
+    return info, const, merged
 
 
 def _final_stat_name(kind, a):
@@ -286,6 +290,35 @@ def _canonical(t: T.Term):
     return (sig_atoms, sig_consts), atoms, ren
 
 
+def _idx_key(a):
+    if a.idx is None:
+        return None
+    if T.is_concrete(a.idx):
+        arr = np.asarray(a.idx)
+        return (arr.shape, arr.tobytes())
+    return ("traced", id(a.idx))
+
+
+def _add_same_index(members):
+    """Members reading the same statistic entries: add their (single) constants."""
+    parts = defaultdict(list)
+    for m in members:
+        parts[tuple(_idx_key(a) for a in m[1])].append(m)
+    out = []
+    for part in parts.values():
+        if len(part) == 1 or any(len(m[0].consts) > 1 for m in part):
+            out.extend(part)
+            continue
+        t0 = part[0][0]
+        total = None
+        for t, _, _ in part:
+            c = T.host(t.consts[0][0]) if t.consts else np.ones(())
+            total = c if total is None else total + c
+        labels = t0.consts[0][1] if t0.consts else ()
+        out.append((t0.with_(consts=((total, labels),)), part[0][1], part[0][2]))
+    return out
+
+
 def merge_terms(space, terms):
     """Merge terms of one pattern: add constants (same indices) or stack along a new label."""
     groups = defaultdict(list)
@@ -295,29 +328,17 @@ def merge_terms(space, terms):
         groups[sig].append((t, atoms, ren))
     out = []
     for sig, members in groups.items():
+        members = _add_same_index(members)
         if len(members) == 1:
             out.append(members[0][0])
             continue
         t0, atoms0, ren0 = members[0]
-        inv0 = {v: k for k, v in ren0.items()}
-        same_idx = all(
-            all((a.idx is None and b.idx is None) or (
-                a.idx is not None and b.idx is not None and T.is_concrete(a.idx)
-                and T.is_concrete(b.idx) and np.array_equal(a.idx, b.idx))
-                for a, b in zip(atoms0, m[1])) for m in members[1:])
-        if same_idx and len(t0.consts) <= 1:
-            total = None
-            for t, atoms, ren in members:
-                c = t.consts[0][0] if t.consts else jnp.ones(())
-                total = c if total is None else total + c
-            consts = ((total, t0.consts[0][1]),) if t0.consts else ((total, ()),)
-            out.append(t0.with_(consts=consts))
-            continue
         # stack along a new summed label s
         s = space.fresh(len(members))
         consts = []
         for ci, (c0, ls0) in enumerate(t0.consts):
-            stacked = jnp.stack([jnp.asarray(m[0].consts[ci][0]) for m in members])
+            arrs = [T.host(m[0].consts[ci][0]) for m in members]
+            stacked = T.xp(*arrs).stack(arrs)
             consts.append((stacked, (s,) + ls0))
         atoms = []
         for ai, a0 in enumerate(atoms0):

@@ -106,7 +106,7 @@ def collapse(w, t: T.Term) -> T.Term | None:
                         if not mask.any():
                             return None
                         if not mask.all():
-                            consts.append((jnp.asarray(mask, w.dtype), a.labels))
+                            consts.append((mask.astype(np.float64), a.labels))
                         del atoms[j]
                         changed = True
                         break
@@ -118,7 +118,7 @@ def collapse(w, t: T.Term) -> T.Term | None:
                     if p != 0:
                         atoms.append(merged)
                     else:  # the atoms cancel; keep the labels' extent with ones
-                        consts.append((jnp.ones(_label_shape(w, a.labels), w.dtype), a.labels))
+                        consts.append((np.ones(_label_shape(w, a.labels)), a.labels))
                     changed = True
                     break
             if changed:
@@ -127,9 +127,9 @@ def collapse(w, t: T.Term) -> T.Term | None:
     scal = [c for c, ls in consts if not ls]
     rest = [(c, ls) for c, ls in consts if ls]
     if len(scal) > 1:
-        s = scal[0]
+        s = T.host(scal[0])
         for c in scal[1:]:
-            s = s * c
+            s = s * T.host(c)
         scal = [s]
     return T.Term(tuple(rest) + tuple((c, ()) for c in scal), tuple(atoms), t.out, t.src)
 
@@ -204,9 +204,8 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
     """
     new_shape = tuple(new_shape)
     nq = len(new_shape)
-    ia = [jnp.broadcast_to(jnp.asarray(a), jnp.broadcast_shapes(jnp.shape(a), (1,) * nq))
-          if jnp.ndim(a) < nq else jnp.asarray(a) for a in index_arrays]
-    ia = [a.reshape((1,) * (nq - a.ndim) + a.shape) for a in ia]
+    ia = [T.host(a) for a in index_arrays]
+    ia = [a.reshape((1,) * (nq - a.ndim) + tuple(a.shape)) for a in ia]
     terms = []
     for t in s.terms:
         q = w.space.fresh_many(new_shape)
@@ -225,14 +224,17 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
                     k = others.index(l)
                     sh = [1] * (nq + no)
                     sh[nq + k] = w.space.sizes[l]
-                    ix.append(jnp.arange(w.space.sizes[l]).reshape(sh))
-            res = jnp.asarray(arr)[tuple(ix)]
-            bshape = jnp.broadcast_shapes(*[x.shape for x in ix])
+                    ix.append(np.arange(w.space.sizes[l]).reshape(sh))
+            lib = T.xp(arr, *ix)
+            if lib is np:
+                arr, ix = np.asarray(arr), [np.asarray(x) for x in ix]
+            res = arr[tuple(ix)]
+            bshape = np.broadcast_shapes(*[x.shape for x in ix])
             keep = [i for i in range(nq) if bshape[i] != 1]
             squeeze = tuple(i for i in range(nq) if bshape[i] == 1)
-            res = jnp.broadcast_to(res, bshape)
+            res = lib.broadcast_to(res, bshape)
             if squeeze:
-                res = jnp.squeeze(res, squeeze)
+                res = lib.squeeze(res, squeeze)
             return res, tuple(q[i] for i in keep) + tuple(others)
 
         consts = tuple(regather(c, ls) for c, ls in t.consts)
@@ -242,8 +244,6 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
                 sup = w.supports[a.latent]
                 shp = T.stat_shape(sup.value_shape, a.stat, sup.num_categories)
                 idx = T.explicit_idx(a, shp)
-                if a.idx is None:
-                    idx = jnp.asarray(idx)
                 new_idx, labels = regather(idx, a.labels)
                 if T.is_concrete(new_idx):
                     new_idx = np.asarray(new_idx)
@@ -251,14 +251,14 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
             else:
                 atoms.append(a)
         if mask is not None:
-            consts = consts + ((jnp.asarray(mask, w.dtype).reshape(new_shape), q),)
-        terms.append(T.Term(consts, tuple(atoms), q, t.src))
+            consts = consts + ((T.host(mask).reshape(new_shape), q),)
+        terms.append(T.compress(T.Term(consts, tuple(atoms), q, t.src), w.space.sizes))
     return T.Sym(new_shape, s.dtype, tuple(terms))
 
 
 def split_constant(w, s: T.Sym):
     """(dense value of the atom-free terms, Sym of the rest or None)."""
-    const = jnp.zeros(s.shape, s.dtype)
+    const = np.zeros(s.shape)
     rest = []
     for t in s.terms:
         if t.atoms:
@@ -271,7 +271,8 @@ def split_constant(w, s: T.Sym):
 def simplify_const(w, s):
     """A Sym without atoms becomes a concrete array."""
     if is_sym(s) and all(not t.atoms for t in s.terms):
-        return split_constant(w, s)[0].astype(s.dtype)
+        c = split_constant(w, s)[0]
+        return c.astype(s.dtype) if T.is_concrete(c) else c.astype(s.dtype)
     return s
 
 
@@ -370,8 +371,8 @@ def _reshape(w, eqn, invals):
             out = tuple(next(it) if d != 1 else w.space.fresh(1) for d in new)
             terms.append(t.with_(out=out))
         return T.Sym(new, s.dtype, tuple(terms))
-    flat = jnp.arange(int(math.prod(new))).reshape(new)
-    idx = jnp.unravel_index(flat, s.shape) if s.shape else ()
+    flat = np.arange(int(math.prod(new))).reshape(new)
+    idx = np.unravel_index(flat, s.shape) if s.shape else ()
     return reindex_sym(w, s, new, list(idx))
 
 
@@ -474,14 +475,16 @@ def _gather(w, eqn, invals):
         return _nonlinear(w, eqn, invals, "index depends on a latent")
     ind = w.concrete(ind)
     shape = tuple(op.shape) if is_sym(op) else jnp.shape(w.concrete(op))
-    iota = jnp.arange(int(math.prod(shape)), dtype=jnp.int32).reshape(shape)
+    iota = np.arange(int(math.prod(shape)), dtype=np.int32).reshape(shape)
     params = dict(eqn.params)
     params.pop("fill_value", None)
     params["mode"] = jax.lax.GatherScatterMode.CLIP
     pos = jax.lax.gather(iota, ind, **params)
-    idx = jnp.unravel_index(pos, shape) if shape else ()
     if T.is_concrete(pos):
-        idx = [np.asarray(i) for i in idx]
+        pos = np.asarray(pos)
+        idx = list(np.unravel_index(pos, shape)) if shape else []
+    else:
+        idx = list(jnp.unravel_index(pos, shape)) if shape else []
     return reindex_sym(w, op, tuple(pos.shape), list(idx))
 
 
@@ -601,7 +604,7 @@ def monomial_pow(w, s, p):
     t = _monomial(w, s)
     if t is None:
         return None
-    consts = tuple((c ** p, ls) for c, ls in t.consts)
+    consts = tuple((T.host(c) ** p, ls) for c, ls in t.consts)
     atoms = tuple(T.Atom(a.latent, a.stat, a.labels, a.idx, a.power * p) for a in t.atoms)
     atoms = tuple(a for a in atoms if a.power != 0)
     return T.Sym(s.shape, s.dtype, (T.Term(consts, atoms, t.out, w.source()),))
@@ -661,9 +664,9 @@ def _div(w, eqn, invals):
     if not is_symbolic(b):
         bc = b
         if isinstance(b, Lazy):
-            inv = Lazy(1.0 / jnp.asarray(b.base), b.shape, b.dims)
+            inv = Lazy(1.0 / T.host(b.base), b.shape, b.dims)
         else:
-            inv = 1.0 / jnp.asarray(w.concrete(bc))
+            inv = 1.0 / T.host(w.concrete(bc))
         return mul_sym(w, _operand(w, a, shape), _operand(w, inv, shape))
     inv = monomial_pow(w, _operand(w, b, shape), -1.0)
     if inv is None:
@@ -680,12 +683,12 @@ def log_sym(w, s: T.Sym):
     if t is not None:
         terms = []
         for c, ls in t.consts:
-            terms.append(T.Term(((jnp.log(c), ls),), (), t.out, t.src))
+            terms.append(T.Term(((T.xp(c).log(T.host(c)), ls),), (), t.out, t.src))
         for a in t.atoms:
             kind = w.supports[a.latent].kind
             if kind not in ("positive", "simplex", "unit_interval"):
                 return None
-            terms.append(T.Term(((jnp.asarray(a.power, w.dtype), ()),),
+            terms.append(T.Term(((np.asarray(a.power), ()),),
                                 (T.Atom(a.latent, "log", a.labels, a.idx, 1.0),),
                                 t.out, w.source()))
         return T.Sym(s.shape, s.dtype, tuple(terms))

@@ -110,7 +110,8 @@ class Sym:
 
 def const_term(space: Space, value, shape) -> Term:
     """A term holding a constant array broadcast to ``shape`` (scalars stay scalars)."""
-    value = jnp.asarray(value)
+    value = host(value) if is_concrete(value) else jnp.asarray(value)
+    value = np.asarray(value) if isinstance(value, (int, float, bool)) else value
     out = space.fresh_many(shape)
     nd = value.ndim
     if nd == 0:
@@ -125,12 +126,12 @@ def const_term(space: Space, value, shape) -> Term:
         labels.append(out[lead + i])
     squeeze = tuple(i for i in range(nd) if i not in keep)
     if squeeze:
-        value = jnp.squeeze(value, squeeze)
+        value = xp(value).squeeze(value, squeeze)
     return Term(((value, tuple(labels)),), (), out)
 
 
 def scale_term(t: Term, c) -> Term:
-    return t.with_(consts=t.consts + ((jnp.asarray(c), ()),))
+    return t.with_(consts=t.consts + ((host(c) if is_concrete(c) else c, ()),))
 
 
 def stat_shape(latent_shape, stat, num_categories=None):
@@ -150,14 +151,27 @@ def is_concrete(x) -> bool:
     return x is None or not is_tracer(x)
 
 
+def xp(*arrays):
+    """numpy when every array is concrete (no XLA compile per shape), else jax.numpy."""
+    return np if all(is_concrete(a) for a in arrays) else jnp
+
+
+def host(x):
+    """A concrete array as numpy (no-op for numpy), a tracer unchanged."""
+    return np.asarray(x) if is_concrete(x) else x
+
+
 def _einsum(operands, out, sizes):
     """``jnp.einsum`` over ``(array, labels)`` pairs; broadcast out labels no operand has."""
     present = set()
     for _, ls in operands:
         present.update(ls)
     real_out = [l for l in out if l in present]
+    lib = xp(*[arr for arr, _ in operands])
+    if lib is np:
+        operands = [(np.asarray(arr), ls) for arr, ls in operands]
     if not operands:
-        return jnp.ones([sizes[l] for l in out])
+        return np.ones([sizes[l] for l in out])
     # relabel to small ints for jnp.einsum's interleaved form
     remap = {}
     for _, ls in operands:
@@ -171,22 +185,25 @@ def _einsum(operands, out, sizes):
     if len(operands) == 1 and sorted(operands[0][1]) == sorted(real_out) \
             and len(set(operands[0][1])) == len(operands[0][1]):
         arr, ls = operands[0]
-        res = jnp.transpose(arr, [ls.index(l) for l in real_out]) if ls else arr
+        res = lib.transpose(arr, [ls.index(l) for l in real_out]) if ls else arr
+    elif lib is np:
+        res = np.einsum(*args, optimize=True)
     else:
         res = jnp.einsum(*args, optimize="optimal" if len(operands) <= 4 else "greedy")
     if len(real_out) == len(out):
         return res
     # insert broadcast axes
     shape_b = [sizes[l] if l in present else 1 for l in out]
-    res = jnp.reshape(res, [sizes[l] if l in present else 1 for l in out])
-    return jnp.broadcast_to(res, [sizes[l] for l in out]) if shape_b else res
+    res = lib.reshape(res, [sizes[l] if l in present else 1 for l in out])
+    return lib.broadcast_to(res, [sizes[l] for l in out]) if shape_b else res
 
 
 def atom_operand(atom: Atom, stats):
     """The array an atom contributes, given ``stats[latent][stat]`` arrays."""
     arr = stats[atom.latent][atom.stat]
     if atom.idx is not None:
-        arr = jnp.reshape(arr, (-1,))[atom.idx]
+        lib = xp(arr, atom.idx)
+        arr = lib.reshape(host(arr) if lib is np else arr, (-1,))[atom.idx]
     if atom.power != 1.0:
         arr = arr ** atom.power
     return arr
@@ -199,7 +216,7 @@ def eval_term(t: Term, stats, sizes):
 
 
 def eval_sym(s: Sym, stats, sizes):
-    total = jnp.zeros(s.shape)
+    total = np.zeros(s.shape)
     for t in s.terms:
         total = total + eval_term(t, stats, sizes)
     return total
@@ -209,3 +226,92 @@ def const_value(t: Term, sizes):
     """Dense value of an atom-free term."""
     assert not t.atoms
     return _einsum(list(t.consts), t.out, sizes)
+
+
+def _constant_axes(arr):
+    """Axes along which a concrete array does not vary."""
+    out = []
+    for ax in range(arr.ndim):
+        if arr.shape[ax] > 1:
+            first = np.take(arr, [0], axis=ax)
+            if np.array_equal(arr, np.broadcast_to(first, arr.shape)):
+                out.append(ax)
+    return out
+
+
+def _drop_axes(arr, labels, axes):
+    arr = np.take(arr, 0, axis=axes[0]) if len(axes) == 1 else arr[
+        tuple(0 if i in axes else slice(None) for i in range(arr.ndim))]
+    return arr, tuple(l for i, l in enumerate(labels) if i not in axes)
+
+
+def compress(t: Term, sizes) -> Term:
+    """Drop operand axes along which a concrete operand is constant (un-broadcast).
+
+    A dropped label that then appears in no operand and not in the output was summed:
+    the term is scaled by its size.
+    """
+    consts, atoms = [], []
+    changed = False
+    for c, ls in t.consts:
+        if is_concrete(c) and np.ndim(c) > 0:
+            c = np.asarray(c)
+            axes = _constant_axes(c)
+            if axes:
+                c, ls = _drop_axes(c, ls, axes)
+                changed = True
+        consts.append((c, ls))
+    for a in t.atoms:
+        if a.idx is not None and is_concrete(a.idx) and np.ndim(a.idx) > 0:
+            idx = np.asarray(a.idx)
+            axes = _constant_axes(idx)
+            if axes:
+                idx, ls = _drop_axes(idx, a.labels, axes)
+                a = dataclasses.replace(a, idx=idx, labels=ls)
+                changed = True
+        atoms.append(a)
+    if not changed:
+        return t
+    before = t.labels()
+    t2 = Term(tuple(consts), tuple(atoms), t.out, t.src)
+    lost = before - t2.labels()
+    scale = math.prod(sizes[l] for l in lost) if lost else 1
+    return scale_term(t2, float(scale)) if scale != 1 else t2
+
+
+def as_identity(atom: Atom, stat_shape, space: Space) -> Atom:
+    """Replace an explicit index that reads the whole statistic array in order (up to a
+    permutation of axes) by ``idx=None`` with labels per statistic axis."""
+    idx = atom.idx
+    if idx is None or not is_concrete(idx):
+        return atom
+    idx = np.asarray(idx)
+    size = int(math.prod(stat_shape))
+    if idx.size != size or idx.ndim == 0 and size != 1:
+        return atom
+    strides = [int(math.prod(stat_shape[i + 1:])) for i in range(len(stat_shape))]
+    axis_of = {}
+    for ax in range(idx.ndim):
+        n = idx.shape[ax]
+        if n == 1:
+            continue
+        step = int(np.take(idx, 1, axis=ax).flat[0] - np.take(idx, 0, axis=ax).flat[0])
+        cands = [i for i, (st, m) in enumerate(zip(strides, stat_shape))
+                 if st == step and m == n and i not in axis_of.values()]
+        if not cands:
+            return atom
+        axis_of[ax] = cands[0]
+    if sorted(axis_of.values()) != [i for i, m in enumerate(stat_shape) if m > 1]:
+        return atom
+    expect = np.zeros(idx.shape, dtype=np.int64)
+    for ax, i in axis_of.items():
+        shp = [1] * idx.ndim
+        shp[ax] = idx.shape[ax]
+        expect = expect + strides[i] * np.arange(idx.shape[ax]).reshape(shp)
+    if not np.array_equal(idx, expect):
+        return atom
+    labels = []
+    for i, m in enumerate(stat_shape):
+        ax = [a for a, j in axis_of.items() if j == i]
+        labels.append(atom.labels[ax[0]] if ax else space.fresh(1))
+    return dataclasses.replace(atom, idx=None, labels=tuple(labels))

@@ -137,16 +137,19 @@ class Walker:
             return v
         if isinstance(v, Lazy):
             out = self.space.fresh_many(v.shape)
-            base = jnp.asarray(v.base)
+            base = T.host(v.base) if T.is_concrete(v.base) else v.base
+            base = np.asarray(base) if isinstance(base, (int, float, bool)) else base
             labels, keep = [], []
             for i, d in enumerate(v.dims):
                 if base.shape[i] == v.shape[d]:
                     keep.append(i)
                     labels.append(out[d])
-            base = jnp.squeeze(base, tuple(i for i in range(base.ndim) if i not in keep))
+            squeeze = tuple(i for i in range(base.ndim) if i not in keep)
+            base = T.xp(base).squeeze(base, squeeze) if squeeze else base
             return T.Sym(tuple(v.shape), base.dtype, (T.Term(((base, tuple(labels)),), (), out),))
-        v = jnp.asarray(v)
-        shape = tuple(v.shape) if shape is None else tuple(shape)
+        v = T.host(v) if T.is_concrete(v) else jnp.asarray(v)
+        v = np.asarray(v) if isinstance(v, (int, float, bool)) else v
+        shape = tuple(np.shape(v)) if shape is None else tuple(shape)
         return T.Sym(shape, v.dtype, (T.const_term(self.space, v, shape),))
 
     def poison(self, prim, invals, outval_point, detail):
@@ -308,16 +311,16 @@ def _latents_of(invals):
 def _base_stats(support, point):
     """Walk-time base statistics of a latent at a value."""
     k = support.kind
+    point = np.asarray(point)
     if k == "categorical":
-        return {"onehot": jax.nn.one_hot(point, support.num_categories, dtype=jnp.zeros(()).dtype),
-                "x": point}
+        return {"onehot": np.eye(support.num_categories)[point], "x": point}
     if k in ("binary", "count"):
-        return {"x": point.astype(jnp.zeros(()).dtype)}
+        return {"x": point.astype(np.float64)}
     out = {"x": point}
     if k in ("positive", "unit_interval", "simplex"):
-        out["log"] = jnp.log(point)
+        out["log"] = np.log(point)
     if k == "unit_interval":
-        out["log1m"] = jnp.log1p(-point)
+        out["log1m"] = np.log1p(-point)
     return out
 
 

@@ -111,13 +111,10 @@ class Beta(ExponentialFamily):
         """``x = g_a / (g_a + g_b)`` from gamma draws, in log space
         (``sigmoid(log g_a - log g_b)``) so small concentrations do not give 0/0;
         reparameterized through ``jax.random.loggamma``."""
-        shape = tuple(sample_shape) + self.batch_shape
-        key_a, key_b = jax.random.split(key)
-        log_ga = jax.random.loggamma(key_a, jnp.broadcast_to(self.concentration1, shape),
-                                     shape, self.dtype)
-        log_gb = jax.random.loggamma(key_b, jnp.broadcast_to(self.concentration0, shape),
-                                     shape, self.dtype)
-        return jax.nn.sigmoid(log_ga - log_gb)
+        shape = tuple(sample_shape) + self.batch_shape + (2,)
+        alpha = jnp.stack([self.concentration1, self.concentration0], -1)
+        log_g = jax.random.loggamma(key, jnp.broadcast_to(alpha, shape), shape, self.dtype)
+        return jax.nn.sigmoid(log_g[..., 0] - log_g[..., 1])
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_concentration1": log a, "log_concentration0": log b}``."""

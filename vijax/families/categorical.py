@@ -48,7 +48,7 @@ class Categorical(ExponentialFamily):
         if num_classes is None:
             raise ValueError("Categorical.stats needs num_classes (the number of classes "
                              "K), e.g. Categorical.stats(x, num_classes=q.num_classes).")
-        return {"onehot": jax.nn.one_hot(x, num_classes)}
+        return {"onehot": jax.nn.one_hot(_as_index(x), num_classes)}
 
     @classmethod
     def log_base_measure(cls, x: Array) -> Array:
@@ -120,7 +120,7 @@ class Categorical(ExponentialFamily):
     def log_prob(self, x: Array) -> Array:
         """``log p[x]`` for integer indices ``x`` (shape ``sample + batch``)."""
         log_p = jax.nn.log_softmax(self.natural["onehot"], -1)
-        onehot = jax.nn.one_hot(x, self.num_classes, dtype=log_p.dtype)
+        onehot = jax.nn.one_hot(_as_index(x), self.num_classes, dtype=log_p.dtype)
         return jnp.sum(onehot * log_p, -1)
 
     def expected_log_base_measure(self) -> Array:
@@ -139,6 +139,12 @@ class Categorical(ExponentialFamily):
     @classmethod
     def from_unconstrained(cls, u: Mapping[str, Array]) -> "Categorical":
         return cls({"onehot": u["logits"]})
+
+
+def _as_index(x: Array) -> Array:
+    """Class indices as integers (float-valued indices such as 2.0 are accepted)."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.integer) else x.astype(jnp.int32)
 
 
 def _sum_tol(p: Array) -> Array:

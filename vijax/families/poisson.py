@@ -22,6 +22,7 @@ from vijax.families.gamma import log_minus_digamma
 _EXACT_MAX_RATE = 50.0
 _NUM_TERMS = 160
 _QUAD_STEPS = tuple(0.5 * j for j in range(-24, 25))   # in standard deviations
+assert _NUM_TERMS >= len(_QUAD_STEPS)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -73,16 +74,19 @@ def _expected_centered(rate: Array, t: Array, inside: Array) -> Array:
     return jnp.sum(w * c, -1)
 
 
+@jax.jit
 def _expected_centered_lgamma(rate: Array) -> Array:
-    """``E[lgamma(x + 1)] - lgamma(rate + 1)`` for ``x ~ Poisson(rate)``."""
-    small = rate <= _EXACT_MAX_RATE
-    r_small = jnp.minimum(rate, _EXACT_MAX_RATE)
-    k = jnp.arange(_NUM_TERMS, dtype=rate.dtype)
-    exact = _expected_centered(r_small, k - r_small[..., None], k >= 0)
-    r_big = jnp.maximum(rate, _EXACT_MAX_RATE)
-    t = jnp.sqrt(r_big)[..., None] * jnp.asarray(_QUAD_STEPS, rate.dtype)
-    quad = _expected_centered(r_big, t, t > -r_big[..., None])   # mass below < e^-50
-    return jnp.where(small, exact, quad)
+    """``E[lgamma(x + 1)] - lgamma(rate + 1)`` for ``x ~ Poisson(rate)``: one grid of
+    ``_NUM_TERMS`` points holds either the integers ``k`` (small rates) or the
+    quadrature nodes (large rates; the mass below x = 0 is < e^-50 and dropped)."""
+    small = (rate <= _EXACT_MAX_RATE)[..., None]
+    r = rate[..., None]
+    j = jnp.arange(_NUM_TERMS, dtype=rate.dtype)
+    n_quad = len(_QUAD_STEPS)
+    t_quad = jnp.sqrt(r) * (0.5 * (j - (n_quad - 1) // 2))
+    t = jnp.where(small, j - r, t_quad)
+    inside = small | ((j < n_quad) & (t_quad > -r))
+    return _expected_centered(rate, t, inside)
 
 
 def _entropy_core(rate: Array) -> Array:

@@ -1,0 +1,571 @@
+"""Expectation-maximization (EM) and variational EM derived from the log joint.
+
+The model has parameters ``theta`` (point estimates) and latents ``Y``:
+``log_joint(params, latents, data) = log p(X, Y | theta)`` (add a log prior on theta
+for MAP-EM). Each iteration (DESIGN section 1, "EM"):
+
+- **E-step**: ``q(Y)`` from closed-form coordinate updates at ``theta_n`` (the updates of
+  :mod:`vijax.inference.cavi`: ``eta_j = dF/dmu_j``). When no term of the log joint
+  couples two latents, one sweep gives the exact conditional ``q(Y) = p(Y | X, theta_n)``
+  and the ELBO equals ``log p(X | theta_n)`` (exact EM). Otherwise a mean-field CAVI
+  inner loop runs (variational EM) and the ELBO is a lower bound.
+- **M-step**: maximize ``Q(theta) = E_q[log p(X, Y | theta)] = F(mu; theta)`` over an
+  unconstrained parameterization of theta, with optax L-BFGS (default) or any optax
+  transformation run for a few steps (generalized EM). The step is kept only if ``Q``
+  did not decrease; otherwise theta stays (the rejection is counted in the diagnostics).
+
+So the trace (log-likelihood for exact EM, ELBO for variational EM) never decreases.
+
+How ``F(mu; theta)`` is built: when every parameter enters the log joint the way a
+conjugate latent would (``log pi``, ``tau``, ``log tau``, ``mu``, ``mu^2``, ``W W^T`` ...),
+the parameters are compiled *as latents* once, ``Q(theta) = F(T(theta), mu_Y)`` at the
+point statistics ``T(theta)``, and before each M-step every term is contracted over the
+data and ``mu_Y`` (the expected sufficient statistics), so the optimizer's evaluations
+cost nothing data-sized (the "factored" path). Otherwise the model is recompiled with
+theta as data (``F`` is differentiable in theta through the compiler) and each evaluation
+touches the data (the "direct" path). Both give the same numbers; ``diagnostics["path"]``
+says which ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vijax import _compat
+from vijax.conjugacy import terms as T
+from vijax.conjugacy.compile import compile_model, point_statistics
+from vijax.errors import FitDivergedError, ModelSpecError, VijaxError
+from vijax.inference import meanfield as mf
+from vijax.model import Model, check_data
+from vijax.supports import Support, real
+
+
+class EMState(NamedTuple):
+    """Carry of the EM loop: unconstrained parameters, natural parameters of q(Y)."""
+
+    u: Any
+    natural: dict
+    elbo: Any
+    it: Any
+    trace: Any
+    converged: Any
+    m_rejected: Any
+    m_iters: Any
+    max_decrease: Any
+    invalid: Any
+
+
+class EMResult(NamedTuple):
+    """Result of :func:`em`.
+
+    Attributes:
+        params: the fitted parameters (same pytree structure as the initial ones).
+        posterior: latent -> family object, q(Y) at the fitted parameters.
+        elbo: final ELBO; equals ``log p(X | theta)`` when ``exact`` (see
+            :attr:`log_likelihood`).
+        trace: ELBO after the E-step of each iteration: entry 0 at the initial
+            parameters, entry t after t M-steps (``max_iters + 1`` long; entries past
+            ``num_iters`` repeat the last value). Never decreases.
+        num_iters: M-steps run.
+        converged: relative change of the ELBO fell below ``tol``.
+        exact: True when the E-step is exact (then the trace is the log-likelihood).
+        diagnostics: ``path`` ("factored" or "direct"), ``m_rejected`` (M-steps refused
+            because Q decreased), ``m_iters`` (optimizer steps of the last M-step),
+            ``max_decrease`` (largest drop of the trace, 0 up to rounding),
+            ``invalid`` (an E-step update left its family's domain).
+        natural: natural parameters of q(Y) (``{latent: {stat: array}}``).
+    """
+
+    params: Any
+    posterior: dict
+    elbo: Any
+    trace: Any
+    num_iters: Any
+    converged: Any
+    exact: Any
+    diagnostics: dict
+    natural: dict
+
+    @property
+    def log_likelihood(self):
+        """``log p(X | theta)`` at the fitted parameters (exact E-step only)."""
+        if not bool(self.exact):
+            raise ValueError("the E-step was variational: elbo is a lower bound on the "
+                             "log-likelihood, not the log-likelihood itself")
+        return self.elbo
+
+    @property
+    def log_likelihood_trace(self):
+        """The trace when the E-step is exact (the log-likelihood after each iteration)."""
+        if not bool(self.exact):
+            raise ValueError("the E-step was variational: the trace holds ELBO values")
+        return self.trace
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Static description of one EM problem (hashable: the jit cache key)."""
+
+    log_joint: Callable
+    supports: tuple
+    param_supports: tuple
+    param_treedef: Any
+    m_step: Any
+    m_steps: int
+    m_tol: float
+    e_step_iters: int
+    tol: float
+    order: Any
+
+    @property
+    def latent_supports(self):
+        return dict(self.supports)
+
+    def theta(self, u):
+        """Constrained parameter leaves from the unconstrained ones."""
+        return [s.from_unconstrained(x) for s, x in zip(self.param_supports, u)]
+
+    def unflatten(self, leaves):
+        return jax.tree_util.tree_unflatten(self.param_treedef, list(leaves))
+
+
+def _param_support(sup, value, where):
+    """The support of one parameter leaf, its shape taken from the value."""
+    value = jnp.asarray(value)
+    if isinstance(sup, str):
+        sup = Support(sup, (), 2 if sup == "simplex" else None)
+    if not isinstance(sup, Support):
+        raise ModelSpecError(f"param_supports{where} must be a vijax support such as "
+                             f"vj.positive(), got {sup!r}")
+    if sup.is_discrete:
+        raise ModelSpecError(f"parameter{where} has a discrete support ({sup.kind}); EM "
+                             "parameters are continuous point estimates. Make it a latent.")
+    if sup.kind == "simplex":
+        if value.ndim < 1 or value.shape[-1] < 2:
+            raise ModelSpecError(f"parameter{where} is declared simplex but has shape "
+                                 f"{value.shape}; the last axis must hold K >= 2 entries")
+        return Support("simplex", value.shape[:-1], value.shape[-1])
+    return Support(sup.kind, value.shape)
+
+
+def _flatten_params(params, param_supports):
+    leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if not leaves_p:
+        raise ModelSpecError("params is empty; EM needs at least one parameter array")
+    if param_supports is None:
+        sups = [real()] * len(leaves_p)
+    else:
+        is_sup = lambda x: isinstance(x, (Support, str))  # noqa: E731
+        sups, sdef = jax.tree_util.tree_flatten(param_supports, is_leaf=is_sup)
+        if sdef != jax.tree_util.tree_structure(jax.tree_util.tree_unflatten(
+                treedef, [0] * len(leaves_p))) or len(sups) != len(leaves_p):
+            raise ModelSpecError(
+                "param_supports must have the structure of params with one support per "
+                f"array (e.g. {{'weights': vj.simplex(K), 'precisions': vj.positive()}}); "
+                f"params has {treedef}, param_supports has {sdef}")
+    out_sups, values, names = [], [], []
+    for (path, v), s in zip(leaves_p, sups):
+        where = jax.tree_util.keystr(path)
+        out_sups.append(_param_support(s, v, where))
+        values.append(jnp.asarray(v, jnp.result_type(v, float)))
+        names.append("params" + where)
+    return out_sups, values, names, treedef
+
+
+# ---------------------------------------------------------------------------- backends
+
+class _Factored:
+    """Parameters compiled as latents: ``Q(theta) = F(T(theta), mu_Y)``."""
+
+    path = "factored"
+
+    def __init__(self, cfg, compiled, p_names, y_names):
+        self.cfg, self.compiled, self.p_names, self.y_names = cfg, compiled, p_names, y_names
+        self.y_infos = {n: compiled.infos[n] for n in y_names}
+
+    def _theta_stats(self, theta):
+        return {n: point_statistics(self.compiled.infos[n], v)
+                for n, v in zip(self.p_names, theta)}
+
+    def F(self, theta, mu):
+        return self.compiled.F({**mu, **self._theta_stats(theta)})
+
+    def Q(self, mu):
+        """``theta -> F(T(theta), mu)`` up to a constant, data contracted once."""
+        p = set(self.p_names)
+        sizes = self.compiled.sizes
+        reduced = []
+        for t in self.compiled.terms:
+            p_atoms = tuple(a for a in t.atoms if a.latent in p)
+            if not p_atoms:
+                continue  # constant in theta
+            keep = set(t.out)
+            for a in p_atoms:
+                keep.update(a.labels)
+            ops = list(t.consts) + [(T.atom_operand(a, mu), a.labels)
+                                    for a in t.atoms if a.latent not in p]
+            consts = ()
+            if ops:
+                labs = []
+                for _, ls in ops:
+                    labs.extend(l for l in ls if l in keep and l not in labs)
+                red = T.eval_term(T.Term(tuple(ops), (), tuple(labs)), {}, sizes)
+                consts = ((red, tuple(labs)),)
+            reduced.append(T.Term(consts, p_atoms, t.out, t.src))
+
+        def q(theta):
+            st = self._theta_stats(theta)
+            total = jnp.zeros(())
+            for t in reduced:
+                total = total + jnp.sum(T.eval_term(t, st, sizes))
+            return total
+        return q
+
+
+class _Direct:
+    """Parameters passed as data: the model is recompiled for each theta (traced)."""
+
+    path = "direct"
+
+    def __init__(self, cfg, data, compiled0):
+        self.cfg, self.data = cfg, data
+        self.y_names = list(compiled0.infos)
+        self.y_infos = dict(compiled0.infos)
+        self.compiled = compiled0
+
+    def _compiled(self, theta):
+        cfg = self.cfg
+        model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
+                      cfg.latent_supports)
+        return compile_model(model, (list(theta), self.data))
+
+    def F(self, theta, mu):
+        return self._compiled(theta).F(mu)
+
+    def Q(self, mu):
+        return lambda theta: self.F(theta, mu)
+
+
+def _factored_backend(cfg, data, theta0):
+    """Try compiling the parameters as latents; None when some parameter (or latent)
+    then has no conjugate form."""
+    names = [f"params{jax.tree_util.keystr(p)}" for p, _ in
+             jax.tree_util.tree_flatten_with_path(cfg.unflatten(theta0))[0]]
+    y_names = list(cfg.latent_supports)
+    if set(names) & set(y_names):
+        return None
+
+    def joint(z, d):
+        theta = cfg.unflatten([z[n] for n in names])
+        return cfg.log_joint(theta, {n: z[n] for n in y_names}, d)
+
+    sups = {**cfg.latent_supports, **dict(zip(names, cfg.param_supports))}
+    try:
+        compiled = compile_model(Model(joint, sups), data)
+    except VijaxError:
+        return None
+    if not compiled.conjugate:
+        return None
+    return _Factored(cfg, compiled, names, y_names)
+
+
+def _backend(cfg, data, theta0):
+    be = _factored_backend(cfg, data, theta0)
+    if be is not None:
+        return be
+    model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
+                  cfg.latent_supports)
+    compiled0 = compile_model(model, (list(theta0), data))
+    compiled0.require_conjugate()
+    return _Direct(cfg, data, compiled0)
+
+
+def _is_exact(be):
+    """Exact E-step: no term has statistics of two different latents Y."""
+    y = set(be.y_names)
+    for t in be.compiled.terms:
+        if len({a.latent for a in t.atoms} & y) > 1:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- E-step
+
+def _families(be):
+    return {n: mf.family_class(i) for n, i in be.y_infos.items()}
+
+
+def _sweep(be, theta, natural, order):
+    """One pass of closed-form updates over ``order`` at fixed theta.
+
+    Returns (natural, ELBO, invalid). ``F`` is affine in each block, so
+    ``F(new) = F(old) + <eta, mu_new - mu_old>`` gives the ELBO without another pass.
+    """
+    fams = _families(be)
+    mu = {n: fams[n].mean_params(natural[n]) for n in natural}
+    natural = dict(natural)
+    invalid = jnp.asarray(False)
+    f_val = None
+    for name in order:
+        val, eta = jax.value_and_grad(
+            lambda m, name=name: be.F(theta, {**mu, name: m}))(mu[name])
+        eta = {s: eta[s] for s in natural[name]}
+        ok = jnp.all(fams[name].is_valid_natural(eta))
+        for s in eta:
+            ok = ok & jnp.all(jnp.isfinite(eta[s]))
+        invalid = invalid | ~ok
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
+        new_mu = fams[name].mean_params(new)
+        f_val = val + sum(jnp.sum(eta[s] * (new_mu[s] - mu[name][s])) for s in eta)
+        natural[name], mu[name] = new, new_mu
+    ent = sum(jnp.sum(fams[n](natural[n]).entropy()) for n in natural)
+    return natural, f_val + ent, invalid
+
+
+def _e_step(be, theta, natural, order, exact, cfg):
+    natural, e, bad = _sweep(be, theta, natural, order)
+    if exact or cfg.e_step_iters <= 1:
+        return natural, e, bad
+
+    def cond(c):
+        _, e, prev, i, bad = c
+        rel = jnp.abs(e - prev) / jnp.maximum(jnp.abs(e), 1.0)
+        return (i < cfg.e_step_iters) & (rel >= cfg.tol) & ~bad
+
+    def body(c):
+        nat, e, _, i, bad = c
+        nat2, e2, bad2 = _sweep(be, theta, nat, order)
+        return nat2, e2, e, i + 1, bad | bad2
+
+    natural, e, _, _, bad = jax.lax.while_loop(
+        cond, body, (natural, e, jnp.full_like(e, -jnp.inf), jnp.asarray(1), bad))
+    return natural, e, bad
+
+
+# ----------------------------------------------------------------------------- M-step
+
+def _tree_norm(t):
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree_util.tree_leaves(t)))
+
+
+def maximize(fun, x0, optimizer="lbfgs", max_steps=100, tol=1e-10):
+    """Maximize ``fun`` over the pytree ``x0`` with an optax transformation (jittable).
+
+    ``"lbfgs"`` means ``optax.lbfgs()`` with its zoom linesearch, whose cached value and
+    gradient are reused (``optax.value_and_grad_from_state``). Stops after ``max_steps``
+    or when ``|grad| <= tol * max(1, |fun|)``; a step to a non-finite value is undone.
+
+    Returns:
+        ``(x, value, steps)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> x, v, _ = maximize(lambda x: -jnp.sum((x - 3.0) ** 2), jnp.zeros(2))
+        >>> [round(float(a), 6) for a in x]
+        [3.0, 3.0]
+    """
+    if isinstance(optimizer, str):
+        if optimizer != "lbfgs":
+            raise ModelSpecError(f"optimizer must be 'lbfgs' or an optax "
+                                 f"GradientTransformation, got {optimizer!r}")
+        opt = optax.lbfgs()
+    else:
+        opt = optax.with_extra_args_support(optimizer)
+
+    def neg(x):
+        return -fun(x)
+
+    state0 = opt.init(x0)
+    cached = optax.tree.get(state0, "value") is not None
+    vg = optax.value_and_grad_from_state(neg) if cached else None
+
+    def cond(c):
+        return (c[2] < max_steps) & ~c[3]
+
+    def body(c):
+        x, s, i, _ = c
+        if cached:
+            v, g = vg(x, state=s)
+        else:
+            v, g = jax.value_and_grad(neg)(x)
+        upd, s2 = opt.update(g, s, x, value=v, grad=g, value_fn=neg)
+        x2 = optax.apply_updates(x, upd)
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a))
+                                      for a in jax.tree_util.tree_leaves(x2)]))
+        x2 = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), x2, x)
+        done = (_tree_norm(g) <= tol * jnp.maximum(1.0, jnp.abs(v))) | ~finite
+        return x2, s2, i + 1, done
+
+    x, _, steps, _ = jax.lax.while_loop(cond, body, (x0, state0, jnp.asarray(0),
+                                                      jnp.asarray(False)))
+    return x, fun(x), steps
+
+
+def _m_step(cfg, q, u):
+    """Generalized-EM safe M-step: maximize Q over u, keep the old u if Q decreased."""
+    def obj(v):
+        return q(cfg.theta(v))
+    q_old = obj(u)
+    u_new, q_new, steps = maximize(obj, u, cfg.m_step, cfg.m_steps, cfg.m_tol)
+    accept = jnp.isfinite(q_new) & (q_new >= q_old)
+    u_out = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), u_new, u)
+    return u_out, accept, steps
+
+
+# ------------------------------------------------------------------------------- loop
+
+def _run(cfg, u0, key, data, max_iters):
+    theta0 = cfg.theta(u0)
+    be = _backend(cfg, data, theta0)
+    exact = _is_exact(be)
+    order = tuple(cfg.order) if cfg.order is not None else tuple(
+        [n for n in be.y_names if not be.y_infos[n].support.is_discrete]
+        + [n for n in be.y_names if be.y_infos[n].support.is_discrete])
+    if set(order) != set(be.y_names):
+        raise ModelSpecError(f"order must list every latent once: {sorted(be.y_names)}")
+    dtype = jnp.zeros(()).dtype
+    nat0 = mf.default_init(_YOnly(be), key, dtype)
+    nat, e, bad = _e_step(be, theta0, nat0, order, exact, cfg)
+    state = EMState(u0, nat, e, jnp.asarray(0), jnp.full((max_iters + 1,), e),
+                    jnp.asarray(False), jnp.asarray(0), jnp.asarray(0),
+                    jnp.zeros((), e.dtype), bad)
+
+    def cond(s):
+        return (s.it < max_iters) & ~s.converged & ~s.invalid & jnp.isfinite(s.elbo)
+
+    def body(s):
+        mu = {n: mf.family_class(be.y_infos[n]).mean_params(s.natural[n]) for n in s.natural}
+        u, accept, steps = _m_step(cfg, be.Q(mu), s.u)
+        nat, e, bad = _e_step(be, cfg.theta(u), s.natural, order, exact, cfg)
+        rel = jnp.abs(e - s.elbo) / jnp.maximum(jnp.abs(e), 1.0)
+        drop = jnp.where(jnp.isfinite(e), s.elbo - e, 0.0)
+        it = s.it + 1
+        return EMState(u, nat, e, it, s.trace.at[it].set(e), rel < cfg.tol,
+                       s.m_rejected + (~accept).astype(jnp.int32), steps,
+                       jnp.maximum(s.max_decrease, drop), bad)
+
+    state = jax.lax.while_loop(cond, body, state)
+    trace = jnp.where(jnp.arange(max_iters + 1) <= state.it, state.trace, state.elbo)
+    posterior = {n: mf.family_class(be.y_infos[n])(state.natural[n]) for n in state.natural}
+    return (state._replace(trace=trace), posterior, jnp.asarray(exact),
+            jnp.asarray(_PATHS.index(be.path)))
+
+
+class _YOnly:
+    """View of a backend with only the latents Y (for the default initialization)."""
+
+    def __init__(self, be):
+        self.infos = be.y_infos
+
+
+_PATHS = ("factored", "direct")
+_run_jit = jax.jit(_run, static_argnames=("cfg", "max_iters"))
+
+
+def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_iters=200,
+       tol=1e-8, m_step="lbfgs", m_steps=100, m_tol=1e-10, e_step_iters=50,
+       order=None, strict=False) -> EMResult:
+    """EM for point-estimated parameters and latent variables (variational EM when the
+    E-step is not exact).
+
+    Args:
+        log_joint: ``log_joint(params, latents, data) -> scalar``: ``log p(X, Y | theta)``
+            (plus ``log p(theta)`` for MAP-EM). ``params`` has the structure of
+            ``params`` below, ``latents`` is a dict like in :class:`vijax.Model`.
+        params: initial parameters, a pytree of float arrays.
+        supports: latent name -> support (``vj.categorical(K, shape=(N,))``, ...). Every
+            latent must be conjugate given the parameters.
+        data: the data pytree.
+        param_supports: optional pytree of the structure of ``params`` whose leaves are
+            supports (``vj.real()``, ``vj.positive()``, ``vj.simplex(K)``,
+            ``vj.unit_interval()``; shapes are taken from the parameter values). The M-step
+            optimizes ``u = to_unconstrained(theta)`` (log, additive log-ratio, logit), so
+            constrained parameters such as weights or precisions stay valid. Default: every
+            parameter is real (parameterize it unconstrained yourself, e.g. ``exp(log_tau)``).
+        key: PRNG key for the initial q(Y) (matters for variational EM only).
+        max_iters: at most this many EM iterations (M-steps).
+        tol: stop when ``|L_t - L_{t-1}| / max(|L_t|, 1) < tol``; also the inner CAVI
+            tolerance of variational E-steps.
+        m_step: ``"lbfgs"`` (``optax.lbfgs()`` with zoom linesearch) or any optax
+            ``GradientTransformation`` (minimizing ``-Q``; generalized EM with a few steps).
+        m_steps: at most this many optimizer steps per M-step.
+        m_tol: an M-step stops when ``|grad Q| <= m_tol * max(1, |Q|)``.
+        e_step_iters: at most this many CAVI sweeps per variational E-step.
+        order: update order of the latents in an E-step sweep.
+        strict: raise :class:`FitDivergedError` if the trace decreased beyond rounding.
+
+    Returns:
+        :class:`EMResult`.
+
+    Raises:
+        NonConjugateError: a latent has no closed-form update given the parameters.
+        DataError: NaN or Inf in the data.
+        FitDivergedError: an E-step update left its family's domain, or the ELBO became
+            non-finite.
+
+    Example (a two-component mixture of unit-variance normals, means estimated):
+        >>> import jax, jax.numpy as jnp
+        >>> from jax.scipy import stats
+        >>> import vijax as vj
+        >>> x = jnp.concatenate([jnp.full(5, -2.0), jnp.full(5, 2.0)])
+        >>> def lj(p, z, x):
+        ...     return jnp.sum(jnp.log(0.5) + stats.norm.logpdf(x, p["m"][z["c"]], 1.0))
+        >>> fit = em(lj, {"m": jnp.array([-1.0, 1.0])}, {"c": vj.categorical(2, shape=(10,))}, x)
+        >>> [round(float(v), 4) for v in fit.params["m"]]
+        [-2.0, 2.0]
+    """
+    check_data(data)
+    sups, values, _, treedef = _flatten_params(params, param_supports)
+    if not isinstance(supports, dict) or not supports:
+        raise ModelSpecError("supports must be a non-empty dict: latent name -> support")
+    if not (isinstance(m_step, str) or isinstance(m_step, optax.GradientTransformation)):
+        raise ModelSpecError("m_step must be 'lbfgs' or an optax GradientTransformation, "
+                             f"got {type(m_step).__name__}")
+    if max_iters < 0 or m_steps < 1 or e_step_iters < 1:
+        raise ModelSpecError("max_iters must be >= 0, m_steps and e_step_iters >= 1")
+    u0 = []
+    for s, v in zip(sups, values):
+        ok = s.contains(v)
+        if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
+            raise ModelSpecError(f"an initial parameter is outside its support {s}")
+        u0.append(s.to_unconstrained(v))
+    cfg = _Config(log_joint, tuple(supports.items()), tuple(sups), treedef, m_step,
+                  int(m_steps), float(m_tol), int(e_step_iters), float(tol),
+                  None if order is None else tuple(order))
+    key = jax.random.key(0) if key is None else key
+    state, posterior, exact, path = _run_jit(cfg, u0, key, data, int(max_iters))
+    diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
+            "m_rejected": state.m_rejected, "m_iters": state.m_iters,
+            "max_decrease": state.max_decrease, "invalid": state.invalid}
+    params_out = cfg.unflatten(cfg.theta(state.u))
+    result = EMResult(params_out, posterior, state.elbo, state.trace, state.it,
+                      state.converged, exact, diag, state.natural)
+    if not _compat.is_tracer(state.elbo):
+        _raise_if_failed(result, strict)
+    return result
+
+
+def _raise_if_failed(result, strict):
+    d = result.diagnostics
+    if bool(d["invalid"]):
+        raise FitDivergedError(
+            "an E-step update left its family's valid region (e.g. a non-positive "
+            "precision); check the initial parameters and the parameterization",
+            step=int(result.num_iters), last_state=result.natural)
+    if not bool(jnp.isfinite(result.elbo)):
+        raise FitDivergedError("the ELBO became non-finite during EM",
+                               step=int(result.num_iters), last_state=result.natural)
+    drop = float(d["max_decrease"])
+    if strict and drop > 1e-9 * max(1.0, abs(float(result.elbo))):
+        raise FitDivergedError(f"the EM trace decreased by {drop:.3g} (strict=True)",
+                               step=int(result.num_iters), last_state=result.natural)
+
+
+__all__ = ["em", "EMResult", "EMState", "maximize"]
