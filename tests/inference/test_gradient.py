@@ -41,12 +41,18 @@ def _perturbed(fit, key, scale=0.05):
 def test_exact_gradient_agrees_with_cavi(cavi_fits, name):
     zm, data, fit = cavi_fits[name]
     init = _perturbed(fit, jax.random.key(5)) if name in MULTIMODAL else None
-    g = vj.fit_gradient(zm.model, data, jax.random.key(2), optimizer=optax.adam(2e-2),
-                        estimator="exact", num_steps=20000, tol=1e-12, init=init)
+    g = vj.fit_gradient(zm.model, data, jax.random.key(2),
+                        optimizer=optax.adam(optax.exponential_decay(3e-2, 1500, 0.5)),
+                        estimator="exact", num_steps=8000, tol=1e-13, init=init)
     rep = vj.compare(fit, g, elbo_tol=1e-5, kl_tol=1e-4)
     assert rep.elbo_gap < 1e-5, str(rep)
     for lat, r in rep.latents.items():
+        if name == "ppca" and lat in ("W", "Z"):
+            continue  # identified only up to a rotation: compared through W Z^T below
         assert r["kl_ab"] < 1e-4 and r["kl_ba"] < 1e-4, (lat, str(rep))
+    if name == "ppca":
+        recon = lambda f: f.posterior["Z"].mean() @ f.posterior["W"].mean().T
+        np.testing.assert_allclose(recon(g), recon(fit), atol=2e-3)
     # the gradient fit never beats CAVI's fixed point by more than rounding
     assert float(g.elbo) <= float(fit.elbo) + 1e-7 * abs(float(fit.elbo))
 
@@ -55,14 +61,16 @@ def test_exact_gradient_agrees_with_cavi(cavi_fits, name):
 def test_reparam_gradient_agrees_with_cavi(cavi_fits, name):
     zm, data, fit = cavi_fits[name]
     init = _perturbed(fit, jax.random.key(6)) if name in MULTIMODAL else None
-    opt = optax.adam(optax.exponential_decay(3e-2, 1000, 0.3))
+    opt = optax.adam(optax.exponential_decay(3e-2, 600, 0.3))
     g = vj.fit_gradient(zm.model, data, jax.random.key(3), optimizer=opt, estimator="reparam",
-                        num_samples=32, num_steps=4000, tol=0.0, init=init)
+                        num_samples=16, num_steps=2400, tol=0.0, init=init)
     rep = vj.compare(fit, g, elbo_tol=1e-2, kl_tol=np.inf, mean_tol_sd=0.1)
     assert rep.elbo_gap < 1e-2, str(rep)
     for lat, r in rep.latents.items():
         if r["family"] in ("Categorical", "Bernoulli"):
             continue  # responsibilities: compared through the ELBO and the other factors
+        if name == "ppca" and lat in ("W", "Z"):
+            continue  # identified only up to a rotation
         assert r["max_mean_diff_sd"] < 0.1, (lat, str(rep))
 
 
@@ -107,6 +115,16 @@ def test_student_t_location_fitted_by_gradient():
     post_mean = np.sum(grid * w) / np.sum(w)
     post_sd = np.sqrt(np.sum((grid - post_mean) ** 2 * w) / np.sum(w))
     assert abs(float(g.posterior["mu"].mean()) - post_mean) < 0.1 * post_sd
+
+
+def test_lbfgs_with_line_search_reaches_the_cavi_optimum():
+    zm = ZOO["linear_regression"]()
+    data = zm.make_data(jax.random.key(0))
+    fit = vj.cavi(zm.model, data, tol=1e-14, max_iters=2000)
+    g = vj.fit_gradient(zm.model, data, jax.random.key(2), optimizer=optax.lbfgs(),
+                        estimator="exact", num_steps=300, chunk=50, tol=1e-14)
+    rep = vj.compare(fit, g, elbo_tol=1e-10, kl_tol=1e-8)
+    assert rep.agree, str(rep)
 
 
 def test_natural_gradient_step_of_one_is_the_cavi_update():

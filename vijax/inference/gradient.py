@@ -144,7 +144,9 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         data: data pytree.
         key: PRNG key (initialization and Monte Carlo samples).
         optimizer: any ``optax.GradientTransformation`` (default ``optax.adam(1e-2)``;
-            with ``natural_gradient=True`` default ``optax.sgd(0.5)``).
+            with ``natural_gradient=True`` default ``optax.sgd(0.5)``). Optimizers that
+            take extra arguments (``optax.lbfgs``) get ``value``, ``grad`` and
+            ``value_fn`` (the negative ELBO estimate at the step's samples).
         estimator: ``"auto"``, ``"exact"`` or ``"reparam"``.
         num_samples: Monte Carlo samples per step (reparam).
         num_steps: at most this many optimizer steps.
@@ -229,6 +231,8 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
 def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
     """``chunk`` optimizer steps under ``lax.scan``; stops updating after a non-finite ELBO."""
 
+    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs) and not natural_gradient
+
     def loss_and_grad(params, key):
         if natural_gradient:
             mu = {n: fams[n].mean_params(params[n]) for n in params}
@@ -243,7 +247,12 @@ def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
     def one(state, _):
         key, sub = jax.random.split(state.key)
         e, grads = loss_and_grad(state.params, sub)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if extra_args:  # e.g. optax.lbfgs: line search on the same (fixed-key) objective
+            updates, opt_state = optimizer.update(
+                grads, state.opt_state, state.params, value=-e, grad=grads,
+                value_fn=lambda p: -obj.surrogate(p, sub)[1])
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         e_ok = jnp.isfinite(e) & _all_finite(grads)
         p_ok = _all_finite(params)
