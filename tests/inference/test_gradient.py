@@ -185,3 +185,15 @@ def test_compare_report_fields_and_disagreement():
     assert set(d["latents"]["tau"]) >= {"kl_ab", "kl_ba", "max_abs_mean_diff", "max_rel_var_diff"}
     bad = vj.compare(fit, early, kl_tol=1e-12, elbo_tol=1e-12)
     assert not bad.agree and "DISAGREE" in str(bad)
+
+
+def test_second_fit_with_new_data_does_not_recompile():
+    from vijax.inference import gradient
+    zm = ZOO["normal_gamma"]()
+    opt = optax.adam(1e-2)
+    sizes = []
+    for i in range(3):
+        x = zm.make_data(jax.random.key(10 + i))
+        vj.fit_gradient(zm.model, x, jax.random.key(0), optimizer=opt, num_steps=100)
+        sizes.append(gradient._run_chunk_jit._cache_size())
+    assert sizes[1] == sizes[0] == sizes[2]

@@ -182,7 +182,9 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     n_chunks = max(1, math.ceil(num_steps / chunk))
     state = GradState(params0, optimizer.init(params0), k_run, jnp.asarray(0), params0,
                       jnp.asarray(-1))
-    run_chunk = _chunk_fn(obj, optimizer, chunk, natural_gradient, fams)
+    cfg = (model, tuple(infos.items()), estimator, num_samples, optimizer, chunk,
+           natural_gradient)
+    run_chunk = lambda st: _run_chunk(st, compiled, data, cfg)  # noqa: E731
     traced = _compat.is_tracer(key) or any(_compat.is_tracer(l) for l in jax.tree_util.tree_leaves(data))
     prev = jnp.asarray(jnp.nan, dtype)
     traces = []
@@ -190,9 +192,8 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         state, trace, converged, n_done = _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype)
     else:
         converged = False
-        run_chunk_jit = jax.jit(run_chunk)
         for c in range(n_chunks):
-            state, tr = run_chunk_jit(state)
+            state, tr = _run_chunk_jit(state, compiled, data, cfg)
             traces.append(tr)
             if int(state.bad_step) >= 0:
                 break
@@ -226,6 +227,18 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     result = FitResult(posterior, elbo, trace, state.step, converged,
                        {k: v for k, v in diag.items() if k != "estimator"}, natural)
     return result
+
+
+def _run_chunk(state, compiled, data, cfg):
+    """``chunk`` steps; arrays are arguments and the configuration is static, so a second
+    fit of the same model (same optimizer object) with new data reuses the compilation."""
+    model, infos, estimator, num_samples, optimizer, chunk, natural_gradient = cfg
+    infos = dict(infos)
+    obj = Objective(model, data, compiled, infos, estimator, num_samples)
+    return _chunk_fn(obj, optimizer, chunk, natural_gradient, mf.families_of(infos))(state)
+
+
+_run_chunk_jit = jax.jit(_run_chunk, static_argnames=("cfg",))
 
 
 def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
