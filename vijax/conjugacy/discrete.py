@@ -147,13 +147,10 @@ def indicator(w, z, k, emap):
     q = w.space.fresh_many(shape)
     dep = emap >= 0
     e = np.where(dep, emap, 0)
-    if sup.kind == "binary":
-        atom = T.Atom(z, "x", q, e)
-        pos = T.Term((), (atom,), q)
-        terms = [pos] if k == 1 else [T.const_term(w.space, 1.0, shape).relabel({}),
+    if sup.kind == "binary":  # [b = 1] = b, [b = 0] = 1 - b
+        pos = T.Term((), (T.Atom(z, "x", q, e),), q)
+        terms = [pos] if k == 1 else [T.Term(((np.ones(()), ()),), (), q),
                                       T.scale_term(pos, -1.0)]
-        # align fresh output labels
-        terms = [t if t.out == q else t.relabel(dict(zip(t.out, q))) for t in terms]
     else:
         terms = [T.Term((), (T.Atom(z, "onehot", q, e * sup.num_categories + k),), q)]
     if not dep.all():
