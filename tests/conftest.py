@@ -1,0 +1,72 @@
+"""Shared test setup: float64 everywhere, and zoo models compiled once per session.
+
+Exactness claims (``F(T(z)) == log p(z)``, one CAVI step == the exact posterior) are
+checked in float64, so x64 is switched on here, at import, before any test module
+creates an array.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from typing import Any, NamedTuple
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain `pytest` without an editable install
+    sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import pytest  # noqa: E402
+
+ZOO_SEED = 20240611
+
+
+class ZooCase(NamedTuple):
+    """One zoo model with its data set and what the compiler made of it."""
+
+    name: str
+    zoo_model: Any  # vijax.models.ZooModel
+    data: Any
+    analysis: Any  # vj.Analysis (its .compiled is the Compiled)
+
+    @property
+    def model(self):
+        return self.zoo_model.model
+
+    @property
+    def compiled(self):
+        return self.analysis.compiled
+
+
+class ZooCache:
+    """Lazily builds, and keeps, one :class:`ZooCase` per zoo model name."""
+
+    def __init__(self):
+        self._cases = {}
+
+    def __getitem__(self, name: str) -> ZooCase:
+        if name not in self._cases:
+            import vijax as vj
+            from vijax.models import ZOO
+            zm = ZOO[name]()
+            data = zm.make_data(jax.random.key(ZOO_SEED))
+            self._cases[name] = ZooCase(name, zm, data, vj.analyze(zm.model, data))
+        return self._cases[name]
+
+
+@pytest.fixture(scope="session")
+def zoo() -> ZooCache:
+    """``zoo[name]`` -> :class:`ZooCase` (model, data, analysis), built once per session."""
+    return ZooCache()
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy generator seeded from the test's name (fixed, but distinct per test)."""
+    import zlib
+
+    import numpy as np
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
