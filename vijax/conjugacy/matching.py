@@ -148,7 +148,7 @@ def match(space, supports, value, reasons, all_latents):
             if info[n].reason is None:
                 info[n].reason = (f"'{r.primitive}' at {r.source or 'unknown line'}: {r.detail}")
                 info[n].source, info[n].primitive = r.source, r.primitive
-    terms = list(value.terms) if value is not None else []
+    terms = simplify_terms(space, list(value.terms) if value is not None else [])
     # pass 1: classify, find coupled pairs
     classified = []
     pairs = defaultdict(list)
@@ -245,6 +245,8 @@ def _final_atom(sizes, inf: LatentInfo, entry):
         return T.Atom(inf.name, "xxT", union, np.array(idx))
     a = entry[1]
     if a.power == 1.0:
+        if a.idx is None and inf.event_ndim > 1:  # the event axes are flattened in the stat
+            return T.Atom(inf.name, "x", a.labels, T.explicit_idx(a, inf.support.shape))
         return T.Atom(inf.name, "x", a.labels, a.idx)
     e = np.asarray(T.explicit_idx(a, inf.support.shape))
     return T.Atom(inf.name, "xxT", a.labels, (e // E) * E * E + (e % E) * E + (e % E))
@@ -274,7 +276,7 @@ def _fold_consts(space, t: T.Term) -> T.Term:
 
 def _canonical(t: T.Term):
     """Relabel in order of appearance; return (signature, relabeled term)."""
-    atoms = sorted(t.atoms, key=lambda a: (a.latent, a.stat, len(a.labels)))
+    atoms = sorted(t.atoms, key=lambda a: (a.latent, a.stat, a.power, len(a.labels)))
     ren = {}
     for l in t.out:
         ren.setdefault(l, len(ren))
@@ -284,7 +286,7 @@ def _canonical(t: T.Term):
     for _, ls in t.consts:
         for l in ls:
             ren.setdefault(l, len(ren))
-    sig_atoms = tuple((a.latent, a.stat, tuple(ren[l] for l in a.labels),
+    sig_atoms = tuple((a.latent, a.stat, a.power, tuple(ren[l] for l in a.labels),
                        None if a.idx is None else tuple(np.shape(a.idx))) for a in atoms)
     sig_consts = tuple((tuple(ren[l] for l in ls), tuple(jnp.shape(c))) for c, ls in t.consts)
     return (sig_atoms, sig_consts), atoms, ren
@@ -317,6 +319,35 @@ def _add_same_index(members):
         labels = t0.consts[0][1] if t0.consts else ()
         out.append((t0.with_(consts=((total, labels),)), part[0][1], part[0][2]))
     return out
+
+
+def simplify_terms(space, terms):
+    """Before classification: fold constants, drop zero terms, fix delta-restricted
+    labels, and cancel terms of one pattern whose constants sum to zero."""
+    out = []
+    for t in terms:
+        t = _fold_consts(space, t)
+        t = T.restrict_deltas(t, space.sizes)
+        if t is not None:
+            out.append(T.compress(t, space.sizes))
+    groups = defaultdict(list)
+    for t in out:
+        if not t.atoms:
+            groups[("const", id(t))].append((t, None, None))
+            continue
+        sig, atoms, ren = _canonical(t)
+        groups[sig].append((t, atoms, ren))
+    result = []
+    for sig, members in groups.items():
+        if members[0][1] is None:
+            result.append(members[0][0])
+            continue
+        for t, _, _ in _add_same_index(members):
+            if t.consts and len(t.consts) == 1 and T.is_concrete(t.consts[0][0]) \
+                    and not np.any(np.asarray(t.consts[0][0])):
+                continue
+            result.append(t)
+    return result
 
 
 def merge_terms(space, terms):

@@ -736,9 +736,28 @@ def _log1p(w, eqn, invals):
     return r
 
 
+@register("cumsum")
+def _cumsum(w, eqn, invals):
+    """Linear: ``out[i] = sum_j [j <= i] in[j]`` along the axis (a triangular constant)."""
+    (s,) = invals
+    axis = eqn.params["axis"] % len(s.shape)
+    n = s.shape[axis]
+    tri = np.tril(np.ones((n, n)))
+    if eqn.params.get("reverse", False):
+        tri = tri.T
+    terms = []
+    for t in s.terms:
+        i = w.space.fresh(n)
+        old = t.out[axis]
+        out = t.out[:axis] + (i,) + t.out[axis + 1:]
+        t2 = T.Term(t.consts + ((tri, (i, old)),), t.atoms, t.out, t.src)
+        terms.append(drop_out(w, t2, [old]).with_(out=out))
+    return T.Sym(s.shape, s.dtype, tuple(terms))
+
+
 _NONLINEAR = ("exp", "exp2", "expm1", "lgamma", "digamma", "logistic", "tanh", "sin", "cos",
               "abs", "max", "min", "erf", "erfc", "erf_inv", "atan2", "tan", "asinh",
-              "reduce_max", "reduce_min", "argmax", "argmin", "cumsum", "cumlogsumexp",
+              "reduce_max", "reduce_min", "argmax", "argmin", "cumlogsumexp",
               "cumprod", "cummax", "reduce_prod", "rem", "cholesky", "custom_linear_solve",
               "lu", "eigh", "polygamma", "igamma", "lgamma", "sort", "clamp", "nextafter",
               "bessel_i0e", "bessel_i1e", "regularized_incomplete_beta", "random_gamma_grad",

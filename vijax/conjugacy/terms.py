@@ -315,3 +315,57 @@ def as_identity(atom: Atom, stat_shape, space: Space) -> Atom:
         ax = [a for a, j in axis_of.items() if j == i]
         labels.append(atom.labels[ax[0]] if ax else space.fresh(1))
     return dataclasses.replace(atom, idx=None, labels=tuple(labels))
+
+
+def restrict_deltas(t: Term, sizes) -> Term | None:
+    """Simplify a term with the zero pattern of its concrete constants.
+
+    Returns None if a constant is identically zero. A summed label along which a constant
+    is nonzero at a single index ``j0`` is fixed to ``j0`` in every operand (so
+    ``[k = j] mu[j]`` reads ``mu[k]`` and same-element products are recognized).
+    """
+    for c, _ in t.consts:
+        if is_concrete(c) and not np.any(np.asarray(c)):
+            return None
+    changed = True
+    while changed:
+        changed = False
+        for c, ls in t.consts:
+            if not is_concrete(c) or np.ndim(c) == 0:
+                continue
+            c = np.asarray(c)
+            for ax, l in enumerate(ls):
+                if l in t.out or c.shape[ax] == 1:
+                    continue
+                nz = np.any(c != 0, axis=tuple(i for i in range(c.ndim) if i != ax))
+                where = np.flatnonzero(nz)
+                if len(where) == 1:
+                    t = _fix_label(t, l, int(where[0]), sizes)
+                    changed = True
+                    break
+            if changed:
+                break
+    return t
+
+
+def _fix_label(t: Term, label, j0, sizes) -> Term:
+    """Every operand of ``t`` read at ``label = j0`` (the label disappears)."""
+    consts = []
+    for c, ls in t.consts:
+        if label in ls:
+            ax = ls.index(label)
+            c = xp(c).take(host(c), j0, axis=ax)
+            ls = ls[:ax] + ls[ax + 1:]
+        consts.append((c, ls))
+    atoms = []
+    for a in t.atoms:
+        if label in a.labels:
+            ax = a.labels.index(label)
+            idx = a.idx
+            if idx is None:
+                idx = np.arange(int(math.prod(sizes[l] for l in a.labels))).reshape(
+                    [sizes[l] for l in a.labels])
+            idx = xp(idx).take(host(idx), j0, axis=ax)
+            a = dataclasses.replace(a, idx=idx, labels=a.labels[:ax] + a.labels[ax + 1:])
+        atoms.append(a)
+    return Term(tuple(consts), tuple(atoms), t.out, t.src)

@@ -210,8 +210,11 @@ class Walker:
         symbolic = [is_symbolic(v) for v in invals]
         if not any(symbolic):
             if name == "broadcast_in_dim" and len(invals) == 1:
-                return Lazy(invals[0], tuple(eqn.params["shape"]),
-                            tuple(eqn.params["broadcast_dimensions"]))
+                dims = tuple(eqn.params["broadcast_dimensions"])
+                v = invals[0]
+                if isinstance(v, Lazy):  # compose: base axis j -> dims[v.dims[j]]
+                    return Lazy(v.base, tuple(eqn.params["shape"]), tuple(dims[d] for d in v.dims))
+                return Lazy(v, tuple(eqn.params["shape"]), dims)
             vals = [self.concrete(v) for v in invals]
             return _compat.bind_eqn(eqn, vals)
         if any(isinstance(v, Poison) for v in invals):
