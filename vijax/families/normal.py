@@ -48,7 +48,8 @@ class Normal(ExponentialFamily):
     @classmethod
     def log_normalizer(cls, natural: Mapping[str, Array]) -> Array:
         e1, e2 = natural["x"], natural["x2"]
-        return -e1 * e1 / (4.0 * e2) - 0.5 * jnp.log(-2.0 * e2)
+        loc = -0.5 * e1 / e2      # A = loc * eta1 / 2 - log(-2 eta2) / 2, no eta1^2 overflow
+        return 0.5 * loc * e1 - 0.5 * jnp.log(-2.0 * e2)
 
     @classmethod
     def mean_params(cls, natural: Mapping[str, Array]) -> Natural:

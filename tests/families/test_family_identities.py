@@ -1,0 +1,215 @@
+"""Exact identities of every family: grad A = mean parameters, mean <-> natural round
+trips, the unconstrained parameterization, and pytree behaviour under jit/vmap/grad."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from family_cases import CASES, as_jnp, jit_entropy, jit_log_prob, jit_sample, support_points
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vijax.families import (FAMILIES, Categorical, ExponentialFamily, Gamma,
+                            MultivariateNormal, Normal)
+
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
+parametrize_cases = pytest.mark.parametrize("case", CASES, ids=str)
+
+
+def assert_dict_close(a, b, rtol=1e-7, atol=1e-9):
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=rtol, atol=atol,
+                                   err_msg=k)
+
+
+def _canonical(cls, natural):
+    """Categorical logits are defined up to a constant: compare normalized ones."""
+    if cls is Categorical:
+        return {"onehot": jax.nn.log_softmax(natural["onehot"], -1)}
+    return natural
+
+
+@jax.jit
+def _grad_log_normalizer(fam):
+    return jax.grad(lambda n: jnp.sum(type(fam).log_normalizer(n)))(fam.natural)
+
+
+@parametrize_cases
+@SETTINGS
+@given(data=st.data())
+def test_mean_params_equal_grad_of_log_normalizer(case, data):
+    fam = case.build(as_jnp(data.draw(case.params)))
+    assert_dict_close(fam.mean_parameters(), _grad_log_normalizer(fam), rtol=1e-9)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _natural_from_mean(cls, mean):
+    return cls.natural_from_mean(mean)
+
+
+@parametrize_cases
+@SETTINGS
+@given(data=st.data())
+def test_natural_mean_round_trips(case, data):
+    fam = case.build(as_jnp(data.draw(case.params)))
+    cls = case.cls
+    mean = fam.mean_parameters()
+    back = _natural_from_mean(cls, mean)
+    assert_dict_close(_canonical(cls, back), _canonical(cls, fam.natural), rtol=1e-7)
+    assert_dict_close(cls.mean_params(back), mean, rtol=1e-8, atol=1e-10)
+    assert_dict_close(_canonical(cls, cls.from_mean(mean).natural),
+                      _canonical(cls, fam.natural), rtol=1e-7)
+
+
+@parametrize_cases
+@SETTINGS
+@given(data=st.data())
+def test_unconstrained_round_trip(case, data):
+    fam = case.build(as_jnp(data.draw(case.params)))
+    u = fam.to_unconstrained()
+    assert all(jnp.all(jnp.isfinite(v)) for v in u.values())
+    back = case.cls.from_unconstrained(u)
+    assert_dict_close(back.natural, fam.natural, rtol=1e-9, atol=1e-9)
+    assert_dict_close(back.to_unconstrained(), u, rtol=1e-9, atol=1e-9)
+
+
+@parametrize_cases
+def test_class_protocol(case):
+    cls = case.cls
+    assert FAMILIES[cls.__name__] is cls
+    assert issubclass(cls, ExponentialFamily)
+    assert cls.support in {"real", "positive", "unit_interval", "simplex", "binary",
+                           "categorical", "count"}
+    assert set(cls.stat_event_ndims) == set(cls.stat_names)
+    fam = case.build(as_jnp(case.examples[0]))
+    assert set(fam.natural) == set(cls.stat_names)
+    with pytest.raises(Exception):
+        fam.natural = {}   # frozen
+
+
+def test_declared_statistics_and_supports():
+    expected = {
+        "Normal": (("x", "x2"), 0, "real"), "MultivariateNormal": (("x", "xxT"), 1, "real"),
+        "Gamma": (("x", "log"), 0, "positive"), "InverseGamma": (("inv", "log"), 0, "positive"),
+        "Beta": (("log", "log1m"), 0, "unit_interval"), "Dirichlet": (("log",), 1, "simplex"),
+        "Categorical": (("onehot",), 0, "categorical"), "Bernoulli": (("x",), 0, "binary"),
+        "Poisson": (("x",), 0, "count"),
+    }
+    assert set(FAMILIES) == set(expected)
+    for name, (stats, event_ndim, support) in expected.items():
+        cls = FAMILIES[name]
+        assert (set(cls.stat_names), cls.event_ndim, cls.support) == (set(stats), event_ndim,
+                                                                     support)
+
+
+@jax.jit
+def _transformed(batch, other):
+    """Entropy and KL under vmap and on a batch; the unconstrained gradient path."""
+    cls = type(other)
+    flipped = jax.tree_util.tree_map(lambda x: x[::-1], batch)
+
+    def objective(u):
+        q = cls.from_unconstrained(u)
+        x = jax.lax.stop_gradient(support_points(q, 2))
+        return jnp.sum(q.entropy()) + jnp.sum(q.kl(other)) + jnp.sum(q.log_prob(x))
+
+    u = batch.to_unconstrained()
+    return {"vmap_entropy": jax.vmap(lambda f: f.entropy())(batch),
+            "batch_entropy": batch.entropy(),
+            "vmap_kl": jax.vmap(lambda p, q: p.kl(q))(batch, flipped),
+            "batch_kl": batch.kl(flipped),
+            "grads": jax.grad(objective)(u)}
+
+
+@parametrize_cases
+def test_pytree_jit_vmap_grad(case):
+    fams = [case.build(as_jnp(r)) for r in case.examples]
+    leaves, treedef = jax.tree_util.tree_flatten(fams[0])
+    assert len(leaves) == len(case.cls.stat_names)
+    assert type(jax.tree_util.tree_unflatten(treedef, leaves)) is case.cls
+
+    batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *fams)
+    assert batch.batch_shape == (3,)
+    out = _transformed(batch, fams[1])
+    expected = np.array([jit_entropy(f) for f in fams])
+    np.testing.assert_allclose(out["vmap_entropy"], expected, rtol=1e-10)
+    np.testing.assert_allclose(out["batch_entropy"], expected, rtol=1e-10)
+    np.testing.assert_allclose(out["vmap_kl"], out["batch_kl"], rtol=1e-10)
+    np.testing.assert_allclose(out["vmap_kl"][1], 0.0, atol=1e-10)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(out["grads"]))
+
+
+@jax.jit
+def _summary(fam, x):
+    return fam.log_prob(x), (fam.entropy(), fam.mean(), fam.variance(), fam.kl(fam),
+                             fam.mean_parameters())
+
+
+@parametrize_cases
+def test_dtype_follows_input(case):
+    """float64 under x64; float32 with x64 off (JAX's default): nothing is upcast."""
+    params = case.examples[0]
+    for dtype, x64 in ((jnp.float64, True), (jnp.float32, False)):
+        with jax.enable_x64(x64):
+            fam = case.build(params if dtype == jnp.float32 else as_jnp(params))
+            assert fam.dtype == dtype
+            x = support_points(fam, 5)
+            lp, values = _summary(fam, x)
+            for value in jax.tree_util.tree_leaves(values):
+                assert value.dtype == dtype and np.all(np.isfinite(value))
+            assert lp.dtype == dtype and lp.shape == (5,) + fam.batch_shape
+            assert np.all(np.isfinite(lp))
+    with jax.enable_x64(False):   # samples follow the dtype too (float64: MC tests)
+        x = jit_sample(case.build(params), jax.random.PRNGKey(0))
+        assert x.dtype == (jnp.int32 if case.cls is Categorical else jnp.float32)
+
+
+@parametrize_cases
+def test_batched_log_prob_broadcasts(case):
+    fams = [case.build(as_jnp(r)) for r in case.examples[:2]]
+    batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *fams)
+    x = jnp.stack([support_points(f, 4) for f in fams], 1)
+    lp = jit_log_prob(batch, x)
+    assert lp.shape == (4, 2)
+    for i, f in enumerate(fams):
+        np.testing.assert_allclose(lp[:, i], jit_log_prob(f, x[:, i]), rtol=1e-10)
+
+
+def test_mvn_accepts_nonsymmetric_natural():
+    fam = MultivariateNormal.from_loc_cov(jnp.array([1.0, -1.0]),
+                                          jnp.array([[2.0, 0.3], [0.3, 1.0]]))
+    skew = jnp.array([[0.0, 0.7], [-0.7, 0.0]])
+    lopsided = MultivariateNormal({"x": fam.natural["x"], "xxT": fam.natural["xxT"] + skew})
+    n = dict(lopsided.natural)
+    np.testing.assert_allclose(MultivariateNormal.log_normalizer(n),
+                               fam.log_normalizer_value(), rtol=1e-12)
+    assert_dict_close(MultivariateNormal.mean_params(n), fam.mean_parameters(), rtol=1e-12)
+    assert_dict_close(_grad_log_normalizer(lopsided), fam.mean_parameters(), rtol=1e-10)
+    np.testing.assert_allclose(lopsided.cov, fam.cov, rtol=1e-12)
+
+
+def test_usual_parameter_accessors():
+    n = Normal.from_loc_scale(1.5, 2.0)
+    np.testing.assert_allclose((n.loc, n.scale, n.variance()), (1.5, 2.0, 4.0))
+    g = Gamma.from_shape_rate(3.0, 2.0)
+    np.testing.assert_allclose((g.concentration, g.rate, g.mean(), g.variance()),
+                               (3.0, 2.0, 1.5, 0.75))
+    cov = jnp.array([[2.0, 0.3], [0.3, 1.0]])
+    m = MultivariateNormal.from_loc_precision(jnp.array([1.0, 2.0]), jnp.linalg.inv(cov))
+    np.testing.assert_allclose(m.covariance(), cov, rtol=1e-12)
+    np.testing.assert_allclose(m.variance(), jnp.diag(cov), rtol=1e-12)
+    np.testing.assert_allclose(m.loc, [1.0, 2.0], rtol=1e-12)
+    c = Categorical.from_probs(jnp.array([0.2, 0.8]))
+    np.testing.assert_allclose(c.probs, [0.2, 0.8], rtol=1e-12)
+    with pytest.raises(ValueError, match="num_classes"):
+        Categorical.stats(jnp.array([0, 1]))
+    np.testing.assert_allclose(Categorical.stats(jnp.array(1), num_classes=3)["onehot"],
+                               [0.0, 1.0, 0.0])
+
+
+def test_kl_requires_same_family():
+    with pytest.raises(TypeError, match="Normal"):
+        Normal.from_loc_scale(0.0, 1.0).kl(Gamma.from_shape_rate(1.0, 1.0))
