@@ -38,7 +38,7 @@ class Bernoulli(ExponentialFamily):
 
     Example:
         >>> q = Bernoulli.from_probs(0.25)
-        >>> float(q.variance())
+        >>> round(float(q.variance()), 6)
         0.1875
     """
 

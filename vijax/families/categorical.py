@@ -33,7 +33,7 @@ class Categorical(ExponentialFamily):
     Example:
         >>> import jax.numpy as jnp
         >>> q = Categorical.from_probs(jnp.array([0.25, 0.75]))
-        >>> q.probs.tolist()
+        >>> q.probs.round(4).tolist()
         [0.25, 0.75]
     """
 
