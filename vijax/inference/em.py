@@ -39,7 +39,7 @@ import optax
 from vijax import _compat
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model, point_statistics
-from vijax.errors import FitDivergedError, ModelSpecError, VijaxError
+from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.inference import meanfield as mf
 from vijax.model import Model, check_data
 from vijax.supports import Support, real
@@ -50,6 +50,7 @@ class EMState(NamedTuple):
 
     u: Any
     natural: dict
+    mean: dict
     elbo: Any
     it: Any
     trace: Any
@@ -118,11 +119,8 @@ class _Config:
     param_supports: tuple
     param_treedef: Any
     m_step: Any
-    m_steps: int
-    m_tol: float
-    e_step_iters: int
-    tol: float
     order: Any
+    force_direct: bool = False
 
     @property
     def latent_supports(self):
@@ -134,6 +132,16 @@ class _Config:
 
     def unflatten(self, leaves):
         return jax.tree_util.tree_unflatten(self.param_treedef, list(leaves))
+
+
+class _Knobs(NamedTuple):
+    """Numeric settings, passed traced (changing them does not recompile)."""
+
+    max_iters: Any
+    tol: Any
+    m_steps: Any
+    m_tol: Any
+    e_step_iters: Any
 
 
 def _param_support(sup, value, where):
@@ -164,19 +172,16 @@ def _flatten_params(params, param_supports):
     else:
         is_sup = lambda x: isinstance(x, (Support, str))  # noqa: E731
         sups, sdef = jax.tree_util.tree_flatten(param_supports, is_leaf=is_sup)
-        if sdef != jax.tree_util.tree_structure(jax.tree_util.tree_unflatten(
-                treedef, [0] * len(leaves_p))) or len(sups) != len(leaves_p):
+        if sdef != treedef:
             raise ModelSpecError(
                 "param_supports must have the structure of params with one support per "
                 f"array (e.g. {{'weights': vj.simplex(K), 'precisions': vj.positive()}}); "
                 f"params has {treedef}, param_supports has {sdef}")
-    out_sups, values, names = [], [], []
+    out_sups, values = [], []
     for (path, v), s in zip(leaves_p, sups):
-        where = jax.tree_util.keystr(path)
-        out_sups.append(_param_support(s, v, where))
+        out_sups.append(_param_support(s, v, jax.tree_util.keystr(path)))
         values.append(jnp.asarray(v, jnp.result_type(v, float)))
-        names.append("params" + where)
-    return out_sups, values, names, treedef
+    return out_sups, values, treedef
 
 
 # ---------------------------------------------------------------------------- backends
@@ -194,11 +199,18 @@ class _Factored:
         return {n: point_statistics(self.compiled.infos[n], v)
                 for n, v in zip(self.p_names, theta)}
 
-    def F(self, theta, mu):
-        return self.compiled.F({**mu, **self._theta_stats(theta)})
+    def form(self, theta, mu):
+        """(compiled form, statistics) with ``F = compiled.F(statistics)``."""
+        return self.compiled, {**mu, **self._theta_stats(theta)}
 
-    def Q(self, mu):
-        """``theta -> F(T(theta), mu)`` up to a constant, data contracted once."""
+    def Q(self, mu, theta_ref):
+        """``theta -> F(T(theta), mu) - F(T(theta_ref), mu)``, data contracted once.
+
+        Each term is multilinear in the parameters' statistics ``s_i``, so its change is
+        the telescoping sum ``sum_j r_1..r_{j-1} (s_j - r_j) s_{j+1}..s_m`` (``r`` at
+        ``theta_ref``): differences are taken before the large contractions, which keeps
+        ``Q`` accurate near ``theta_ref`` (float32 included).
+        """
         p = set(self.p_names)
         sizes = self.compiled.sizes
         reduced = []
@@ -211,20 +223,26 @@ class _Factored:
                 keep.update(a.labels)
             ops = list(t.consts) + [(T.atom_operand(a, mu), a.labels)
                                     for a in t.atoms if a.latent not in p]
-            consts = ()
             if ops:
                 labs = []
                 for _, ls in ops:
                     labs.extend(l for l in ls if l in keep and l not in labs)
                 red = T.eval_term(T.Term(tuple(ops), (), tuple(labs)), {}, sizes)
-                consts = ((red, tuple(labs)),)
-            reduced.append(T.Term(consts, p_atoms, t.out, t.src))
+                ops = [(red, tuple(labs))]
+            reduced.append((ops, p_atoms, t.out))
+        ref = self._theta_stats(theta_ref)
 
         def q(theta):
             st = self._theta_stats(theta)
             total = jnp.zeros(())
-            for t in reduced:
-                total = total + jnp.sum(T.eval_term(t, st, sizes))
+            for ops, atoms, out in reduced:
+                new = [T.atom_operand(a, st) for a in atoms]
+                old = [T.atom_operand(a, ref) for a in atoms]
+                for j in range(len(atoms)):
+                    arrays = old[:j] + [new[j] - old[j]] + new[j + 1:]
+                    operands = ops + [(x, a.labels) for x, a in zip(arrays, atoms)]
+                    total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
+                                                        {}, sizes))
             return total
         return q
 
@@ -246,16 +264,18 @@ class _Direct:
                       cfg.latent_supports)
         return compile_model(model, (list(theta), self.data))
 
-    def F(self, theta, mu):
-        return self._compiled(theta).F(mu)
+    def form(self, theta, mu):
+        return self._compiled(theta), mu
 
-    def Q(self, mu):
-        return lambda theta: self.F(theta, mu)
+    def Q(self, mu, theta_ref):
+        ref = self._compiled(theta_ref).F(mu)
+        return lambda theta: self._compiled(theta).F(mu) - ref
 
 
 def _factored_backend(cfg, data, theta0):
-    """Try compiling the parameters as latents; None when some parameter (or latent)
-    then has no conjugate form."""
+    """Try compiling the parameters as latents; None when that fails or some parameter
+    (or latent) then has no conjugate form. This path is only an optimization: the direct
+    path below compiles the model as the user wrote it and reports its own errors."""
     names = [f"params{jax.tree_util.keystr(p)}" for p, _ in
              jax.tree_util.tree_flatten_with_path(cfg.unflatten(theta0))[0]]
     y_names = list(cfg.latent_supports)
@@ -269,7 +289,7 @@ def _factored_backend(cfg, data, theta0):
     sups = {**cfg.latent_supports, **dict(zip(names, cfg.param_supports))}
     try:
         compiled = compile_model(Model(joint, sups), data)
-    except VijaxError:
+    except Exception:  # noqa: BLE001 - see the docstring
         return None
     if not compiled.conjugate:
         return None
@@ -277,7 +297,7 @@ def _factored_backend(cfg, data, theta0):
 
 
 def _backend(cfg, data, theta0):
-    be = _factored_backend(cfg, data, theta0)
+    be = None if cfg.force_direct else _factored_backend(cfg, data, theta0)
     if be is not None:
         return be
     model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
@@ -302,51 +322,72 @@ def _families(be):
     return {n: mf.family_class(i) for n, i in be.y_infos.items()}
 
 
-def _sweep(be, theta, natural, order):
+def _value_and_grad_block(compiled, stats, name):
+    """``F`` and ``dF/dmu_name``, using that ``F`` is affine in each block: the terms with
+    the block give the gradient (one contraction each), then ``F = F_rest + <grad, mu>``."""
+    sizes = compiled.sizes
+    rest = jnp.asarray(compiled.const)
+    grad = jax.tree_util.tree_map(jnp.zeros_like, stats[name])
+    for t in compiled.terms:
+        if any(a.latent == name for a in t.atoms):
+            g = jax.grad(lambda m, t=t: jnp.sum(
+                T.eval_term(t, {**stats, name: m}, sizes)))(stats[name])
+            grad = jax.tree_util.tree_map(jnp.add, grad, g)
+        else:
+            rest = rest + jnp.sum(T.eval_term(t, stats, sizes))
+    return rest + _inner(grad, stats[name]), grad
+
+
+def _inner(a, b):
+    return sum(jnp.sum(a[s] * b[s]) for s in a)
+
+
+def _sweep(be, theta, natural, mu, order):
     """One pass of closed-form updates over ``order`` at fixed theta.
 
-    Returns (natural, ELBO, invalid). ``F`` is affine in each block, so
-    ``F(new) = F(old) + <eta, mu_new - mu_old>`` gives the ELBO without another pass.
+    Returns (natural, mean parameters, ELBO, invalid). ``F`` is affine in each block, so
+    after the last update ``L = F - <eta, mu_old> + A(eta) - E_q[log h]`` (the entropy
+    of the last block written with its log-normalizer) needs no further pass.
     """
     fams = _families(be)
-    mu = {n: fams[n].mean_params(natural[n]) for n in natural}
-    natural = dict(natural)
+    natural, mu = dict(natural), dict(mu)
     invalid = jnp.asarray(False)
-    f_val = None
-    for name in order:
-        val, eta = jax.value_and_grad(
-            lambda m, name=name: be.F(theta, {**mu, name: m}))(mu[name])
+    for i, name in enumerate(order):
+        compiled, stats = be.form(theta, mu)
+        val, eta = _value_and_grad_block(compiled, stats, name)
         eta = {s: eta[s] for s in natural[name]}
         ok = jnp.all(fams[name].is_valid_natural(eta))
         for s in eta:
             ok = ok & jnp.all(jnp.isfinite(eta[s]))
         invalid = invalid | ~ok
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
-        new_mu = fams[name].mean_params(new)
-        f_val = val + sum(jnp.sum(eta[s] * (new_mu[s] - mu[name][s])) for s in eta)
-        natural[name], mu[name] = new, new_mu
-    ent = sum(jnp.sum(fams[n](natural[n]).entropy()) for n in natural)
-    return natural, f_val + ent, invalid
+        if i == len(order) - 1:
+            cls = fams[name]
+            last = (val - _inner(new, mu[name]) + jnp.sum(cls.log_normalizer(new))
+                    - jnp.sum(cls(new).expected_log_base_measure()))
+        natural[name], mu[name] = new, fams[name].mean_params(new)
+    ent = sum(jnp.sum(fams[n](natural[n]).entropy()) for n in order[:-1])
+    return natural, mu, last + ent, invalid
 
 
-def _e_step(be, theta, natural, order, exact, cfg):
-    natural, e, bad = _sweep(be, theta, natural, order)
-    if exact or cfg.e_step_iters <= 1:
-        return natural, e, bad
+def _e_step(be, theta, natural, mu, order, exact, knobs):
+    natural, mu, e, bad = _sweep(be, theta, natural, mu, order)
+    if exact:
+        return natural, mu, e, bad
 
     def cond(c):
-        _, e, prev, i, bad = c
+        _, _, e, prev, i, bad = c
         rel = jnp.abs(e - prev) / jnp.maximum(jnp.abs(e), 1.0)
-        return (i < cfg.e_step_iters) & (rel >= cfg.tol) & ~bad
+        return (i < knobs.e_step_iters) & (rel >= knobs.tol) & ~bad
 
     def body(c):
-        nat, e, _, i, bad = c
-        nat2, e2, bad2 = _sweep(be, theta, nat, order)
-        return nat2, e2, e, i + 1, bad | bad2
+        nat, mu, e, _, i, bad = c
+        nat2, mu2, e2, bad2 = _sweep(be, theta, nat, mu, order)
+        return nat2, mu2, e2, e, i + 1, bad | bad2
 
-    natural, e, _, _, bad = jax.lax.while_loop(
-        cond, body, (natural, e, jnp.full_like(e, -jnp.inf), jnp.asarray(1), bad))
-    return natural, e, bad
+    natural, mu, e, _, _, bad = jax.lax.while_loop(
+        cond, body, (natural, mu, e, jnp.full_like(e, -jnp.inf), jnp.asarray(1), bad))
+    return natural, mu, e, bad
 
 
 # ----------------------------------------------------------------------------- M-step
@@ -359,8 +400,10 @@ def maximize(fun, x0, optimizer="lbfgs", max_steps=100, tol=1e-10):
     """Maximize ``fun`` over the pytree ``x0`` with an optax transformation (jittable).
 
     ``"lbfgs"`` means ``optax.lbfgs()`` with its zoom linesearch, whose cached value and
-    gradient are reused (``optax.value_and_grad_from_state``). Stops after ``max_steps``
-    or when ``|grad| <= tol * max(1, |fun|)``; a step to a non-finite value is undone.
+    gradient are reused (``optax.value_and_grad_from_state``). Stops after ``max_steps``,
+    or once a step is shorter than ``tol * (1 + |x|)`` (Euclidean norms over the pytree;
+    ``tol`` is raised to ``4 eps`` of the dtype, e.g. about 5e-7 in float32), or the
+    gradient is zero; a step to a non-finite point is undone and ends the loop.
 
     Returns:
         ``(x, value, steps)``.
@@ -382,38 +425,38 @@ def maximize(fun, x0, optimizer="lbfgs", max_steps=100, tol=1e-10):
     def neg(x):
         return -fun(x)
 
+    dt = jnp.result_type(*jax.tree_util.tree_leaves(x0), float)
+    tol = jnp.maximum(jnp.asarray(tol, dt), 4 * jnp.finfo(dt).eps)
     state0 = opt.init(x0)
     cached = optax.tree.get(state0, "value") is not None
-    vg = optax.value_and_grad_from_state(neg) if cached else None
+    vg = optax.value_and_grad_from_state(neg) if cached else jax.value_and_grad(neg)
 
     def cond(c):
         return (c[2] < max_steps) & ~c[3]
 
     def body(c):
         x, s, i, _ = c
-        if cached:
-            v, g = vg(x, state=s)
-        else:
-            v, g = jax.value_and_grad(neg)(x)
+        v, g = vg(x, state=s) if cached else vg(x)
         upd, s2 = opt.update(g, s, x, value=v, grad=g, value_fn=neg)
         x2 = optax.apply_updates(x, upd)
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a))
                                       for a in jax.tree_util.tree_leaves(x2)]))
         x2 = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), x2, x)
-        done = (_tree_norm(g) <= tol * jnp.maximum(1.0, jnp.abs(v))) | ~finite
+        small = _tree_norm(upd) <= tol * (1.0 + _tree_norm(x))
+        done = small | (_tree_norm(g) == 0) | ~finite
         return x2, s2, i + 1, done
 
-    x, _, steps, _ = jax.lax.while_loop(cond, body, (x0, state0, jnp.asarray(0),
-                                                      jnp.asarray(False)))
+    x, _, steps, _ = jax.lax.while_loop(
+        cond, body, (x0, state0, jnp.asarray(0), jnp.asarray(False)))
     return x, fun(x), steps
 
 
-def _m_step(cfg, q, u):
+def _m_step(cfg, knobs, q, u):
     """Generalized-EM safe M-step: maximize Q over u, keep the old u if Q decreased."""
     def obj(v):
         return q(cfg.theta(v))
-    q_old = obj(u)
-    u_new, q_new, steps = maximize(obj, u, cfg.m_step, cfg.m_steps, cfg.m_tol)
+    q_old = obj(u)  # 0 up to rounding: Q is measured from the current parameters
+    u_new, q_new, steps = maximize(obj, u, cfg.m_step, knobs.m_steps, knobs.m_tol)
     accept = jnp.isfinite(q_new) & (q_new >= q_old)
     u_out = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), u_new, u)
     return u_out, accept, steps
@@ -421,7 +464,7 @@ def _m_step(cfg, q, u):
 
 # ------------------------------------------------------------------------------- loop
 
-def _run(cfg, u0, key, data, max_iters):
+def _run(cfg, u0, key, data, knobs, trace_len):
     theta0 = cfg.theta(u0)
     be = _backend(cfg, data, theta0)
     exact = _is_exact(be)
@@ -432,30 +475,37 @@ def _run(cfg, u0, key, data, max_iters):
         raise ModelSpecError(f"order must list every latent once: {sorted(be.y_names)}")
     dtype = jnp.zeros(()).dtype
     nat0 = mf.default_init(_YOnly(be), key, dtype)
-    nat, e, bad = _e_step(be, theta0, nat0, order, exact, cfg)
-    state = EMState(u0, nat, e, jnp.asarray(0), jnp.full((max_iters + 1,), e),
+    fams = _families(be)
+    mu0 = {n: fams[n].mean_params(nat0[n]) for n in nat0}
+    # oracle at the start: F(T(theta0), T(y)) must equal log p(x, y | theta0) at a point y
+    # (a parameter-dependent branch resolved at the support's canonical point would not)
+    y0 = {n: be.y_infos[n].support.canonical_point() for n in be.y_names}
+    compiled, stats = be.form(theta0, {n: point_statistics(be.y_infos[n], y0[n])
+                                       for n in be.y_names})
+    check = (compiled.F(stats), cfg.log_joint(cfg.unflatten(theta0), y0, data))
+    nat, mu, e, bad = _e_step(be, theta0, nat0, mu0, order, exact, knobs)
+    state = EMState(u0, nat, mu, e, jnp.asarray(0), jnp.full((trace_len,), e),
                     jnp.asarray(False), jnp.asarray(0), jnp.asarray(0),
                     jnp.zeros((), e.dtype), bad)
 
     def cond(s):
-        return (s.it < max_iters) & ~s.converged & ~s.invalid & jnp.isfinite(s.elbo)
+        return (s.it < knobs.max_iters) & ~s.converged & ~s.invalid & jnp.isfinite(s.elbo)
 
     def body(s):
-        mu = {n: mf.family_class(be.y_infos[n]).mean_params(s.natural[n]) for n in s.natural}
-        u, accept, steps = _m_step(cfg, be.Q(mu), s.u)
-        nat, e, bad = _e_step(be, cfg.theta(u), s.natural, order, exact, cfg)
+        u, accept, steps = _m_step(cfg, knobs, be.Q(s.mean, cfg.theta(s.u)), s.u)
+        nat, mu, e, bad = _e_step(be, cfg.theta(u), s.natural, s.mean, order, exact, knobs)
         rel = jnp.abs(e - s.elbo) / jnp.maximum(jnp.abs(e), 1.0)
         drop = jnp.where(jnp.isfinite(e), s.elbo - e, 0.0)
         it = s.it + 1
-        return EMState(u, nat, e, it, s.trace.at[it].set(e), rel < cfg.tol,
+        return EMState(u, nat, mu, e, it, s.trace.at[it].set(e), rel < knobs.tol,
                        s.m_rejected + (~accept).astype(jnp.int32), steps,
                        jnp.maximum(s.max_decrease, drop), bad)
 
     state = jax.lax.while_loop(cond, body, state)
-    trace = jnp.where(jnp.arange(max_iters + 1) <= state.it, state.trace, state.elbo)
+    trace = jnp.where(jnp.arange(trace_len) <= state.it, state.trace, state.elbo)
     posterior = {n: mf.family_class(be.y_infos[n])(state.natural[n]) for n in state.natural}
     return (state._replace(trace=trace), posterior, jnp.asarray(exact),
-            jnp.asarray(_PATHS.index(be.path)))
+            jnp.asarray(_PATHS.index(be.path)), check)
 
 
 class _YOnly:
@@ -466,7 +516,7 @@ class _YOnly:
 
 
 _PATHS = ("factored", "direct")
-_run_jit = jax.jit(_run, static_argnames=("cfg", "max_iters"))
+_run_jit = jax.jit(_run, static_argnames=("cfg", "trace_len"))
 
 
 def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_iters=200,
@@ -496,7 +546,8 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
         m_step: ``"lbfgs"`` (``optax.lbfgs()`` with zoom linesearch) or any optax
             ``GradientTransformation`` (minimizing ``-Q``; generalized EM with a few steps).
         m_steps: at most this many optimizer steps per M-step.
-        m_tol: an M-step stops when ``|grad Q| <= m_tol * max(1, |Q|)``.
+        m_tol: an M-step stops once an optimizer step is shorter than
+            ``m_tol * (1 + |u|)`` (see :func:`maximize`).
         e_step_iters: at most this many CAVI sweeps per variational E-step.
         order: update order of the latents in an E-step sweep.
         strict: raise :class:`FitDivergedError` if the trace decreased beyond rounding.
@@ -514,15 +565,15 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
         >>> import jax, jax.numpy as jnp
         >>> from jax.scipy import stats
         >>> import vijax as vj
-        >>> x = jnp.concatenate([jnp.full(5, -2.0), jnp.full(5, 2.0)])
+        >>> x = jnp.concatenate([jnp.full(5, -5.0), jnp.full(5, 5.0)])
         >>> def lj(p, z, x):
         ...     return jnp.sum(jnp.log(0.5) + stats.norm.logpdf(x, p["m"][z["c"]], 1.0))
         >>> fit = em(lj, {"m": jnp.array([-1.0, 1.0])}, {"c": vj.categorical(2, shape=(10,))}, x)
         >>> [round(float(v), 4) for v in fit.params["m"]]
-        [-2.0, 2.0]
+        [-5.0, 5.0]
     """
     check_data(data)
-    sups, values, _, treedef = _flatten_params(params, param_supports)
+    sups, values, treedef = _flatten_params(params, param_supports)
     if not isinstance(supports, dict) or not supports:
         raise ModelSpecError("supports must be a non-empty dict: latent name -> support")
     if not (isinstance(m_step, str) or isinstance(m_step, optax.GradientTransformation)):
@@ -530,6 +581,7 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
                              f"got {type(m_step).__name__}")
     if max_iters < 0 or m_steps < 1 or e_step_iters < 1:
         raise ModelSpecError("max_iters must be >= 0, m_steps and e_step_iters >= 1")
+    dtype = jnp.zeros(()).dtype
     u0 = []
     for s, v in zip(sups, values):
         ok = s.contains(v)
@@ -537,10 +589,21 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
             raise ModelSpecError(f"an initial parameter is outside its support {s}")
         u0.append(s.to_unconstrained(v))
     cfg = _Config(log_joint, tuple(supports.items()), tuple(sups), treedef, m_step,
-                  int(m_steps), float(m_tol), int(e_step_iters), float(tol),
                   None if order is None else tuple(order))
+    knobs = _Knobs(jnp.asarray(max_iters, jnp.int32), jnp.asarray(tol, dtype),
+                   jnp.asarray(m_steps, jnp.int32), jnp.asarray(m_tol, dtype),
+                   jnp.asarray(e_step_iters, jnp.int32))
+    # the trace buffer is rounded up to a power of two so that nearby max_iters share
+    # one compilation; it is cut to max_iters + 1 below
+    trace_len = max(8, 1 << int(max_iters).bit_length())
     key = jax.random.key(0) if key is None else key
-    state, posterior, exact, path = _run_jit(cfg, u0, key, data, int(max_iters))
+    state, posterior, exact, path, check = _run_jit(cfg, u0, key, data, knobs, trace_len)
+    if not _compat.is_tracer(path) and _PATHS[int(path)] == "factored" and _disagree(*check):
+        # the parameters' compiled form differs from the log joint at theta0 (a branch on
+        # a parameter): recompile with the parameters as data, which is always exact
+        cfg = dataclasses.replace(cfg, force_direct=True)
+        state, posterior, exact, path, check = _run_jit(cfg, u0, key, data, knobs, trace_len)
+    state = state._replace(trace=state.trace[:int(max_iters) + 1])
     diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
             "m_rejected": state.m_rejected, "m_iters": state.m_iters,
             "max_decrease": state.max_decrease, "invalid": state.invalid}
@@ -550,6 +613,12 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
     if not _compat.is_tracer(state.elbo):
         _raise_if_failed(result, strict)
     return result
+
+
+def _disagree(f_val, lj_val):
+    f_val, lj_val = float(f_val), float(lj_val)
+    tol = 10 * float(jnp.sqrt(jnp.finfo(jnp.zeros(()).dtype).eps)) * max(1.0, abs(lj_val))
+    return not abs(f_val - lj_val) <= tol
 
 
 def _raise_if_failed(result, strict):
