@@ -119,3 +119,15 @@ def test_wrong_keys_or_shapes_raise():
         Normal.from_natural({"x": 1.0})
     with pytest.raises(ValueError, match="shape"):
         MultivariateNormal.from_loc_cov(np.zeros(3), np.eye(2))
+
+
+def test_zero_probabilities_stay_finite():
+    """Probabilities 0 are stored as the finite logit log(tiny): no NaN anywhere."""
+    cat = Categorical.from_probs(jnp.array([1.0, 0.0, 0.0]))
+    other = Categorical.from_probs(jnp.array([0.2, 0.3, 0.5]))
+    assert np.all(np.isfinite(cat.logits))
+    np.testing.assert_allclose(cat.entropy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(cat.probs, [1.0, 0.0, 0.0], atol=1e-300)
+    np.testing.assert_allclose(cat.log_prob(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(cat.kl(other), -np.log(0.2), rtol=1e-12)
+    assert np.isfinite(other.kl(cat)) and other.kl(cat) > 100
