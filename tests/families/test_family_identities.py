@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from family_cases import CASES, as_jnp, jit_entropy, jit_log_prob, support_points
+from family_cases import CASES, as_jnp, jit_entropy, support_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,8 +118,9 @@ def test_declared_statistics_and_supports():
 
 
 @jax.jit
-def _transformed(batch, other):
-    """Entropy and KL under vmap and on a batch; the unconstrained gradient path."""
+def _transformed(batch, other, x):
+    """Entropy, KL and log_prob under vmap and on a batch (``x``: sample shape (4,)
+    then the batch); the unconstrained gradient path."""
     cls = type(other)
     flipped = jax.tree_util.tree_map(lambda x: x[::-1], batch)
 
@@ -131,6 +132,8 @@ def _transformed(batch, other):
     return {"vmap_entropy": jax.vmap(lambda f: f.entropy())(batch),
             "batch_entropy": batch.entropy(),
             "vmap_kl": jax.vmap(lambda p, q: p.kl(q))(batch, flipped),
+            "batch_log_prob": batch.log_prob(x),
+            "vmap_log_prob": jax.vmap(lambda f, x: f.log_prob(x), (0, 1), 1)(batch, x),
             "grads": jax.grad(objective)(u)}
 
 
@@ -143,24 +146,17 @@ def test_pytree_jit_vmap_grad(case):
 
     batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *fams)
     assert batch.batch_shape == (3,)
-    out = _transformed(batch, fams[1])
+    x = jnp.stack([support_points(f, 4) for f in fams], 1)
+    out = _transformed(batch, fams[1], x)
+    assert out["batch_log_prob"].shape == (4, 3)
+    np.testing.assert_allclose(out["batch_log_prob"], out["vmap_log_prob"], rtol=1e-10)
+    assert np.all(np.isfinite(out["batch_log_prob"]))
     expected = np.array([jit_entropy(f) for f in fams])
     np.testing.assert_allclose(out["vmap_entropy"], expected, rtol=1e-10)
     np.testing.assert_allclose(out["batch_entropy"], expected, rtol=1e-10)
     assert all(v.dtype == jnp.float64 for v in jax.tree_util.tree_leaves(out))
     np.testing.assert_allclose(out["vmap_kl"][1], 0.0, atol=1e-10)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(out["grads"]))
-
-
-@parametrize_cases
-def test_batched_log_prob_broadcasts(case):
-    fams = [case.build(as_jnp(r)) for r in case.examples[:2]]
-    batch = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *fams)
-    x = jnp.stack([support_points(f, 4) for f in fams], 1)
-    lp = jit_log_prob(batch, x)
-    assert lp.shape == (4, 2)
-    for i, f in enumerate(fams):
-        np.testing.assert_allclose(lp[:, i], jit_log_prob(f, x[:, i]), rtol=1e-10)
 
 
 def test_mvn_accepts_nonsymmetric_natural():

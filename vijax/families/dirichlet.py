@@ -7,10 +7,11 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import digamma, gammaln, polygamma, xlogy
+from jax.scipy.special import digamma, gammaln, xlogy
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
+from vijax.families.gamma import trigamma
 
 _EULER = 0.5772156649015329
 # Offsets (in log total concentration) searched for a sign change before Newton.
@@ -23,7 +24,7 @@ def inv_digamma(y: Array, num_iters: int = 6) -> Array:
     x = jnp.where(y >= -2.22, jnp.exp(jnp.minimum(y, 80.0)) + 0.5,
                   -1.0 / (jnp.minimum(y, -2.22) + _EULER))
     def newton(_, x):
-        x_new = x - (digamma(x) - y) / polygamma(1, x)
+        x_new = x - (digamma(x) - y) / trigamma(x)
         return jnp.maximum(x_new, 0.1 * x)   # digamma is concave: guard the first step
     return jax.lax.fori_loop(0, num_iters, newton, x)
 
@@ -74,7 +75,7 @@ def concentration_from_mean_log(mean_log: Array, num_iters: int = 12) -> Array:
         s, alpha = _components(u, m)
         total = jnp.sum(alpha, -1)
         h = jnp.log(total) - u
-        dh = s * polygamma(1, s) * jnp.sum(1.0 / polygamma(1, alpha), -1) / total - 1.0
+        dh = s * trigamma(s) * jnp.sum(1.0 / trigamma(alpha), -1) / total - 1.0
         lo = jnp.where(h > 0, u, lo)
         hi = jnp.where(h > 0, hi, u)
         u_newton = u - h / dh
@@ -91,8 +92,8 @@ def _newton_step(alpha: Array, mean_log: Array) -> Array:
     ``-diag(trigamma(alpha)) + trigamma(alpha_0) 1 1^T``, inverted in O(K))."""
     total = jnp.sum(alpha, -1, keepdims=True)
     g = mean_log - digamma(alpha) + digamma(total)
-    q = -polygamma(1, alpha)
-    z = polygamma(1, total)
+    q = -trigamma(alpha)
+    z = trigamma(total)
     b = jnp.sum(g / q, -1, keepdims=True) / (1.0 / z + jnp.sum(1.0 / q, -1, keepdims=True))
     step = (g - b) / q
     new = alpha - step

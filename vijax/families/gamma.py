@@ -1,4 +1,5 @@
-"""Gamma distribution as an exponential family, and the shape solver it shares."""
+"""Gamma distribution as an exponential family, and the special-function helpers and
+shape solver that InverseGamma, Beta, Dirichlet and Poisson share."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import digamma, gammaln, polygamma, xlogy
+from jax.scipy.special import digamma, gammaln, xlogy
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 
 _SERIES_FROM = 10.0  # use asymptotic series for shape >= this (cancellation-free)
+
+
+def trigamma(x: Array) -> Array:
+    """``polygamma(1, x)`` for ``x > 0``: ten recurrence steps, then the asymptotic
+    series (relative error < 1e-14). Much cheaper to compile than ``polygamma``."""
+    acc = sum(1.0 / (x + i) ** 2 for i in range(10))
+    z = x + 10.0
+    r = 1.0 / (z * z)
+    return acc + 1.0 / z + r * (0.5 + (1.0 / z) * (
+        1 / 6 - r * (1 / 30 - r * (1 / 42 - r * (1 / 30 - r * 5 / 66)))))
 
 
 def _where_big(a: Array, series, direct) -> Array:
@@ -38,7 +49,7 @@ def log_minus_digamma_grad(a: Array) -> Array:
         r = 1.0 / (a * a)
         return -(0.5 * r + (r / a) * (1 / 6 - r * (1 / 30 - r * (1 / 42 - r * (
             1 / 30 - r * 5 / 66)))))
-    return _where_big(a, series, lambda a: 1.0 / a - polygamma(1, a))
+    return _where_big(a, series, lambda a: 1.0 / a - trigamma(a))
 
 
 def gamma_entropy_core(a: Array) -> Array:
@@ -183,11 +194,16 @@ class Gamma(ExponentialFamily):
         return jax.random.gamma(key, a, shape, self.dtype) / self.rate
 
     def to_unconstrained(self) -> dict[str, Array]:
-        """``{"log_concentration": log a, "log_rate": log b}``."""
+        """``{"log_concentration": log a, "log_mean": log(a / b)}``.
+
+        Shape and mean are orthogonal in the Fisher metric, so gradient fits converge
+        far faster than in (log a, log b), where the two directions are nearly parallel
+        for a large shape.
+        """
         return {"log_concentration": jnp.log(self.concentration),
-                "log_rate": jnp.log(self.rate)}
+                "log_mean": jnp.log(self.concentration) - jnp.log(self.rate)}
 
     @classmethod
     def from_unconstrained(cls, u: Mapping[str, Array]) -> "Gamma":
-        la, lb = jnp.broadcast_arrays(u["log_concentration"], u["log_rate"])
-        return cls({"x": -jnp.exp(lb), "log": jnp.expm1(la)})
+        la, lm = jnp.broadcast_arrays(u["log_concentration"], u["log_mean"])
+        return cls({"x": -jnp.exp(la - lm), "log": jnp.expm1(la)})

@@ -122,11 +122,12 @@ class InverseGamma(ExponentialFamily):
         return self.scale / jax.random.gamma(key, a, shape, self.dtype)
 
     def to_unconstrained(self) -> dict[str, Array]:
-        """``{"log_concentration": log a, "log_scale": log b}``."""
+        """``{"log_concentration": log a, "log_mean_inverse": log(a / b)}``: shape and
+        ``E[1/x]`` (orthogonal in the Fisher metric, as for the Gamma)."""
         return {"log_concentration": jnp.log(self.concentration),
-                "log_scale": jnp.log(self.scale)}
+                "log_mean_inverse": jnp.log(self.concentration) - jnp.log(self.scale)}
 
     @classmethod
     def from_unconstrained(cls, u: Mapping[str, Array]) -> "InverseGamma":
-        la, lb = jnp.broadcast_arrays(u["log_concentration"], u["log_scale"])
-        return cls({"inv": -jnp.exp(lb), "log": -jnp.exp(la) - 1.0})
+        la, lm = jnp.broadcast_arrays(u["log_concentration"], u["log_mean_inverse"])
+        return cls({"inv": -jnp.exp(la - lm), "log": -jnp.exp(la) - 1.0})
