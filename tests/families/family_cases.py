@@ -9,12 +9,14 @@ by the conftest fixture there).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
+from jax.flatten_util import ravel_pytree
 import scipy.stats as ss
 from hypothesis import strategies as st
 
@@ -243,6 +245,20 @@ def support_points(fam, n: int) -> jnp.ndarray:
     if fam.event_ndim:
         return mean + (w[..., None] - 0.5) * jnp.sqrt(fam.variance())
     return mean + (w - 0.5) * jnp.sqrt(fam.variance())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def jit_natural_from_mean(cls, mean):
+    """``eta = natural_from_mean(mu)``, ``mean_params(eta)`` and, for minimal families,
+    ``(d eta/d mu)(d mu/d eta)`` (the identity when gradients flow through the solvers)."""
+    back = cls.natural_from_mean(mean)
+    if cls in (Categorical, MultivariateNormal):   # over-parameterized / symmetric
+        return back, cls.mean_params(back), None
+    eta, unravel = ravel_pytree(back)
+    mu, unravel_mu = ravel_pytree(mean)
+    d_mu = jax.jacobian(lambda e: ravel_pytree(cls.mean_params(unravel(e)))[0])(eta)
+    d_eta = jax.jacobian(lambda m: ravel_pytree(cls.natural_from_mean(unravel_mu(m)))[0])(mu)
+    return back, cls.mean_params(back), d_eta @ d_mu
 
 
 jit_entropy = jax.jit(lambda fam: fam.entropy())
