@@ -61,9 +61,9 @@ def _demo(args) -> int:
     # exact: deterministic gradient of F + H; reparam: Monte Carlo, judged as in the
     # agreement tests (ELBO gap < 1e-2, means within 0.1 posterior sd)
     for est, opt, tol in (("exact", optax.adam(5e-2), 1e-10),
-                          ("reparam", optax.adam(optax.exponential_decay(5e-2, 1000, 0.3)), 0.0)):
+                          ("reparam", optax.adam(optax.exponential_decay(5e-2, 600, 0.3)), 0.0)):
         g = vj.fit_gradient(zm.model, x, jax.random.key(args.seed + 2), optimizer=opt,
-                            estimator=est, num_samples=64, num_steps=4000, tol=tol)
+                            estimator=est, num_samples=32, num_steps=2400, tol=tol)
         crit = (dict(elbo_tol=1e-5, kl_tol=1e-4) if est == "exact"
                 else dict(elbo_tol=1e-2, kl_tol=float("inf"), mean_tol_sd=0.1))
         rep = vj.compare(fit, g, names=("cavi", est), **crit)

@@ -1,5 +1,7 @@
 """The gradient path against CAVI on the zoo, and on non-conjugate models."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,7 @@ def _perturbed(fit, key, scale=0.05):
     for n, q in fit.posterior.items():
         u = q.to_unconstrained()
         leaves, tree = jax.tree_util.tree_flatten(u)
-        keys = jax.random.split(jax.random.fold_in(key, hash(n) % 1000), len(leaves))
+        keys = jax.random.split(jax.random.fold_in(key, zlib.crc32(n.encode())), len(leaves))
         leaves = [l + scale * jax.random.normal(k, jnp.shape(l)) for l, k in zip(leaves, keys)]
         out[n] = type(q).from_unconstrained(jax.tree_util.tree_unflatten(tree, leaves))
     return out
@@ -59,11 +61,14 @@ def test_exact_gradient_agrees_with_cavi(cavi_fits, name):
 
 @pytest.mark.parametrize("name", CONJUGATE)
 def test_reparam_gradient_agrees_with_cavi(cavi_fits, name):
+    # Monte Carlo gradients from a perturbed CAVI optimum (the exact-gradient test above
+    # covers convergence from the default start): the reparameterized estimator must
+    # lead back to the same optimum, up to its noise
     zm, data, fit = cavi_fits[name]
-    init = _perturbed(fit, jax.random.key(6)) if name in MULTIMODAL else None
-    opt = optax.adam(optax.exponential_decay(3e-2, 600, 0.3))
+    init = _perturbed(fit, jax.random.key(6), scale=0.2)
+    opt = optax.adam(optax.exponential_decay(2e-2, 400, 0.3))
     g = vj.fit_gradient(zm.model, data, jax.random.key(3), optimizer=opt, estimator="reparam",
-                        num_samples=16, num_steps=2400, tol=0.0, init=init)
+                        num_samples=16, num_steps=1600, tol=0.0, init=init)
     rep = vj.compare(fit, g, elbo_tol=1e-2, kl_tol=np.inf, mean_tol_sd=0.1)
     assert rep.elbo_gap < 1e-2, str(rep)
     for lat, r in rep.latents.items():
