@@ -102,12 +102,17 @@ def _gather_map(w, eqn, ind, z):
     return np.broadcast_to(e.reshape(sh), out_shape)
 
 
-def _host_stats(sup, k):
-    """Base statistics of ``z = k`` at every element, as numpy arrays."""
-    if sup.kind == "categorical":
-        return {"onehot": np.broadcast_to(np.eye(sup.num_categories)[k], sup.shape + (sup.num_categories,)),
-                "x": np.full(sup.shape, float(k))}
-    return {"x": np.full(sup.shape, float(k))}
+def _value_at(a: T.Atom, sup, k, sizes):
+    """The operand of atom ``a`` when every element of its latent equals ``k``."""
+    shape = tuple(sizes[l] for l in a.labels)
+    if a.stat == "onehot":
+        K = sup.num_categories
+        if a.idx is None:  # labels: elements..., category
+            return np.broadcast_to(np.eye(K)[k], shape)
+        idx = a.idx
+        return ((idx % K) == k).astype(np.float64) if T.is_concrete(idx) else \
+            ((idx % K) == k).astype(jnp.float32)
+    return np.full(shape, float(k) ** a.power)
 
 
 def substitute(w, v, z, k):
@@ -115,9 +120,7 @@ def substitute(w, v, z, k):
     if not isinstance(v, T.Sym) or z not in v.latents():
         return v
     from vijax.conjugacy.rules import simplify_const
-    from vijax.conjugacy.walker import base_stats
     sup = w.supports[z]
-    stats = {z: _host_stats(sup, k)}
     terms = []
     for t in v.terms:
         consts = list(t.consts)
@@ -127,7 +130,7 @@ def substitute(w, v, z, k):
             if a.latent != z:
                 atoms.append(a)
                 continue
-            val = T.atom_operand(a, stats)
+            val = _value_at(a, sup, k, w.space.sizes)
             if T.is_concrete(val) and not np.any(val):
                 zero = True
                 break
