@@ -53,7 +53,8 @@ def as_float_arrays(*xs: Any) -> tuple[Array, ...]:
     return tuple(jnp.asarray(x, dtype) for x in xs)
 
 
-def check_param(where: str, name: str, value: Any, ok: Any, requirement: str) -> None:
+def check_param(where: str, name: str, value: Any, ok: Any, requirement: str,
+                hint: str | None = None) -> None:
     """Raise :class:`InvalidParameterError` if a concrete check fails.
 
     Does nothing when ``value`` or ``ok`` is a tracer (inside ``jit``/``vmap``/``grad``
@@ -62,26 +63,35 @@ def check_param(where: str, name: str, value: Any, ok: Any, requirement: str) ->
     Args:
         where: the constructor, e.g. ``"Normal.from_loc_scale"``.
         name: the offending parameter's name.
-        value: its value (reported in the message).
+        value: its value (an array, or a dict of arrays), reported in the message.
         ok: boolean array, False where ``value`` is invalid.
         requirement: what a valid value is, e.g. ``"positive and finite"``.
+        hint: what the user can do next (default: pass a valid value).
     """
-    if is_tracer(ok) or is_tracer(value):
+    if is_tracer(ok) or any(is_tracer(v) for v in jax.tree_util.tree_leaves(value)):
         return
     ok = np.asarray(ok)
     if ok.all():
         return
-    value = np.asarray(value)
-    if value.shape == ok.shape and value.ndim > 0:
-        bad = np.argwhere(~ok)[:5]
-        shown = ", ".join(f"{name}[{','.join(map(str, i))}]={value[tuple(i)]!r}" for i in bad)
-        more = " ..." if (~ok).sum() > len(bad) else ""
-    else:
-        shown = f"{name}={np.array2string(value, threshold=20)}"
-        more = ""
     raise InvalidParameterError(
-        f"{where}: {name} must be {requirement}; got {shown}{more}. "
-        f"Pass a valid {name} (check for negative, zero or NaN entries).")
+        f"{where}: {name} must be {requirement}; got {_show(name, value, ok)}. "
+        + (hint or f"Pass a valid {name}."))
+
+
+def _show(name: str, value: Any, ok: np.ndarray) -> str:
+    """The offending entries (with their indices) or, failing that, the whole value."""
+    if isinstance(value, Mapping):
+        return ", ".join(_show(f"{name}[{k!r}]", v, np.ones((), bool))
+                         for k, v in value.items())
+    value = np.asarray(value)
+    if value.shape == ok.shape and value.ndim > 0 and not ok.all():
+        bad = np.argwhere(~ok)
+        shown = ", ".join(f"{name}[{','.join(map(str, i))}]={value[tuple(i)].item()!r}"
+                          for i in bad[:5])
+        return shown + (" ..." if len(bad) > 5 else "")
+    if value.ndim == 0:
+        return f"{name}={value.item()!r}"
+    return f"{name}={np.array2string(value, threshold=20, separator=', ')}"
 
 
 def family(cls):
@@ -203,8 +213,10 @@ class ExponentialFamily:
                 f"got {tuple(natural)}.")
         arrays = as_float_arrays(*(natural[k] for k in cls.stat_names))
         natural = dict(zip(cls.stat_names, arrays))
-        check_param(f"{cls.__name__}.from_natural", "natural", natural[cls.stat_names[0]],
-                    cls.is_valid_natural(natural), "inside the family's natural domain")
+        check_param(f"{cls.__name__}.from_natural", "natural", natural,
+                    cls.is_valid_natural(natural), "inside the family's natural domain",
+                    f"See the {cls.__name__} docstring for the natural parameters, or build "
+                    "it from its usual parameters.")
         return cls(natural)
 
     @classmethod
@@ -217,9 +229,10 @@ class ExponentialFamily:
         mean = dict(zip(cls.stat_names, as_float_arrays(*(mean[k] for k in cls.stat_names))))
         natural = cls.natural_from_mean(mean)
         ok = cls.is_valid_mean(mean) & cls.is_valid_natural(natural)
-        check_param(f"{cls.__name__}.from_mean", "mean", mean[cls.stat_names[0]], ok,
-                    "attainable by some member (e.g. E[x^2] > E[x]^2, "
-                    "E[log x] < log E[x])")
+        check_param(f"{cls.__name__}.from_mean", "mean", mean, ok,
+                    "attainable by some member (e.g. E[x^2] > E[x]^2, E[log x] < log E[x])",
+                    "Check that the mean parameters are expectations of the statistics "
+                    f"{cls.stat_names} under one distribution.")
         return cls(natural)
 
     @classmethod

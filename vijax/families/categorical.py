@@ -83,7 +83,9 @@ class Categorical(ExponentialFamily):
         check_param("Categorical.from_probs", "probs", p,
                     (p >= 0) & (p <= 1), "in [0, 1]")
         check_param("Categorical.from_probs", "sum(probs, -1)", jnp.sum(p, -1),
-                    jnp.abs(jnp.sum(p, -1) - 1.0) <= _sum_tol(p), "1")
+                    jnp.abs(jnp.sum(p, -1) - 1.0) <= _sum_tol(p), "1",
+                    "Normalize them, e.g. probs / probs.sum(-1, keepdims=True), or use "
+                    "Categorical.from_logits.")
         return cls({"onehot": _safe_log_probs(p)})
 
     @classmethod

@@ -13,6 +13,8 @@ from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arr
                                  check_param, family)
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_JITTER_HINT = ("Its Cholesky factorization failed; if it is only numerically singular, "
+                "add a small multiple of the identity (e.g. 1e-6 * eye(D)).")
 
 
 def _sym(a: Array) -> Array:
@@ -129,7 +131,7 @@ class MultivariateNormal(ExponentialFamily):
         loc, cov = _broadcast_loc_matrix(loc, cov)
         chol = jnp.linalg.cholesky(_sym(cov))
         check_param("MultivariateNormal.from_loc_cov", "cov", cov, _pd_ok(chol),
-                    "positive definite")
+                    "positive definite", _JITTER_HINT)
         return cls({"x": _chol_solve_vec(chol, loc), "xxT": -0.5 * _chol_inverse(chol)})
 
     @classmethod
@@ -139,7 +141,8 @@ class MultivariateNormal(ExponentialFamily):
         cls._check_matrix("from_loc_precision", "precision", loc, precision)
         loc, precision = _broadcast_loc_matrix(loc, _sym(precision))
         check_param("MultivariateNormal.from_loc_precision", "precision", precision,
-                    _pd_ok(jnp.linalg.cholesky(precision)), "positive definite")
+                    _pd_ok(jnp.linalg.cholesky(precision)), "positive definite",
+                    _JITTER_HINT)
         eta_x = jnp.einsum("...ij,...j->...i", precision, loc)
         return cls({"x": eta_x, "xxT": -0.5 * precision})
 
