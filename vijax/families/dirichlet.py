@@ -113,7 +113,9 @@ class Dirichlet(ExponentialFamily):
     Statistics ``T(x) = {"log": log x}`` (shape ``[..., K]``); natural parameters
     ``eta = {"log": alpha - 1}``; ``log h(x) = 0``; log-normalizer
 
-    .. math:: A(\\eta) = \\sum_k \\log\\Gamma(\\alpha_k) - \\log\\Gamma(\\textstyle\\sum_k \\alpha_k).
+    .. math::
+
+        A(\\eta) = \\sum_k \\log\\Gamma(\\alpha_k) - \\log\\Gamma(\\textstyle\\sum_k \\alpha_k).
 
     Mean parameters ``digamma(alpha) - digamma(alpha_0)``; the inverse is
     :func:`concentration_from_mean_log`.

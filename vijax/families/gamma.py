@@ -3,8 +3,8 @@ shape solver that InverseGamma, Beta, Dirichlet and Poisson share."""
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 from typing import Mapping
 
 import jax
@@ -53,7 +53,8 @@ def log_minus_digamma_grad(a: Array) -> Array:
 
 
 def gamma_entropy_core(a: Array) -> Array:
-    """``lgamma(a) + (1 - a) digamma(a) + a`` (Gamma entropy at rate 1), stable for big ``a``."""
+    """``lgamma(a) + (1 - a) digamma(a) + a``: the Gamma entropy at rate 1, stable for
+    large ``a`` (asymptotic series above 10)."""
     def series(a):
         r = 1.0 / a
         return (0.5 * jnp.log(a) + 0.5 * math.log(2 * math.pi) + 0.5
