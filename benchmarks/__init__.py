@@ -1,0 +1,1 @@
+"""vijax benchmark suites and their runner (``python -m benchmarks.run``)."""
