@@ -18,6 +18,9 @@ if str(ROOT) not in sys.path:  # plain `pytest` without an editable install
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+# The suite's sizes are small, so XLA compile time dominates its run time; no test asserts
+# a timing, so XLA's expensive optimization passes are skipped (results are unchanged).
+jax.config.update("jax_disable_most_optimizations", True)
 
 import pytest  # noqa: E402
 
