@@ -229,11 +229,14 @@ class MultivariateNormal(ExponentialFamily):
 
     # ------------------------------------------------------------ gradient path
     def to_unconstrained(self) -> dict[str, Array]:
-        """``{"loc": m, "scale_tril": S}``: ``S`` is the lower Cholesky factor of the
-        covariance with its diagonal replaced by its log."""
+        """``{"loc": m, "scale_tril": R}`` with the covariance's Cholesky factor
+        ``S = (I + tril(R, -1)) diag(exp(diag R))``: log scales on the diagonal and
+        column-relative (scale-free) entries below it, so the gradient path's step sizes
+        do not depend on the posterior's scale."""
         scale = jnp.linalg.cholesky(self.cov)
-        raw = jnp.tril(scale, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(
-            jnp.log(_diag(scale)))
+        d = _diag(scale)
+        raw = jnp.tril(scale / d[..., None, :], -1) + jnp.vectorize(
+            jnp.diag, signature="(d)->(d,d)")(jnp.log(d))
         return {"loc": self.loc, "scale_tril": raw}
 
     @classmethod
@@ -241,11 +244,16 @@ class MultivariateNormal(ExponentialFamily):
         """Inverse of :meth:`to_unconstrained` (only the lower triangle of
         ``scale_tril`` is used; its diagonal is exponentiated)."""
         raw = u["scale_tril"]
-        scale = jnp.tril(raw, -1) + jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(
-            jnp.exp(_diag(raw)))
+        scale = scale_from_unconstrained(raw)
         # Lambda = S^{-T} S^{-1}
         inv = solve_triangular(scale, _eye_like(scale), lower=True)
         precision = _sym(jnp.swapaxes(inv, -1, -2) @ inv)
         loc = jnp.broadcast_to(u["loc"], precision.shape[:-1])
         return cls({"x": jnp.einsum("...ij,...j->...i", precision, loc),
                     "xxT": -0.5 * precision})
+
+
+def scale_from_unconstrained(raw: Array) -> Array:
+    """Cholesky factor ``(I + tril(R, -1)) diag(exp(diag R))`` of the covariance."""
+    eye = _eye_like(raw)
+    return (jnp.tril(raw, -1) + eye) * jnp.exp(_diag(raw))[..., None, :]

@@ -59,6 +59,22 @@ def _latent_value(inf, x):
     return x
 
 
+def _dense_gaussian_factor(u):
+    from vijax.families.mvn import scale_from_unconstrained
+    raw = u["scale_tril"]
+    d = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
+    scale = scale_from_unconstrained(raw)
+    loc = jnp.broadcast_to(u["loc"], scale.shape[:-1])
+    mean = {"x": loc, "xxT": scale @ jnp.swapaxes(scale, -1, -2) + loc[..., :, None] * loc[..., None, :]}
+    E = raw.shape[-1]
+    entropy = jnp.sum(jnp.log(d)) + 0.5 * E * (1.0 + jnp.log(2 * jnp.pi)) * (d.size // E)
+
+    def sample(key, shape):
+        eps = jax.random.normal(key, tuple(shape) + loc.shape, loc.dtype)
+        return loc + jnp.einsum("...ij,...j->...i", scale, eps)
+    return mean, entropy, sample
+
+
 class Objective:
     """The negative ELBO estimator for one model, data set and estimator choice."""
 
@@ -70,33 +86,44 @@ class Objective:
         # discrete latents summed out exactly when F exists for every latent
         self.enumerate = compiled is not None and compiled.conjugate
 
-    def elbo_exact(self, natural):
-        return mf.elbo(self.compiled, natural)
-
-    def entropy(self, qs):
-        return sum(jnp.sum(q.entropy()) for q in qs.values())
+    def factors(self, params):
+        """Per latent: (mean parameters, entropy, sampler) from the unconstrained
+        parameters. Dense Gaussians are read off their scale factor S directly
+        (E[x x^T] = S S^T + m m^T, H = sum log diag S + const, x = m + S eps), with no
+        precision matrix and no refactorization; other families go through their
+        natural parameters."""
+        fams = mf.families_of(self.infos)
+        out = {}
+        for n, u in params.items():
+            if self.infos[n].family == "MultivariateNormal":
+                out[n] = _dense_gaussian_factor(u)
+            else:
+                q = fams[n].from_unconstrained(u)
+                out[n] = (fams[n].mean_params(q.natural), jnp.sum(q.entropy()), q.sample)
+        return out
 
     def surrogate(self, params, key):
         """(surrogate objective whose gradient estimates grad ELBO, ELBO estimate)."""
-        natural = _to_natural(self.infos, params)
+        fac = self.factors(params)
+        entropy = sum(f[1] for f in fac.values())
         if self.estimator == "exact":
-            e = self.elbo_exact(natural)
+            e = self.compiled.F({n: f[0] for n, f in fac.items()}) + entropy
             return e, e
         fams = mf.families_of(self.infos)
-        qs = {n: fams[n].from_natural(natural[n]) for n in natural}
         S = self.num_samples
         keys = dict(zip(self.infos, jax.random.split(key, len(self.infos))))
-        samples = {n: qs[n].sample(keys[n], (S,)) for n in self.continuous}
+        samples = {n: fac[n][2](keys[n], (S,)) for n in self.continuous}
         if self.enumerate:
-            mu_disc = {n: fams[n].mean_params(natural[n]) for n in self.discrete}
+            mu_disc = {n: fac[n][0] for n in self.discrete}
 
             def one(i):
                 st = {n: point_statistics(self.infos[n], _latent_value(self.infos[n], samples[n][i]))
                       for n in self.continuous}
                 return self.compiled.F({**st, **mu_disc})
             logp = jax.vmap(one)(jnp.arange(S))
-            e = jnp.mean(logp) + self.entropy(qs)
+            e = jnp.mean(logp) + entropy
             return e, e
+        qs = {n: fams[n].from_unconstrained(params[n]) for n in self.discrete}
         dsamples = {n: jax.lax.stop_gradient(qs[n].sample(keys[n], (S,))) for n in self.discrete}
 
         def logp_at(i):
@@ -104,7 +131,7 @@ class Objective:
             z.update({n: _latent_value(self.infos[n], dsamples[n][i]) for n in self.discrete})
             return self.model.log_joint(z, self.data)
         logp = jax.vmap(logp_at)(jnp.arange(S))
-        e = jnp.mean(logp) + self.entropy(qs)
+        e = jnp.mean(logp) + entropy
         if not self.discrete:
             return e, e
         # score-function term for the discrete latents, leave-one-out baseline
