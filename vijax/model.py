@@ -6,7 +6,6 @@ import dataclasses
 from typing import Callable, Dict
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat

@@ -8,7 +8,7 @@ holding ``F(mean_params)`` with ``E_q[log p(x, z)] = F(E_q[T(z)])`` for mean-fie
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp

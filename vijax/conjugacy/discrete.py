@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -144,7 +143,6 @@ def substitute(w, v, z, k):
 
 def indicator(w, z, k, emap):
     """Sym over ``emap.shape``: ``[z_{emap(o)} = k]`` (1 for k = 0 where emap is -1)."""
-    from vijax.conjugacy.rules import _operand
     sup = w.supports[z]
     shape = emap.shape
     q = w.space.fresh_many(shape)

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vijax import _compat
 from vijax.conjugacy.compile import compile_model

@@ -200,7 +200,6 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     dtype = jnp.zeros(()).dtype
     k_init, k_run = jax.random.split(key)
     natural0 = mf.user_init(infos, init, mf.default_init(infos, k_init, dtype))
-    obj = Objective(model, data, compiled, infos, estimator, num_samples)
     fams = mf.families_of(infos)
     if natural_gradient:
         params0 = natural0
