@@ -118,7 +118,7 @@ def substitute(w, v, z, k):
     """``v`` with every statistic of ``z`` evaluated at ``z = k`` (all elements)."""
     if not isinstance(v, T.Sym) or z not in v.latents():
         return v
-    from vijax.conjugacy.rules import simplify_const
+    from vijax.conjugacy.algebra import simplify_const
     sup = w.supports[z]
     terms = []
     for t in v.terms:
@@ -164,7 +164,7 @@ def indicator(w, z, k, emap):
 
 def tabulate(w, eqn, invals):
     """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly."""
-    from vijax.conjugacy.rules import _operand, mul_sym
+    from vijax.conjugacy.algebra import _operand, mul_sym
     from vijax.conjugacy.walker import Poison
     z = sorted(discrete_latents(w, invals))[0]
     sup = w.supports[z]

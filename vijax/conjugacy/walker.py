@@ -293,7 +293,7 @@ def _out_shape(eqn):
 def _broadcast_to(w, s, shape):
     if s.shape == tuple(shape):
         return s
-    from vijax.conjugacy.rules import broadcast_sym
+    from vijax.conjugacy.algebra import broadcast_sym
     lead = len(shape) - len(s.shape)
     return broadcast_sym(w, s, tuple(shape), tuple(range(lead, len(shape))))
 

@@ -1,0 +1,125 @@
+"""Rules for nested jaxprs: jit, custom_jvp/vjp, remat, cond, scan, while."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from vijax import _compat
+from vijax.conjugacy import discrete
+from vijax.conjugacy import terms as T
+from vijax.conjugacy.algebra import (_dtype, _identity_index, _operand, _shape, broadcast_sym,
+                                     reindex_sym)
+from vijax.conjugacy.walker import Poison, is_sym, is_symbolic, register
+
+
+# ----------------------------------------------------------------- nested jaxprs
+
+@register("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+          "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint")
+def _call(w, eqn, invals):
+    jaxpr, consts = _compat.sub_jaxpr(eqn)
+    n_extra = len(invals) - len(jaxpr.invars)
+    outs = w.walk(jaxpr, consts, invals[n_extra:] if n_extra > 0 else invals)
+    return outs if eqn.primitive.multiple_results else outs[0]
+
+
+@register("cond")
+def _cond(w, eqn, invals):
+    index, *ops = invals
+    if is_symbolic(index):
+        if discrete.discrete_latents(w, [index]):
+            return discrete.tabulate(w, eqn, invals)
+        index = w.point(index)
+    index = w.concrete(index)
+    if not T.is_concrete(index):
+        raise _compat_error(eqn, "a cond whose branch depends on traced data")
+    branch = eqn.params["branches"][int(np.asarray(index))]
+    jaxpr, consts = _compat.open_jaxpr(branch)
+    return w.walk(jaxpr, consts, ops)
+
+
+def _compat_error(eqn, what):
+    from vijax.errors import UnsupportedPrimitiveError
+    return UnsupportedPrimitiveError(f"{what} is not supported on latent-dependent values",
+                                     primitive=eqn.primitive.name,
+                                     source=_compat.source_line(eqn))
+
+
+def _index_leading(w, v, i):
+    """``v[i]`` along axis 0 for a constant or symbolic value."""
+    if is_sym(v):
+        shape = v.shape[1:]
+        ia = [np.full((1,) * len(shape), i)] + _identity_index(shape)
+        return reindex_sym(w, v, shape, ia)
+    if isinstance(v, Poison):
+        return w.poison("scan", [v], v.point[i] if v.good is None else w.point(v)[i],
+                        "scanned over a non-conjugate value")
+    return w.concrete(v)[i]
+
+
+def _stack(w, vals, dtype):
+    if not any(is_symbolic(v) for v in vals):
+        return jnp.stack([w.concrete(v) for v in vals])
+    if any(isinstance(v, Poison) for v in vals):
+        pts = jnp.stack([w.point(v) for v in vals])
+        return w.poison("scan", [v for v in vals if isinstance(v, Poison)], pts,
+                        "stacked a non-conjugate value")
+    shape0 = tuple(jnp.shape(w.point(vals[0]))) if not is_sym(vals[0]) else vals[0].shape
+    n = len(vals)
+    terms = []
+    for i, v in enumerate(vals):
+        s = _operand(w, v, shape0)
+        s = broadcast_sym(w, s, (1,) + shape0, tuple(range(1, len(shape0) + 1)))
+        new = (n,) + shape0
+        ia = [np.zeros((n,) + (1,) * len(shape0), int)] + [
+            np.arange(m).reshape((1,) * (k + 1) + (m,) + (1,) * (len(shape0) - k - 1))
+            for k, m in enumerate(shape0)]
+        mask = np.zeros(new)
+        mask[i] = 1
+        terms.extend(reindex_sym(w, s, new, ia, mask=mask).terms)
+    return T.Sym((n,) + shape0, dtype, tuple(terms))
+
+
+@register("scan")
+def _scan(w, eqn, invals):
+    p = eqn.params
+    jaxpr, consts = _compat.open_jaxpr(p["jaxpr"])
+    nc, ncar = p["num_consts"], p["num_carry"]
+    cvals, carry, xs = invals[:nc], list(invals[nc:nc + ncar]), invals[nc + ncar:]
+    length = p["length"]
+    order = range(length - 1, -1, -1) if p["reverse"] else range(length)
+    ys_all = []
+    for i in order:
+        x_i = [_index_leading(w, x, i) for x in xs]
+        outs = w.walk(jaxpr, consts, list(cvals) + carry + x_i)
+        carry, ys = list(outs[:ncar]), outs[ncar:]
+        ys_all.append(ys)
+    if p["reverse"]:
+        ys_all = ys_all[::-1]
+    n_ys = len(eqn.outvars) - ncar
+    stacked = []
+    for k in range(n_ys):
+        stacked.append(_stack(w, [ys[k] for ys in ys_all], _dtype(eqn, ncar + k))
+                       if length else jnp.zeros(_shape(eqn, ncar + k), _dtype(eqn, ncar + k)))
+    return carry + stacked
+
+
+@register("while")
+def _while(w, eqn, invals):
+    p = eqn.params
+    cj, cconsts = _compat.open_jaxpr(p["cond_jaxpr"])
+    bj, bconsts = _compat.open_jaxpr(p["body_jaxpr"])
+    cn, bn = p["cond_nconsts"], p["body_nconsts"]
+    cvals, bvals, carry = invals[:cn], invals[cn:cn + bn], list(invals[cn + bn:])
+    for _ in range(100000):
+        (keep,) = w.walk(cj, cconsts, list(cvals) + carry)
+        if is_symbolic(keep):
+            keep = w.point(keep)
+        keep = w.concrete(keep)
+        if not T.is_concrete(keep):
+            raise _compat_error(eqn, "a while loop whose trip count depends on traced data")
+        if not bool(keep):
+            return carry
+        carry = list(w.walk(bj, bconsts, list(bvals) + carry))
+    raise _compat_error(eqn, "a while loop of more than 100000 iterations")
