@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vijax import _compat
+from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model
 from vijax.errors import FitDivergedError
 from vijax.inference import meanfield as mf
@@ -24,8 +25,12 @@ from vijax.inference.result import FitResult
 from vijax.model import check_data
 
 
+CaviResult = FitResult
+
+
 class CaviState(NamedTuple):
     natural: dict
+    mu: dict
     elbo: Any
     it: Any
     trace: Any
@@ -35,47 +40,75 @@ class CaviState(NamedTuple):
     invalid_iter: Any
 
 
-CaviResult = FitResult
-
-
 def init(compiled, natural0, max_iters):
     """The starting state (ELBO of the initial factors)."""
+    mu = mf.mean_params(compiled, natural0)
     e = mf.elbo(compiled, natural0)
-    return CaviState(natural0, e, jnp.asarray(0), jnp.full((max_iters,), e),
+    return CaviState(natural0, mu, e, jnp.asarray(0), jnp.full((max_iters,), e),
                      jnp.asarray(False), jnp.zeros((), e.dtype), jnp.asarray(-1),
                      jnp.asarray(-1))
 
 
-def sweep(compiled, natural, order, damping=None):
-    """One pass of coordinate updates over ``order``; returns (natural, invalid index)."""
-    fams = mf.families_of(compiled)
-    mu = mf.mean_params(compiled, natural)
-    natural = dict(natural)
+def _inner(a, b):
+    return sum(jnp.sum(a[s] * b[s]) for s in a)
+
+
+def value_and_grad_block(compiled, stats, name):
+    """``F`` and ``dF/dmu_name``: F is affine in each block, so only the terms holding
+    the block are differentiated (one contraction each) and ``F = F_rest + <grad, mu>``."""
+    sizes = compiled.sizes
+    rest = jnp.asarray(compiled.const)
+    grad = jax.tree_util.tree_map(jnp.zeros_like, stats[name])
+    for t in compiled.terms:
+        if any(a.latent == name for a in t.atoms):
+            g = jax.grad(lambda m, t=t: jnp.sum(
+                T.eval_term(t, {**stats, name: m}, sizes)))(stats[name])
+            grad = jax.tree_util.tree_map(jnp.add, grad, g)
+        else:
+            rest = rest + jnp.sum(T.eval_term(t, stats, sizes))
+    return rest + _inner(grad, stats[name]), grad
+
+
+def sweep(form, fams, natural, mu, order, damping=None):
+    """One pass of coordinate updates over ``order``.
+
+    ``form(mu) -> (compiled, stats)`` gives the multilinear form at the current mean
+    parameters (CAVI: always the same; EM: with the parameters' statistics added).
+    Returns ``(natural, mu, elbo, invalid)`` with ``invalid`` the index in ``order`` of
+    the first update that left its family's domain (-1 if none). The ELBO needs no extra
+    pass: F is affine in the last block, ``F(new) = F(old) + <dF/dmu, mu_new - mu_old>``.
+    """
+    natural, mu = dict(natural), dict(mu)
     invalid = jnp.asarray(-1)
     for j, name in enumerate(order):
-        eta = jax.grad(lambda m, name=name: compiled.F({**mu, name: m}))(mu[name])
-        eta = {s: eta[s] for s in natural[name]}
+        compiled, stats = form(mu)
+        val, grad = value_and_grad_block(compiled, stats, name)
+        eta = {s: grad[s] for s in natural[name]}
         if damping is not None:
             eta = {s: (1 - damping) * natural[name][s] + damping * eta[s] for s in eta}
         ok = jnp.all(fams[name].is_valid_natural(eta))
         for s in eta:
             ok = ok & jnp.all(jnp.isfinite(eta[s]))
         invalid = jnp.where((invalid < 0) & ~ok, j, invalid)
-        natural[name] = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old),
-                                               eta, natural[name])
-        mu[name] = fams[name].mean_params(natural[name])
-    return natural, invalid
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
+        new_mu = fams[name].mean_params(new)
+        if j == len(order) - 1:
+            old = stats[name]
+            f_new = val + sum(jnp.sum(grad[s] * (new_mu[s] - old[s])) for s in grad)
+        natural[name], mu[name] = new, new_mu
+    elbo = f_new + sum(jnp.sum(fams[n].from_natural(natural[n]).entropy()) for n in natural)
+    return natural, mu, elbo, invalid
 
 
 def step(compiled, state: CaviState, order, tol, damping=None):
     """A sweep plus the ELBO and convergence bookkeeping."""
-    natural, invalid = sweep(compiled, state.natural, order, damping)
-    e = mf.elbo(compiled, natural)
+    natural, mu, e, invalid = sweep(lambda m: (compiled, m), mf.families_of(compiled),
+                                    state.natural, state.mu, order, damping)
     rel = jnp.abs(e - state.elbo) / jnp.maximum(jnp.abs(e), 1.0)
     drop = state.elbo - e
     it = state.it + 1
     return CaviState(
-        natural, e, it, state.trace.at[state.it].set(e),
+        natural, mu, e, it, state.trace.at[state.it].set(e),
         (rel < tol) & jnp.isfinite(e),
         jnp.maximum(state.max_decrease, jnp.where(jnp.isfinite(drop), drop, 0.0)),
         jnp.where(state.invalid_latent >= 0, state.invalid_latent, invalid),

@@ -40,6 +40,7 @@ from vijax import _compat
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model, point_statistics
 from vijax.errors import FitDivergedError, ModelSpecError
+from vijax.inference import cavi
 from vijax.inference import meanfield as mf
 from vijax.model import Model, check_data
 from vijax.supports import Support, real
@@ -322,52 +323,12 @@ def _families(be):
     return {n: mf.family_class(i) for n, i in be.y_infos.items()}
 
 
-def _value_and_grad_block(compiled, stats, name):
-    """``F`` and ``dF/dmu_name``, using that ``F`` is affine in each block: the terms with
-    the block give the gradient (one contraction each), then ``F = F_rest + <grad, mu>``."""
-    sizes = compiled.sizes
-    rest = jnp.asarray(compiled.const)
-    grad = jax.tree_util.tree_map(jnp.zeros_like, stats[name])
-    for t in compiled.terms:
-        if any(a.latent == name for a in t.atoms):
-            g = jax.grad(lambda m, t=t: jnp.sum(
-                T.eval_term(t, {**stats, name: m}, sizes)))(stats[name])
-            grad = jax.tree_util.tree_map(jnp.add, grad, g)
-        else:
-            rest = rest + jnp.sum(T.eval_term(t, stats, sizes))
-    return rest + _inner(grad, stats[name]), grad
-
-
-def _inner(a, b):
-    return sum(jnp.sum(a[s] * b[s]) for s in a)
-
-
 def _sweep(be, theta, natural, mu, order):
-    """One pass of closed-form updates over ``order`` at fixed theta.
-
-    Returns (natural, mean parameters, ELBO, invalid). ``F`` is affine in each block, so
-    after the last update ``L = F - <eta, mu_old> + A(eta) - E_q[log h]`` (the entropy
-    of the last block written with its log-normalizer) needs no further pass.
-    """
-    fams = _families(be)
-    natural, mu = dict(natural), dict(mu)
-    invalid = jnp.asarray(False)
-    for i, name in enumerate(order):
-        compiled, stats = be.form(theta, mu)
-        val, eta = _value_and_grad_block(compiled, stats, name)
-        eta = {s: eta[s] for s in natural[name]}
-        ok = jnp.all(fams[name].is_valid_natural(eta))
-        for s in eta:
-            ok = ok & jnp.all(jnp.isfinite(eta[s]))
-        invalid = invalid | ~ok
-        new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
-        if i == len(order) - 1:
-            cls = fams[name]
-            last = (val - _inner(new, mu[name]) + jnp.sum(cls.log_normalizer(new))
-                    - jnp.sum(cls(new).expected_log_base_measure()))
-        natural[name], mu[name] = new, fams[name].mean_params(new)
-    ent = sum(jnp.sum(fams[n](natural[n]).entropy()) for n in order[:-1])
-    return natural, mu, last + ent, invalid
+    """One pass of closed-form updates over ``order`` at fixed theta (the CAVI sweep on
+    the form with theta's statistics); returns (natural, mu, ELBO, invalid)."""
+    natural, mu, e, bad = cavi.sweep(lambda m: be.form(theta, m), _families(be), natural,
+                                     mu, order)
+    return natural, mu, e, bad >= 0
 
 
 def _e_step(be, theta, natural, mu, order, exact, knobs):
