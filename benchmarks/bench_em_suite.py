@@ -14,7 +14,7 @@ import math
 from benchmarks import harness as H
 
 SIZES = {"tiny": {"n": 200, "d": 2, "k": 3, "iters": 4, "repeats": 1},
-         "full": {"n": 100_000, "d": 10, "k": 10, "iters": 30, "repeats": 3}}
+         "full": {"n": 100_000, "d": 10, "k": 10, "iters": 50, "repeats": 3}}
 
 
 def _flatten(d, prefix=""):

@@ -10,7 +10,8 @@ from vijax.errors import (DataError, FitDivergedError, InvalidParameterError, Mo
                           NonConjugateError, UnsupportedPrimitiveError, VijaxError)
 from vijax.compare import Comparison, compare
 from vijax.inference.cavi import CaviResult, cavi
-from vijax.inference.em import EMResult, em
+from vijax.inference.em import EMResult, PreparedEM, em
+from vijax.inference.em import prepare as prepare_em
 from vijax.inference.kl_projection import (ReverseKLFit, forward_kl_gaussian, forward_kl_samples,
                                            reverse_kl_fit, reverse_kl_gaussian)
 from vijax.inference.laplace import LaplaceResult, laplace
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Model", "analyze", "Analysis", "cavi", "CaviResult", "FitResult", "fit_gradient",
-    "compare", "Comparison", "em", "EMResult", "laplace", "LaplaceResult",
+    "compare", "Comparison", "em", "EMResult", "prepare_em", "PreparedEM", "laplace", "LaplaceResult",
     "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
     "ReverseKLFit",
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",

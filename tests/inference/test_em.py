@@ -237,21 +237,81 @@ def test_generalized_em_with_adam_increases_q_or_rejects(gmm_problem):
     assert tr[-1] > tr[0] + 10.0
 
 
+class _QuadraticQ:
+    """A stand-in backend whose Q is -|theta - 1|^2 (measured from theta_ref)."""
+
+    def reduce(self, mu):
+        return None
+
+    def Q(self, reduced, theta_ref):
+        def q(theta):
+            return -jnp.sum((theta[0] - 1.0) ** 2) + jnp.sum((theta_ref[0] - 1.0) ** 2)
+        return q
+
+
 def test_m_step_rejects_a_step_that_decreases_q():
     from vijax.inference import em as em_mod
     cfg = em_mod._Config(None, (), (vj.real((2,)),), None, optax.sgd(-0.1), None)
     knobs = em_mod._Knobs(1, 0.0, 3, 0.0, 1)
-
-    def q(theta):
-        return -jnp.sum((theta[0] - 1.0) ** 2)
-
+    be = _QuadraticQ()
     u = [jnp.zeros(2)]
-    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, q, u))(u)
+    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, be, None, u, False))(u)
     assert not bool(accept)
     np.testing.assert_array_equal(np.asarray(u_new[0]), 0.0)
     cfg = cfg.__class__(None, (), (vj.real((2,)),), None, optax.sgd(0.1), None)
-    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, q, u))(u)
-    assert bool(accept) and float(q(u_new)) > float(q(u))
+    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, be, None, u, False))(u)
+    assert bool(accept) and float(-jnp.sum((u_new[0] - 1) ** 2)) > -2.0
+
+
+def test_closed_form_m_step_equals_lbfgs(gmm_problem, gmm_fit):
+    """The default M-step here is the closed-form one (conditional modes); L-BFGS on the
+    same Q reaches the same maximum-likelihood fixed point."""
+    x, init = gmm_problem
+    assert gmm_fit.diagnostics["m_step"] == "modes"
+    # one cycle is exact for the mixture, the second confirms nothing moves
+    assert int(gmm_fit.diagnostics["m_iters"]) == 2
+    params = {k: jnp.asarray(v) for k, v in init.items()}
+    fit = em(gmm_log_joint, params, {"z": vj.categorical(K, shape=(N,))}, jnp.asarray(x),
+             param_supports=GMM_SUPPORTS, max_iters=1000, tol=1e-14, m_step="lbfgs")
+    assert fit.diagnostics["m_step"] == "optimizer"
+    for name in ("weights", "means", "precisions"):
+        np.testing.assert_allclose(np.asarray(fit.params[name]),
+                                   np.asarray(gmm_fit.params[name]), rtol=1e-6, atol=1e-8)
+    assert abs(float(fit.log_likelihood) - float(gmm_fit.log_likelihood)) < 1e-8 * N
+
+
+def test_modes_m_step_needs_closed_forms(gmm_problem):
+    """exp(log_prec) is not a conjugate statistic of the parameter: 'modes' is refused
+    with the reason, 'auto' falls back to L-BFGS."""
+    x, init = gmm_problem
+    params = {"logits": jnp.log(jnp.asarray(init["weights"])),
+              "means": jnp.asarray(init["means"]),
+              "log_prec": jnp.zeros((K, D))}
+    with pytest.raises(ModelSpecError, match="m_step='modes'"):
+        em(gmm_log_joint_unconstrained, params, {"z": vj.categorical(K, shape=(N,))},
+           jnp.asarray(x), max_iters=2, m_step="modes")
+    fit = em(gmm_log_joint_unconstrained, params, {"z": vj.categorical(K, shape=(N,))},
+             jnp.asarray(x), max_iters=2)
+    assert fit.diagnostics["m_step"] == "optimizer"
+
+
+def test_prepared_em_restarts_without_reanalysis(gmm_problem, gmm_fit):
+    x, init = gmm_problem
+    params = {k: jnp.asarray(v) for k, v in init.items()}
+    prep = vj.prepare_em(gmm_log_joint, params, {"z": vj.categorical(K, shape=(N,))},
+                         jnp.asarray(x), param_supports=GMM_SUPPORTS)
+    fit = prep.run(params, max_iters=1000, tol=1e-14)
+    np.testing.assert_allclose(np.asarray(fit.params["means"]),
+                               np.asarray(gmm_fit.params["means"]), atol=1e-10)
+    # a permuted start: the same fit up to the labelling
+    perm = np.array([2, 0, 1])
+    fit2 = prep.run({k: v[perm] for k, v in params.items()}, max_iters=1000, tol=1e-14)
+    np.testing.assert_allclose(np.asarray(fit2.params["means"]),
+                               np.asarray(gmm_fit.params["means"])[perm], atol=1e-8)
+    with pytest.raises(ModelSpecError, match="structure"):
+        prep.run({"weights": params["weights"]})
+    with pytest.raises(ModelSpecError, match="shape"):
+        prep.run({**params, "means": params["means"][:2]})
 
 
 def test_maximize_lbfgs():

@@ -202,8 +202,10 @@ def atom_operand(atom: Atom, stats):
     """The array an atom contributes, given ``stats[latent][stat]`` arrays."""
     arr = stats[atom.latent][atom.stat]
     if atom.idx is not None:
-        lib = xp(arr, atom.idx)
-        arr = lib.reshape(host(arr) if lib is np else arr, (-1,))[atom.idx]
+        if xp(arr, atom.idx) is np:
+            arr = np.reshape(host(arr), (-1,))[atom.idx]
+        else:  # a traced index (e.g. a Compiled passed through jit) or traced statistics
+            arr = jnp.reshape(jnp.asarray(arr), (-1,))[atom.idx]
     if atom.power != 1.0:
         arr = arr ** atom.power
     return arr

@@ -125,6 +125,8 @@ class ExponentialFamily:
     stat_event_ndims: ClassVar[Mapping[str, int]] = {}
     event_ndim: ClassVar[int] = 0
     support: ClassVar[str] = ""
+    #: every finite natural parameter is valid (the domain of ``A`` is all of R^n)
+    natural_domain_is_real: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- per family
     @classmethod
@@ -182,6 +184,27 @@ class ExponentialFamily:
     def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
         """Mean parameters ``mu = E[T(x)] = grad A(eta)`` (autodiff; families override)."""
         return cls.mean_params_autodiff(natural)
+
+    @classmethod
+    def mean_and_log_normalizer(cls, natural: Mapping[str, Array]) -> tuple[Natural, Array]:
+        """``(grad A(eta), A(eta))`` together (families that share work override it)."""
+        return cls.mean_params(natural), cls.log_normalizer(natural)
+
+    @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """The mode ``argmax_x <eta, T(x)> + log h(x)`` and a boolean ``valid``
+        (broadcast to the mode's shape) that is False where no maximum exists inside the
+        support (e.g. a Gamma with shape <= 1). Families without a closed form raise.
+
+        This is also the closed-form maximizer of any function ``<eta, T(x)> + c`` in
+        ``x`` (EM's conditional M-step, :func:`vijax.em`).
+        """
+        raise NotImplementedError(f"{cls.__name__} has no closed-form mode")
+
+    @classmethod
+    def has_mode(cls) -> bool:
+        """True when :meth:`mode` has a closed form for this family."""
+        return cls.mode.__func__ is not ExponentialFamily.mode.__func__
 
     @classmethod
     def mean_params_autodiff(cls, natural: Mapping[str, Array]) -> Natural:

@@ -46,6 +46,7 @@ class Bernoulli(ExponentialFamily):
     stat_event_ndims = {"x": 0}
     event_ndim = 0
     support = "binary"
+    natural_domain_is_real = True
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

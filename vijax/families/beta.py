@@ -65,6 +65,15 @@ class Beta(ExponentialFamily):
         return {"log": alpha[..., 0] - 1.0, "log1m": alpha[..., 1] - 1.0}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``(a - 1) / (a + b - 2)``, valid where ``a > 1`` and ``b > 1``."""
+        e1, e2 = natural["log"], natural["log1m"]
+        valid = (e1 > 0) & (e2 > 0) & jnp.isfinite(e1) & jnp.isfinite(e2)
+        e1, e2 = jnp.where(valid, e1, 1.0), jnp.where(valid, e2, 1.0)
+        x = e1 / (e1 + e2)
+        return x, jnp.broadcast_to(valid, jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         a, b = natural["log"] + 1.0, natural["log1m"] + 1.0
         return (a > 0) & (b > 0) & jnp.isfinite(a) & jnp.isfinite(b)

@@ -41,6 +41,7 @@ class Categorical(ExponentialFamily):
     stat_event_ndims = {"onehot": 1}
     event_ndim = 0
     support = "categorical"
+    natural_domain_is_real = True
 
     @classmethod
     def stats(cls, x: Array, num_classes: int | None = None) -> Natural:
@@ -61,6 +62,15 @@ class Categorical(ExponentialFamily):
     @classmethod
     def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
         return {"onehot": jax.nn.softmax(natural["onehot"], -1)}
+
+    @classmethod
+    def mean_and_log_normalizer(cls, natural: Mapping[str, Array]) -> tuple[Natural, Array]:
+        """Softmax and log-sum-exp from one pass of exponentials."""
+        logits = natural["onehot"]
+        top = jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
+        ex = jnp.exp(logits - top)
+        total = jnp.sum(ex, -1, keepdims=True)
+        return {"onehot": ex / total}, (jnp.log(total) + top)[..., 0]
 
     @classmethod
     def natural_from_mean(cls, mean: Mapping[str, Array]) -> Natural:

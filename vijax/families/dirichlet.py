@@ -154,6 +154,16 @@ class Dirichlet(ExponentialFamily):
         return {"log": concentration_from_mean_log(mean["log"]) - 1.0}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``(alpha - 1) / sum(alpha - 1) = eta / sum(eta)``, valid where every
+        ``eta_k > 0`` (the maximizer of ``sum_k eta_k log x_k`` on the simplex)."""
+        eta = natural["log"]
+        valid = jnp.all((eta > 0) & jnp.isfinite(eta), -1, keepdims=True)
+        e = jnp.where(valid, eta, 1.0)
+        x = e / jnp.sum(e, -1, keepdims=True)
+        return x, jnp.broadcast_to(valid, jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         alpha = natural["log"] + 1.0
         return jnp.all((alpha > 0) & jnp.isfinite(alpha), -1)

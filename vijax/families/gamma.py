@@ -142,6 +142,14 @@ class Gamma(ExponentialFamily):
         return {"x": -a / mean["x"], "log": a - 1.0}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``(a - 1) / b = eta_log / (-eta_x)``, valid where ``a > 1`` and ``b > 0``."""
+        e_log, e_x = natural["log"], natural["x"]
+        valid = (e_log > 0) & (e_x < 0) & jnp.isfinite(e_log) & jnp.isfinite(e_x)
+        x = jnp.where(valid, e_log, 1.0) / jnp.where(valid, -e_x, 1.0)
+        return x, jnp.broadcast_to(valid, jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         a, b = natural["log"] + 1.0, -natural["x"]
         return (a > 0) & (b > 0) & jnp.isfinite(a) & jnp.isfinite(b)

@@ -60,6 +60,14 @@ class InverseGamma(ExponentialFamily):
         return {"inv": -a / mean["inv"], "log": -a - 1.0}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``b / (a + 1) = eta_inv / eta_log``, valid where both are negative."""
+        e_inv, e_log = natural["inv"], natural["log"]
+        valid = (e_inv < 0) & (e_log < 0) & jnp.isfinite(e_inv) & jnp.isfinite(e_log)
+        x = jnp.where(valid, e_inv, 1.0) / jnp.where(valid, e_log, 1.0)
+        return x, jnp.broadcast_to(valid, jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         a, b = -natural["log"] - 1.0, -natural["inv"]
         return (a > 0) & (b > 0) & jnp.isfinite(a) & jnp.isfinite(b)

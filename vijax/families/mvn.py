@@ -112,6 +112,16 @@ class MultivariateNormal(ExponentialFamily):
         return {"x": _chol_solve_vec(chol, loc), "xxT": -0.5 * precision}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``(-2 eta_xxT)^-1 eta_x`` (the mean), valid where ``-eta_xxT`` is positive
+        definite."""
+        _, chol = cls._precision_chol(natural)
+        valid = cls.is_valid_natural(natural)
+        safe = jnp.where(valid[..., None, None], chol, _eye_like(chol))
+        x = _chol_solve_vec(safe, natural["x"])
+        return x, jnp.broadcast_to(valid[..., None], jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         _, chol = cls._precision_chol(natural)
         return _pd_ok(chol) & jnp.all(jnp.isfinite(natural["x"]), -1)

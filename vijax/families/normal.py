@@ -65,6 +65,14 @@ class Normal(ExponentialFamily):
         return {"x": loc / var, "x2": -0.5 / var}
 
     @classmethod
+    def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
+        """``-eta_x / (2 eta_x2)`` (the mean), valid where ``eta_x2 < 0``."""
+        e1, e2 = natural["x"], natural["x2"]
+        valid = cls.is_valid_natural(natural)
+        x = -e1 / (2.0 * jnp.where(valid, e2, -1.0))
+        return x, jnp.broadcast_to(valid, jnp.shape(x))
+
+    @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
         e1, e2 = natural["x"], natural["x2"]
         return jnp.isfinite(e1) & jnp.isfinite(e2) & (e2 < 0)

@@ -122,6 +122,7 @@ class Poisson(ExponentialFamily):
     stat_event_ndims = {"x": 0}
     event_ndim = 0
     support = "count"
+    natural_domain_is_real = True
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

@@ -53,9 +53,10 @@ def _inner(a, b):
     return sum(jnp.sum(a[s] * b[s]) for s in a)
 
 
-def value_and_grad_block(compiled, stats, name):
-    """``F`` and ``dF/dmu_name``: F is affine in each block, so only the terms holding
-    the block are differentiated (one contraction each) and ``F = F_rest + <grad, mu>``."""
+def rest_and_grad_block(compiled, stats, name):
+    """``F = F_rest + <dF/dmu_name, mu_name>``: F is affine in each block, so only the
+    terms holding the block are differentiated (one contraction each); the others are
+    summed into ``F_rest``. Returns ``(F_rest, dF/dmu_name)``."""
     sizes = compiled.sizes
     rest = jnp.asarray(compiled.const)
     grad = jax.tree_util.tree_map(jnp.zeros_like, stats[name])
@@ -66,6 +67,12 @@ def value_and_grad_block(compiled, stats, name):
             grad = jax.tree_util.tree_map(jnp.add, grad, g)
         else:
             rest = rest + jnp.sum(T.eval_term(t, stats, sizes))
+    return rest, grad
+
+
+def value_and_grad_block(compiled, stats, name):
+    """``F`` and ``dF/dmu_name`` (see :func:`rest_and_grad_block`)."""
+    rest, grad = rest_and_grad_block(compiled, stats, name)
     return rest + _inner(grad, stats[name]), grad
 
 
@@ -75,28 +82,51 @@ def sweep(form, fams, natural, mu, order, damping=None):
     ``form(mu) -> (compiled, stats)`` gives the multilinear form at the current mean
     parameters (CAVI: always the same; EM: with the parameters' statistics added).
     Returns ``(natural, mu, elbo, invalid)`` with ``invalid`` the index in ``order`` of
-    the first update that left its family's domain (-1 if none). The ELBO needs no extra
-    pass: F is affine in the last block, ``F(new) = F(old) + <dF/dmu, mu_new - mu_old>``.
+    the first update that left its family's domain (-1 if none).
+
+    The ELBO needs no extra pass over F. With ``F = F_rest + <g, mu_j>`` for the last
+    block ``j`` and its new natural parameters ``e`` (``e = g`` for a plain update),
+
+        F(mu(e)) + H(e) = F_rest + A(e) - E_e[log h] + <g - e, mu(e)>,
+
+    (the last term vanishes unless the update was damped or refused), plus the entropies
+    of the other blocks, taken when they were updated.
     """
     natural, mu = dict(natural), dict(mu)
     invalid = jnp.asarray(-1)
+    entropy = {}
     for j, name in enumerate(order):
         compiled, stats = form(mu)
-        val, grad = value_and_grad_block(compiled, stats, name)
+        rest, grad = rest_and_grad_block(compiled, stats, name)
         eta = {s: grad[s] for s in natural[name]}
         if damping is not None:
             eta = {s: (1 - damping) * natural[name][s] + damping * eta[s] for s in eta}
-        ok = jnp.all(fams[name].is_valid_natural(eta))
-        for s in eta:
-            ok = ok & jnp.all(jnp.isfinite(eta[s]))
+        fam = fams[name]
+        # a sum is finite iff every entry is (one fused reduction, no extra pass)
+        ok = jnp.all(jnp.asarray([jnp.isfinite(jnp.sum(eta[s])) for s in eta]))
+        if not fam.natural_domain_is_real:
+            ok = ok & jnp.all(fam.is_valid_natural(eta))
         invalid = jnp.where((invalid < 0) & ~ok, j, invalid)
-        new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
-        new_mu = fams[name].mean_params(new)
+        # a branch, not a select: no pass over a large block when the update is valid
+        new = jax.lax.cond(ok, lambda a, b: a, lambda a, b: b, eta, natural[name])
+        natural[name] = new
         if j == len(order) - 1:
-            old = stats[name]
-            f_new = val + sum(jnp.sum(grad[s] * (new_mu[s] - old[s])) for s in grad)
-        natural[name], mu[name] = new, new_mu
-    elbo = f_new + sum(jnp.sum(fams[n].from_natural(natural[n]).entropy()) for n in natural)
+            new_mu, log_norm = fam.mean_and_log_normalizer(new)
+            f_and_h = rest + jnp.sum(log_norm) - jnp.sum(fam(new).expected_log_base_measure())
+            if damping is None:  # the gap is zero unless the update was refused
+                f_and_h = f_and_h + jax.lax.cond(
+                    ok, lambda *_: jnp.zeros((), f_and_h.dtype),
+                    lambda g, e, m: _inner({s: g[s] - e[s] for s in e}, m), grad, new, new_mu)
+            else:
+                f_and_h = f_and_h + _inner({s: grad[s] - new[s] for s in new}, new_mu)
+        else:
+            new_mu = fam.mean_params(new)
+            entropy[name] = jnp.sum(fam(new).entropy())
+        mu[name] = new_mu
+    for n in natural:
+        if n not in entropy and n != order[-1]:
+            entropy[n] = jnp.sum(fams[n](natural[n]).entropy())
+    elbo = f_and_h + sum(entropy.values())
     return natural, mu, elbo, invalid
 
 

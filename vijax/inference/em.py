@@ -76,7 +76,8 @@ class EMResult(NamedTuple):
         num_iters: M-steps run.
         converged: relative change of the ELBO fell below ``tol``.
         exact: True when the E-step is exact (then the trace is the log-likelihood).
-        diagnostics: ``path`` ("factored" or "direct"), ``m_rejected`` (M-steps refused
+        diagnostics: ``path`` ("factored" or "direct"), ``m_step`` ("modes" or
+            "optimizer": what maximized Q), ``m_rejected`` (M-steps refused
             because Q decreased), ``m_iters`` (optimizer steps of the last M-step),
             ``max_decrease`` (largest drop of the trace, 0 up to rounding),
             ``invalid`` (an E-step update left its family's domain).
@@ -204,14 +205,10 @@ class _Factored:
         """(compiled form, statistics) with ``F = compiled.F(statistics)``."""
         return self.compiled, {**mu, **self._theta_stats(theta)}
 
-    def Q(self, mu, theta_ref):
-        """``theta -> F(T(theta), mu) - F(T(theta_ref), mu)``, data contracted once.
-
-        Each term is multilinear in the parameters' statistics ``s_i``, so its change is
-        the telescoping sum ``sum_j r_1..r_{j-1} (s_j - r_j) s_{j+1}..s_m`` (``r`` at
-        ``theta_ref``): differences are taken before the large contractions, which keeps
-        ``Q`` accurate near ``theta_ref`` (float32 included).
-        """
+    def reduce(self, mu):
+        """Every term holding a parameter, contracted over the data and ``mu_Y`` (the
+        expected sufficient statistics): ``[(operands, parameter atoms, out)]``. The only
+        data-sized work of an M-step."""
         p = set(self.p_names)
         sizes = self.compiled.sizes
         reduced = []
@@ -231,6 +228,17 @@ class _Factored:
                 red = T.eval_term(T.Term(tuple(ops), (), tuple(labs)), {}, sizes)
                 ops = [(red, tuple(labs))]
             reduced.append((ops, p_atoms, t.out))
+        return reduced
+
+    def Q(self, reduced, theta_ref):
+        """``theta -> F(T(theta), mu) - F(T(theta_ref), mu)`` from :meth:`reduce`.
+
+        Each term is multilinear in the parameters' statistics ``s_i``, so its change is
+        the telescoping sum ``sum_j r_1..r_{j-1} (s_j - r_j) s_{j+1}..s_m`` (``r`` at
+        ``theta_ref``): differences are taken before the large contractions, which keeps
+        ``Q`` accurate near ``theta_ref`` (float32 included).
+        """
+        sizes = self.compiled.sizes
         ref = self._theta_stats(theta_ref)
 
         def q(theta):
@@ -246,6 +254,60 @@ class _Factored:
                                                         {}, sizes))
             return total
         return q
+
+    def has_modes(self):
+        """Every parameter's family has a closed-form mode (see :meth:`modes`)."""
+        return all(mf.family_class(self.compiled.infos[n]).has_mode() for n in self.p_names)
+
+    def modes(self, reduced, theta, max_cycles, tol):
+        """Conditional maximization (ECM): for each parameter in turn, ``Q`` is
+        ``<eta_i, T_i(theta_i)> + const`` with ``eta_i = dQ/dT_i`` at the others' current
+        values, maximized in closed form by its family's mode. Elements without an
+        interior maximum keep their value. Cycles repeat until the relative change of
+        every parameter is below ``tol`` or ``max_cycles`` ran; every step increases
+        ``Q``, and a cycle is exact when the maximizers do not depend on each other (the
+        Gaussian mixture: means, then precisions, then weights). Returns
+        ``(theta, cycles)``."""
+        sizes = self.compiled.sizes
+        fams = [mf.family_class(self.compiled.infos[n]) for n in self.p_names]
+        holds = [[(ops, atoms, out) for ops, atoms, out in reduced
+                  if any(a.latent == n for a in atoms)] for n in self.p_names]
+
+        def eta_of(i, st):
+            name = self.p_names[i]
+
+            def part(s_i):
+                total = jnp.zeros(())
+                for ops, atoms, out in holds[i]:
+                    operands = ops + [(T.atom_operand(a, {**st, name: s_i}), a.labels)
+                                      for a in atoms]
+                    total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
+                                                        {}, sizes))
+                return total
+            return jax.grad(part)(st[name])
+
+        def cycle(theta):
+            theta = list(theta)
+            for i in range(len(theta)):
+                eta = eta_of(i, self._theta_stats(theta))
+                x, valid = fams[i].mode({s: eta[s] for s in fams[i].stat_names})
+                theta[i] = jnp.where(valid, x.astype(theta[i].dtype), theta[i])
+            return theta
+
+        def cond(c):
+            return (c[1] < max_cycles) & ~c[2]
+
+        def body(c):
+            old, k, _ = c
+            new = cycle(old)
+            small = jnp.asarray(True)
+            for a, b in zip(new, old):
+                small = small & jnp.all(jnp.abs(a - b) <= tol * (1.0 + jnp.abs(b)))
+            return new, k + 1, small
+
+        theta, cycles, _ = jax.lax.while_loop(
+            cond, body, (list(theta), jnp.asarray(0), jnp.asarray(False)))
+        return theta, cycles
 
 
 class _Direct:
@@ -268,17 +330,36 @@ class _Direct:
     def form(self, theta, mu):
         return self._compiled(theta), mu
 
+    def reduce(self, mu):
+        return mu  # every evaluation of Q touches the data
+
     def Q(self, mu, theta_ref):
         ref = self._compiled(theta_ref).F(mu)
         return lambda theta: self._compiled(theta).F(mu) - ref
 
+    def has_modes(self):
+        return False
 
-def _factored_backend(cfg, data, theta0):
-    """Try compiling the parameters as latents; None when that fails or some parameter
-    (or latent) then has no conjugate form. This path is only an optimization: the direct
-    path below compiles the model as the user wrote it and reports its own errors."""
-    names = [f"params{jax.tree_util.keystr(p)}" for p, _ in
-             jax.tree_util.tree_flatten_with_path(cfg.unflatten(theta0))[0]]
+
+def _param_names(cfg):
+    """Latent names of the parameter leaves in the factored form."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        cfg.unflatten([None] * cfg.param_treedef.num_leaves),
+        is_leaf=lambda x: x is None)[0]
+    return [f"params{jax.tree_util.keystr(p)}" for p, _ in leaves]
+
+
+def factored_form(cfg, data):
+    """The model compiled with the parameters as latents, or None when that fails or some
+    parameter (or latent) then has no conjugate form. This path is only an optimization:
+    the direct path compiles the model as the user wrote it and reports its own errors.
+
+    Called outside ``jit`` when the data are concrete, so that the compiler's constant
+    folding sees their values (a data term broadcast over the mixture components stays
+    ``[N, D]`` instead of ``[K, N, D]``)."""
+    if cfg.force_direct:
+        return None
+    names = _param_names(cfg)
     y_names = list(cfg.latent_supports)
     if set(names) & set(y_names):
         return None
@@ -292,15 +373,14 @@ def _factored_backend(cfg, data, theta0):
         compiled = compile_model(Model(joint, sups), data)
     except Exception:  # noqa: BLE001 - see the docstring
         return None
-    if not compiled.conjugate:
-        return None
-    return _Factored(cfg, compiled, names, y_names)
+    return compiled if compiled.conjugate else None
 
 
-def _backend(cfg, data, theta0):
-    be = None if cfg.force_direct else _factored_backend(cfg, data, theta0)
-    if be is not None:
-        return be
+def _backend(cfg, data, theta0, factored=None):
+    if factored is None:
+        factored = factored_form(cfg, data)
+    if factored is not None:
+        return _Factored(cfg, factored, _param_names(cfg), list(cfg.latent_supports))
     model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
                   cfg.latent_supports)
     compiled0 = compile_model(model, (list(theta0), data))
@@ -412,23 +492,56 @@ def maximize(fun, x0, optimizer="lbfgs", max_steps=100, tol=1e-10):
     return x, fun(x), steps
 
 
-def _m_step(cfg, knobs, q, u):
-    """Generalized-EM safe M-step: maximize Q over u, keep the old u if Q decreased."""
+def _uses_modes(cfg, be):
+    """Closed-form conditional modes (``m_step="auto"`` when available, or ``"modes"``)."""
+    if cfg.m_step == "modes":
+        if not be.has_modes():
+            lacking = [n for n in getattr(be, "p_names", ())
+                       if not mf.family_class(be.compiled.infos[n]).has_mode()]
+            raise ModelSpecError(
+                "m_step='modes' needs every parameter to enter the log joint like a "
+                "conjugate latent with a closed-form mode; "
+                + (f"no closed form for {lacking}" if lacking else
+                   "the parameters could not be compiled as latents")
+                + ". Use m_step='lbfgs' (or 'auto').")
+        return True
+    return cfg.m_step == "auto" and be.has_modes()
+
+
+def _m_step(cfg, knobs, be, mu, u, modes):
+    """Generalized-EM safe M-step: maximize ``Q`` (closed-form conditional modes or an
+    optax optimizer over the unconstrained parameters); keep the old parameters if ``Q``
+    decreased. Returns ``(u, accepted, steps)``."""
+    theta_ref = cfg.theta(u)
+    reduced = be.reduce(mu)
+    q = be.Q(reduced, theta_ref)
+
     def obj(v):
         return q(cfg.theta(v))
     q_old = obj(u)  # 0 up to rounding: Q is measured from the current parameters
-    u_new, q_new, steps = maximize(obj, u, cfg.m_step, knobs.m_steps, knobs.m_tol)
+    if modes:
+        dt = jnp.result_type(*u, float)
+        tol = jnp.maximum(knobs.m_tol, jnp.sqrt(jnp.finfo(dt).eps))
+        theta, steps = be.modes(reduced, theta_ref, knobs.m_steps, tol)
+        u_new = [s.to_unconstrained(x) for s, x in zip(cfg.param_supports, theta)]
+        q_new = q(theta)
+    else:
+        u_new, q_new, steps = maximize(obj, u, cfg.m_step if cfg.m_step != "auto"
+                                       else "lbfgs", knobs.m_steps, knobs.m_tol)
     accept = jnp.isfinite(q_new) & (q_new >= q_old)
+    for x in jax.tree_util.tree_leaves(u_new):
+        accept = accept & jnp.all(jnp.isfinite(x))
     u_out = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), u_new, u)
     return u_out, accept, steps
 
 
 # ------------------------------------------------------------------------------- loop
 
-def _run(cfg, u0, key, data, knobs, trace_len):
+def _run(cfg, u0, key, data, knobs, trace_len, factored=None):
     theta0 = cfg.theta(u0)
-    be = _backend(cfg, data, theta0)
+    be = _backend(cfg, data, theta0, factored)
     exact = _is_exact(be)
+    modes = _uses_modes(cfg, be)
     order = tuple(cfg.order) if cfg.order is not None else tuple(
         [n for n in be.y_names if not be.y_infos[n].support.is_discrete]
         + [n for n in be.y_names if be.y_infos[n].support.is_discrete])
@@ -453,7 +566,7 @@ def _run(cfg, u0, key, data, knobs, trace_len):
         return (s.it < knobs.max_iters) & ~s.converged & ~s.invalid & jnp.isfinite(s.elbo)
 
     def body(s):
-        u, accept, steps = _m_step(cfg, knobs, be.Q(s.mean, cfg.theta(s.u)), s.u)
+        u, accept, steps = _m_step(cfg, knobs, be, s.mean, s.u, modes)
         nat, mu, e, bad = _e_step(be, cfg.theta(u), s.natural, s.mean, order, exact, knobs)
         rel = jnp.abs(e - s.elbo) / jnp.maximum(jnp.abs(e), 1.0)
         drop = jnp.where(jnp.isfinite(e), s.elbo - e, 0.0)
@@ -466,7 +579,7 @@ def _run(cfg, u0, key, data, knobs, trace_len):
     trace = jnp.where(jnp.arange(trace_len) <= state.it, state.trace, state.elbo)
     posterior = {n: mf.family_class(be.y_infos[n])(state.natural[n]) for n in state.natural}
     return (state._replace(trace=trace), posterior, jnp.asarray(exact),
-            jnp.asarray(_PATHS.index(be.path)), check)
+            jnp.asarray(_PATHS.index(be.path)), jnp.asarray(modes), check)
 
 
 class _YOnly:
@@ -481,7 +594,7 @@ _run_jit = jax.jit(_run, static_argnames=("cfg", "trace_len"))
 
 
 def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_iters=200,
-       tol=1e-8, m_step="lbfgs", m_steps=100, m_tol=1e-10, e_step_iters=50,
+       tol=1e-8, m_step="auto", m_steps=100, m_tol=1e-10, e_step_iters=50,
        order=None, strict=False) -> EMResult:
     """EM for point-estimated parameters and latent variables (variational EM when the
     E-step is not exact).
@@ -504,11 +617,21 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
         max_iters: at most this many EM iterations (M-steps).
         tol: stop when ``|L_t - L_{t-1}| / max(|L_t|, 1) < tol``; also the inner CAVI
             tolerance of variational E-steps.
-        m_step: ``"lbfgs"`` (``optax.lbfgs()`` with zoom linesearch) or any optax
-            ``GradientTransformation`` (minimizing ``-Q``; generalized EM with a few steps).
-        m_steps: at most this many optimizer steps per M-step.
+        m_step: how ``Q`` is maximized. ``"auto"`` (default): ``"modes"`` when every
+            parameter enters the log joint like a conjugate latent whose family has a
+            closed-form mode (means, precisions or variances, weights, probabilities,
+            regression or loading matrices), else ``"lbfgs"``. ``"modes"``: closed-form
+            conditional maximization, one parameter at a time (ECM; exact in one cycle
+            for mixtures and factor analysis), cycled until nothing changes.
+            ``"lbfgs"``: ``optax.lbfgs()`` with zoom linesearch over the unconstrained
+            parameters. Or any optax ``GradientTransformation`` (minimizing ``-Q``;
+            generalized EM with a few steps).
+        m_steps: at most this many optimizer steps (or mode cycles) per M-step.
         m_tol: an M-step stops once an optimizer step is shorter than
-            ``m_tol * (1 + |u|)`` (see :func:`maximize`).
+            ``m_tol * (1 + |u|)`` (see :func:`maximize`), or once a mode cycle changes
+            no parameter by more than ``max(m_tol, sqrt(eps))`` relative (rounding in the
+            statistics moves them by more than eps; every cycle already increases Q, and
+            the EM fixed points do not depend on the number of cycles).
         e_step_iters: at most this many CAVI sweeps per variational E-step.
         order: update order of the latents in an E-step sweep.
         strict: raise :class:`FitDivergedError` if the trace decreased beyond rounding.
@@ -533,47 +656,104 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
         >>> [round(float(v), 4) for v in fit.params["m"]]
         [-5.0, 5.0]
     """
+    return prepare(log_joint, params, supports, data, param_supports=param_supports,
+                   m_step=m_step, order=order).run(
+        params, key=key, max_iters=max_iters, tol=tol, m_steps=m_steps, m_tol=m_tol,
+        e_step_iters=e_step_iters, strict=strict)
+
+
+class PreparedEM:
+    """A model and data analysed once for :func:`em`; :meth:`run` fits from any start
+    without analysing again (restarts, benchmarks). Built by :func:`prepare`."""
+
+    def __init__(self, cfg, data, factored, param_treedef):
+        self._cfg, self._data, self._factored = cfg, data, factored
+        self._treedef = param_treedef
+
+    def run(self, params, *, key=None, max_iters=200, tol=1e-8, m_steps=100, m_tol=1e-10,
+            e_step_iters=50, strict=False) -> EMResult:
+        """EM from the initial ``params`` (same structure as at :func:`prepare`); the
+        keyword arguments mean what they mean in :func:`em`."""
+        cfg, data = self._cfg, self._data
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        if treedef != self._treedef:
+            raise ModelSpecError(f"params must have the structure {self._treedef} given to "
+                                 f"prepare, got {treedef}")
+        if max_iters < 0 or m_steps < 1 or e_step_iters < 1:
+            raise ModelSpecError("max_iters must be >= 0, m_steps and e_step_iters >= 1")
+        dtype = jnp.zeros(()).dtype
+        u0 = []
+        for sup, v in zip(cfg.param_supports, leaves):
+            v = jnp.asarray(v, jnp.result_type(v, float))
+            if tuple(v.shape) != tuple(sup.value_shape):
+                raise ModelSpecError(f"a parameter has shape {v.shape}, expected that of "
+                                     f"its support {sup}")
+            ok = sup.contains(v)
+            if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
+                raise ModelSpecError(f"an initial parameter is outside its support {sup}")
+            u0.append(sup.to_unconstrained(v))
+        knobs = _Knobs(jnp.asarray(max_iters, jnp.int32), jnp.asarray(tol, dtype),
+                       jnp.asarray(m_steps, jnp.int32), jnp.asarray(m_tol, dtype),
+                       jnp.asarray(e_step_iters, jnp.int32))
+        # the trace buffer is rounded up to a power of two so that nearby max_iters share
+        # one compilation; it is cut to max_iters + 1 below
+        trace_len = max(8, 1 << int(max_iters).bit_length())
+        key = jax.random.key(0) if key is None else key
+        state, posterior, exact, path, modes, check = _run_jit(
+            cfg, u0, key, data, knobs, trace_len, self._factored)
+        if not _compat.is_tracer(path) and _PATHS[int(path)] == "factored" \
+                and _disagree(*check):
+            # the parameters' compiled form differs from the log joint at theta0 (a branch
+            # on a parameter): recompile with the parameters as data, which is always exact
+            cfg = dataclasses.replace(cfg, force_direct=True)
+            self._cfg, self._factored = cfg, None
+            state, posterior, exact, path, modes, check = _run_jit(
+                cfg, u0, key, data, knobs, trace_len, None)
+        state = state._replace(trace=state.trace[:int(max_iters) + 1])
+        diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
+                "m_step": (("modes" if bool(modes) else "optimizer")
+                           if not _compat.is_tracer(modes) else modes),
+                "m_rejected": state.m_rejected, "m_iters": state.m_iters,
+                "max_decrease": state.max_decrease, "invalid": state.invalid}
+        params_out = cfg.unflatten(cfg.theta(state.u))
+        result = EMResult(params_out, posterior, state.elbo, state.trace, state.it,
+                          state.converged, exact, diag, state.natural)
+        if not _compat.is_tracer(state.elbo):
+            _raise_if_failed(result, strict)
+        return result
+
+
+def prepare(log_joint, params, supports, data, *, param_supports=None, m_step="auto",
+            order=None) -> PreparedEM:
+    """Analyse the model once for repeated :func:`em` fits (arguments as in :func:`em`;
+    ``params`` gives the parameters' structure and shapes).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jax.scipy import stats
+        >>> import vijax as vj
+        >>> x = jnp.concatenate([jnp.full(5, -5.0), jnp.full(5, 5.0)])
+        >>> def lj(p, z, x):
+        ...     return jnp.sum(jnp.log(0.5) + stats.norm.logpdf(x, p["m"][z["c"]], 1.0))
+        >>> prep = prepare(lj, {"m": jnp.zeros(2)}, {"c": vj.categorical(2, shape=(10,))}, x)
+        >>> fits = [prep.run({"m": jnp.array(m0)}) for m0 in ([-1.0, 1.0], [1.0, -1.0])]
+        >>> [round(float(f.params["m"][0]), 4) for f in fits]
+        [-5.0, 5.0]
+    """
     check_data(data)
-    sups, values, treedef = _flatten_params(params, param_supports)
+    sups, _, treedef = _flatten_params(params, param_supports)
     if not isinstance(supports, dict) or not supports:
         raise ModelSpecError("supports must be a non-empty dict: latent name -> support")
-    if not (isinstance(m_step, str) or isinstance(m_step, optax.GradientTransformation)):
-        raise ModelSpecError("m_step must be 'lbfgs' or an optax GradientTransformation, "
-                             f"got {type(m_step).__name__}")
-    if max_iters < 0 or m_steps < 1 or e_step_iters < 1:
-        raise ModelSpecError("max_iters must be >= 0, m_steps and e_step_iters >= 1")
-    dtype = jnp.zeros(()).dtype
-    u0 = []
-    for s, v in zip(sups, values):
-        ok = s.contains(v)
-        if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
-            raise ModelSpecError(f"an initial parameter is outside its support {s}")
-        u0.append(s.to_unconstrained(v))
+    if not (m_step in ("auto", "modes", "lbfgs")
+            or isinstance(m_step, optax.GradientTransformation)):
+        raise ModelSpecError("m_step must be 'auto', 'modes', 'lbfgs' or an optax "
+                             f"GradientTransformation, got {m_step!r}")
     cfg = _Config(log_joint, tuple(supports.items()), tuple(sups), treedef, m_step,
                   None if order is None else tuple(order))
-    knobs = _Knobs(jnp.asarray(max_iters, jnp.int32), jnp.asarray(tol, dtype),
-                   jnp.asarray(m_steps, jnp.int32), jnp.asarray(m_tol, dtype),
-                   jnp.asarray(e_step_iters, jnp.int32))
-    # the trace buffer is rounded up to a power of two so that nearby max_iters share
-    # one compilation; it is cut to max_iters + 1 below
-    trace_len = max(8, 1 << int(max_iters).bit_length())
-    key = jax.random.key(0) if key is None else key
-    state, posterior, exact, path, check = _run_jit(cfg, u0, key, data, knobs, trace_len)
-    if not _compat.is_tracer(path) and _PATHS[int(path)] == "factored" and _disagree(*check):
-        # the parameters' compiled form differs from the log joint at theta0 (a branch on
-        # a parameter): recompile with the parameters as data, which is always exact
-        cfg = dataclasses.replace(cfg, force_direct=True)
-        state, posterior, exact, path, check = _run_jit(cfg, u0, key, data, knobs, trace_len)
-    state = state._replace(trace=state.trace[:int(max_iters) + 1])
-    diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
-            "m_rejected": state.m_rejected, "m_iters": state.m_iters,
-            "max_decrease": state.max_decrease, "invalid": state.invalid}
-    params_out = cfg.unflatten(cfg.theta(state.u))
-    result = EMResult(params_out, posterior, state.elbo, state.trace, state.it,
-                      state.converged, exact, diag, state.natural)
-    if not _compat.is_tracer(state.elbo):
-        _raise_if_failed(result, strict)
-    return result
+    concrete = not any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(data))
+    # analysed here, outside jit, when the data are concrete (see factored_form)
+    factored = factored_form(cfg, data) if concrete else None
+    return PreparedEM(cfg, data, factored, treedef)
 
 
 def _disagree(f_val, lj_val):
@@ -598,4 +778,4 @@ def _raise_if_failed(result, strict):
                                step=int(result.num_iters), last_state=result.natural)
 
 
-__all__ = ["em", "EMResult", "EMState", "maximize"]
+__all__ = ["em", "prepare", "PreparedEM", "EMResult", "EMState", "maximize"]

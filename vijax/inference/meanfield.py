@@ -107,7 +107,10 @@ def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
             q = cls.from_concentration(jnp.ones(inf.support.value_shape, dtype))
         elif f == "Categorical":
             K = inf.support.num_categories
-            p = jax.random.dirichlet(k, jnp.ones(K, dtype), shp)
+            # Dirichlet(1, ..., 1) as normalized Exp(1) draws (the Gamma sampler
+            # behind jax.random.dirichlet is slow for millions of rows)
+            e = jax.random.exponential(k, shp + (K,), dtype)
+            p = e / jnp.sum(e, -1, keepdims=True)
             q = cls.from_probs(p)
         elif f == "Bernoulli":
             q = cls.from_probs(jax.random.uniform(k, shp, dtype, 0.2, 0.8))
