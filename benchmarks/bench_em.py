@@ -86,7 +86,6 @@ def run(n=100_000, d=10, k=10, iters=30, dtype="float64", seed=0, repeats=3) -> 
     from sklearn.mixture import GaussianMixture
 
     import vijax as vj
-    from vijax.inference.em import em
 
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     x, init = make_problem(n, d, k, dtype, seed)
