@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vijax import _compat
+from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model
 from vijax.errors import FitDivergedError
@@ -60,13 +61,20 @@ def rest_and_grad_block(compiled, stats, name):
     sizes = compiled.sizes
     rest = jnp.asarray(compiled.const)
     grad = jax.tree_util.tree_map(jnp.zeros_like, stats[name])
+    holding = []
     for t in compiled.terms:
         if any(a.latent == name for a in t.atoms):
-            g = jax.grad(lambda m, t=t: jnp.sum(
-                T.eval_term(t, {**stats, name: m}, sizes)))(stats[name])
-            grad = jax.tree_util.tree_map(jnp.add, grad, g)
+            holding.append(t)
         else:
             rest = rest + jnp.sum(T.eval_term(t, stats, sizes))
+    # terms with one data constant: stacked into one matrix product per layout
+    fused_grads, holding = fused.block_gradients(holding, stats, name, sizes)
+    for s, g in fused_grads.items():
+        grad[s] = grad[s] + g.astype(grad[s].dtype)
+    for t in holding:
+        g = jax.grad(lambda m, t=t: jnp.sum(
+            T.eval_term(t, {**stats, name: m}, sizes)))(stats[name])
+        grad = jax.tree_util.tree_map(jnp.add, grad, g)
     return rest, grad
 
 

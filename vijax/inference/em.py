@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from vijax import _compat
+from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model, point_statistics
 from vijax.errors import FitDivergedError, ModelSpecError
@@ -211,7 +212,7 @@ class _Factored:
         data-sized work of an M-step."""
         p = set(self.p_names)
         sizes = self.compiled.sizes
-        reduced = []
+        reduced, pairs = [], []
         for t in self.compiled.terms:
             p_atoms = tuple(a for a in t.atoms if a.latent in p)
             if not p_atoms:
@@ -221,13 +222,24 @@ class _Factored:
                 keep.update(a.labels)
             ops = list(t.consts) + [(T.atom_operand(a, mu), a.labels)
                                     for a in t.atoms if a.latent not in p]
-            if ops:
-                labs = []
-                for _, ls in ops:
-                    labs.extend(l for l in ls if l in keep and l not in labs)
+            labs = []
+            for _, ls in ops:
+                labs.extend(l for l in ls if l in keep and l not in labs)
+            if len(t.consts) == 1 and len(ops) == 2:  # data x statistic: maybe stacked
+                pairs.append((len(reduced), ops, tuple(labs)))
+            elif ops:
                 red = T.eval_term(T.Term(tuple(ops), (), tuple(labs)), {}, sizes)
                 ops = [(red, tuple(labs))]
             reduced.append((ops, p_atoms, t.out))
+        # one data constant times one block statistic: one C^T M product per layout
+        items = [(ops[0][0], ops[0][1], ops[1][0], ops[1][1], labs)
+                 for _, ops, labs in pairs]
+        results = fused.contract_with_block(items, sizes)
+        for (i, ops, labs), res in zip(pairs, results):
+            if res is None:
+                res = T.eval_term(T.Term(tuple(ops), (), labs), {}, sizes)
+            _, p_atoms, out = reduced[i]
+            reduced[i] = ([(res, labs)], p_atoms, out)
         return reduced
 
     def Q(self, reduced, theta_ref):
