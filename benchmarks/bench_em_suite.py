@@ -56,9 +56,20 @@ def run(size: str, dtype: str) -> dict:
                                     "ratio_vs_sklearn": vj_s / sk_s if sk_s > 0 else None},
                                    {"impl": "sklearn GaussianMixture (diag)",
                                     "ms_per_iter": 1e3 * sk_s, "ratio_vs_sklearn": 1.0}]})
+    targets = []
+    if vj_s is not None and sk_s is not None and vj_s > 0 and size == "full":
+        speedup = sk_s / vj_s
+        targets.append({"target": f"EM GMM N={cfg['n']}: scikit-learn / vijax time per "
+                                  f"iteration ({dtype})",
+                        "measured": speedup, "limit": ">= 10", "met": speedup >= 10})
+        rel = _as_float(flat.get("loglik_rel_diff"))
+        if rel is not None:
+            targets.append({"target": "EM GMM: same final log-likelihood as scikit-learn "
+                                      "(rel diff)", "measured": rel, "limit": "<= 1e-5",
+                            "met": rel <= 1e-5})
     return {"suite": "em", "title": "EM on a diagonal Gaussian mixture (bench_em.py)",
             "config": {"size": size, "dtype": dtype, "seed": flat.get("seed", 0), **cfg},
-            "tables": tables, "targets": [],
+            "tables": tables, "targets": targets,
             "notes": ["Measured by benchmarks/bench_em.py (see its docstring for the method: "
                       "per-iteration times are differences of two run lengths; compile "
                       "reported apart). ratio_vs_sklearn = vijax / scikit-learn time per "

@@ -85,7 +85,7 @@ def _stack(w, vals, dtype):
 def _scan(w, eqn, invals):
     p = eqn.params
     jaxpr, consts = _compat.open_jaxpr(p["jaxpr"])
-    nc, ncar = p["num_consts"], p["num_carry"]
+    nc, ncar = _compat.scan_counts(p)
     cvals, carry, xs = invals[:nc], list(invals[nc:nc + ncar]), invals[nc + ncar:]
     length = p["length"]
     order = range(length - 1, -1, -1) if p["reverse"] else range(length)
@@ -110,7 +110,7 @@ def _while(w, eqn, invals):
     p = eqn.params
     cj, cconsts = _compat.open_jaxpr(p["cond_jaxpr"])
     bj, bconsts = _compat.open_jaxpr(p["body_jaxpr"])
-    cn, bn = p["cond_nconsts"], p["body_nconsts"]
+    cn, bn = _compat.while_counts(p, cj, bj)
     cvals, bvals, carry = invals[:cn], invals[cn:cn + bn], list(invals[cn + bn:])
     for _ in range(100000):
         (keep,) = w.walk(cj, cconsts, list(cvals) + carry)
