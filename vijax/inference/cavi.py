@@ -50,6 +50,10 @@ def init(compiled, natural0, max_iters):
                      jnp.asarray(-1))
 
 
+#: blocks with at least this many natural parameters are guarded by a branch (lax.cond)
+_BRANCH_MIN_SIZE = 1 << 16
+
+
 def _inner(a, b):
     return sum(jnp.sum(a[s] * b[s]) for s in a)
 
@@ -115,13 +119,18 @@ def sweep(form, fams, natural, mu, order, damping=None):
         if not fam.natural_domain_is_real:
             ok = ok & jnp.all(fam.is_valid_natural(eta))
         invalid = jnp.where((invalid < 0) & ~ok, j, invalid)
-        # a branch, not a select: no pass over a large block when the update is valid
-        new = jax.lax.cond(ok, lambda a, b: a, lambda a, b: b, eta, natural[name])
+        # large blocks: a branch rather than a select (no pass over the block when the
+        # update is valid); small ones: a select (no branch, which costs a sync on GPUs)
+        big = sum(jnp.size(v) for v in eta.values()) >= _BRANCH_MIN_SIZE
+        if big:
+            new = jax.lax.cond(ok, lambda a, b: a, lambda a, b: b, eta, natural[name])
+        else:
+            new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
         natural[name] = new
         if j == len(order) - 1:
             new_mu, log_norm = fam.mean_and_log_normalizer(new)
             f_and_h = rest + jnp.sum(log_norm) - jnp.sum(fam(new).expected_log_base_measure())
-            if damping is None:  # the gap is zero unless the update was refused
+            if damping is None and big:  # the gap is zero unless the update was refused
                 f_and_h = f_and_h + jax.lax.cond(
                     ok, lambda *_: jnp.zeros((), f_and_h.dtype),
                     lambda g, e, m: _inner({s: g[s] - e[s] for s in e}, m), grad, new, new_mu)
