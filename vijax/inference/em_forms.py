@@ -1,0 +1,242 @@
+"""The two forms of ``Q(theta) = F(mu_Y; theta)`` that :func:`vijax.em` maximizes.
+
+- **factored**: the parameters compiled *as latents* once (when every parameter enters
+  the log joint like a conjugate latent): ``Q(theta) = F(T(theta), mu_Y)``; before each
+  M-step every term is contracted over the data and ``mu_Y`` (:meth:`_Factored.reduce`,
+  stacked into one product per layout), so the M-step's evaluations cost nothing
+  data-sized, and each parameter has a closed-form conditional maximizer, its family's
+  mode (:meth:`_Factored.modes`).
+- **direct**: the model recompiled with theta as data (``F`` is differentiable in theta
+  through the compiler); each evaluation touches the data.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vijax.conjugacy import fused
+from vijax.conjugacy import terms as T
+from vijax.conjugacy.compile import compile_model, point_statistics
+from vijax.inference import meanfield as mf
+from vijax.model import Model
+
+
+class _Factored:
+    """Parameters compiled as latents: ``Q(theta) = F(T(theta), mu_Y)``."""
+
+    path = "factored"
+
+    def __init__(self, cfg, compiled, p_names, y_names):
+        self.cfg, self.compiled, self.p_names, self.y_names = cfg, compiled, p_names, y_names
+        self.y_infos = {n: compiled.infos[n] for n in y_names}
+
+    def _theta_stats(self, theta):
+        return {n: point_statistics(self.compiled.infos[n], v)
+                for n, v in zip(self.p_names, theta)}
+
+    def form(self, theta, mu):
+        """(compiled form, statistics) with ``F = compiled.F(statistics)``."""
+        return self.compiled, {**mu, **self._theta_stats(theta)}
+
+    def reduce(self, mu):
+        """Every term holding a parameter, contracted over the data and ``mu_Y`` (the
+        expected sufficient statistics): ``[(operands, parameter atoms, out)]``. The only
+        data-sized work of an M-step."""
+        p = set(self.p_names)
+        sizes = self.compiled.sizes
+        reduced, pairs = [], []
+        for t in self.compiled.terms:
+            p_atoms = tuple(a for a in t.atoms if a.latent in p)
+            if not p_atoms:
+                continue  # constant in theta
+            keep = set(t.out)
+            for a in p_atoms:
+                keep.update(a.labels)
+            ops = list(t.consts) + [(T.atom_operand(a, mu), a.labels)
+                                    for a in t.atoms if a.latent not in p]
+            labs = []
+            for _, ls in ops:
+                labs.extend(l for l in ls if l in keep and l not in labs)
+            if len(t.consts) == 1 and len(ops) == 2:  # data x statistic: maybe stacked
+                pairs.append((len(reduced), ops, tuple(labs)))
+            elif ops:
+                red = T.eval_term(T.Term(tuple(ops), (), tuple(labs)), {}, sizes)
+                ops = [(red, tuple(labs))]
+            reduced.append((ops, p_atoms, t.out))
+        # one data constant times one block statistic: one C^T M product per layout
+        items = [(ops[0][0], ops[0][1], ops[1][0], ops[1][1], labs)
+                 for _, ops, labs in pairs]
+        results = fused.contract_with_block(items, sizes)
+        for (i, ops, labs), res in zip(pairs, results):
+            if res is None:
+                res = T.eval_term(T.Term(tuple(ops), (), labs), {}, sizes)
+            _, p_atoms, out = reduced[i]
+            reduced[i] = ([(res, labs)], p_atoms, out)
+        return reduced
+
+    def Q(self, reduced, theta_ref):
+        """``theta -> F(T(theta), mu) - F(T(theta_ref), mu)`` from :meth:`reduce`.
+
+        Each term is multilinear in the parameters' statistics ``s_i``, so its change is
+        the telescoping sum ``sum_j r_1..r_{j-1} (s_j - r_j) s_{j+1}..s_m`` (``r`` at
+        ``theta_ref``): differences are taken before the large contractions, which keeps
+        ``Q`` accurate near ``theta_ref`` (float32 included).
+        """
+        sizes = self.compiled.sizes
+        ref = self._theta_stats(theta_ref)
+
+        def q(theta):
+            st = self._theta_stats(theta)
+            total = jnp.zeros(())
+            for ops, atoms, out in reduced:
+                new = [T.atom_operand(a, st) for a in atoms]
+                old = [T.atom_operand(a, ref) for a in atoms]
+                for j in range(len(atoms)):
+                    arrays = old[:j] + [new[j] - old[j]] + new[j + 1:]
+                    operands = ops + [(x, a.labels) for x, a in zip(arrays, atoms)]
+                    total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
+                                                        {}, sizes))
+            return total
+        return q
+
+    def has_modes(self):
+        """Every parameter's family has a closed-form mode (see :meth:`modes`)."""
+        return all(mf.family_class(self.compiled.infos[n]).has_mode() for n in self.p_names)
+
+    def modes(self, reduced, theta, max_cycles, tol):
+        """Conditional maximization (ECM): for each parameter in turn, ``Q`` is
+        ``<eta_i, T_i(theta_i)> + const`` with ``eta_i = dQ/dT_i`` at the others' current
+        values, maximized in closed form by its family's mode. Elements without an
+        interior maximum keep their value. Cycles repeat until the relative change of
+        every parameter is below ``tol`` or ``max_cycles`` ran; every step increases
+        ``Q``, and a cycle is exact when the maximizers do not depend on each other (the
+        Gaussian mixture: means, then precisions, then weights). Returns
+        ``(theta, cycles)``."""
+        sizes = self.compiled.sizes
+        fams = [mf.family_class(self.compiled.infos[n]) for n in self.p_names]
+        holds = [[(ops, atoms, out) for ops, atoms, out in reduced
+                  if any(a.latent == n for a in atoms)] for n in self.p_names]
+
+        def eta_of(i, st):
+            name = self.p_names[i]
+
+            def part(s_i):
+                total = jnp.zeros(())
+                for ops, atoms, out in holds[i]:
+                    operands = ops + [(T.atom_operand(a, {**st, name: s_i}), a.labels)
+                                      for a in atoms]
+                    total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
+                                                        {}, sizes))
+                return total
+            return jax.grad(part)(st[name])
+
+        def cycle(theta):
+            theta = list(theta)
+            for i in range(len(theta)):
+                eta = eta_of(i, self._theta_stats(theta))
+                x, valid = fams[i].mode({s: eta[s] for s in fams[i].stat_names})
+                theta[i] = jnp.where(valid, x.astype(theta[i].dtype), theta[i])
+            return theta
+
+        def cond(c):
+            return (c[1] < max_cycles) & ~c[2]
+
+        def body(c):
+            old, k, _ = c
+            new = cycle(old)
+            small = jnp.asarray(True)
+            for a, b in zip(new, old):
+                small = small & jnp.all(jnp.abs(a - b) <= tol * (1.0 + jnp.abs(b)))
+            return new, k + 1, small
+
+        theta, cycles, _ = jax.lax.while_loop(
+            cond, body, (list(theta), jnp.asarray(0), jnp.asarray(False)))
+        return theta, cycles
+
+
+class _Direct:
+    """Parameters passed as data: the model is recompiled for each theta (traced)."""
+
+    path = "direct"
+
+    def __init__(self, cfg, data, compiled0):
+        self.cfg, self.data = cfg, data
+        self.y_names = list(compiled0.infos)
+        self.y_infos = dict(compiled0.infos)
+        self.compiled = compiled0
+
+    def _compiled(self, theta):
+        cfg = self.cfg
+        model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
+                      cfg.latent_supports)
+        return compile_model(model, (list(theta), self.data))
+
+    def form(self, theta, mu):
+        return self._compiled(theta), mu
+
+    def reduce(self, mu):
+        return mu  # every evaluation of Q touches the data
+
+    def Q(self, mu, theta_ref):
+        ref = self._compiled(theta_ref).F(mu)
+        return lambda theta: self._compiled(theta).F(mu) - ref
+
+    def has_modes(self):
+        return False
+
+
+def _param_names(cfg):
+    """Latent names of the parameter leaves in the factored form."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        cfg.unflatten([None] * cfg.param_treedef.num_leaves),
+        is_leaf=lambda x: x is None)[0]
+    return [f"params{jax.tree_util.keystr(p)}" for p, _ in leaves]
+
+
+def factored_form(cfg, data):
+    """The model compiled with the parameters as latents, or None when that fails or some
+    parameter (or latent) then has no conjugate form. This path is only an optimization:
+    the direct path compiles the model as the user wrote it and reports its own errors.
+
+    Called outside ``jit`` when the data are concrete, so that the compiler's constant
+    folding sees their values (a data term broadcast over the mixture components stays
+    ``[N, D]`` instead of ``[K, N, D]``)."""
+    if cfg.force_direct:
+        return None
+    names = _param_names(cfg)
+    y_names = list(cfg.latent_supports)
+    if set(names) & set(y_names):
+        return None
+
+    def joint(z, d):
+        theta = cfg.unflatten([z[n] for n in names])
+        return cfg.log_joint(theta, {n: z[n] for n in y_names}, d)
+
+    sups = {**cfg.latent_supports, **dict(zip(names, cfg.param_supports))}
+    try:
+        compiled = compile_model(Model(joint, sups), data)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return compiled if compiled.conjugate else None
+
+
+def _backend(cfg, data, theta0, factored=None):
+    if factored is None:
+        factored = factored_form(cfg, data)
+    if factored is not None:
+        return _Factored(cfg, factored, _param_names(cfg), list(cfg.latent_supports))
+    model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
+                  cfg.latent_supports)
+    compiled0 = compile_model(model, (list(theta0), data))
+    compiled0.require_conjugate()
+    return _Direct(cfg, data, compiled0)
+
+
+def _is_exact(be):
+    """Exact E-step: no term has statistics of two different latents Y."""
+    y = set(be.y_names)
+    for t in be.compiled.terms:
+        if len({a.latent for a in t.atoms} & y) > 1:
+            return False
+    return True
