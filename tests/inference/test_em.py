@@ -345,6 +345,14 @@ def test_errors():
     with pytest.raises(NonConjugateError):
         em(nonconj, {"m": jnp.asarray(1.0)}, {"s": vj.real()}, x)
 
+    def improper(p, z, x):  # q(s) has precision 3 - a: none for a >= 3
+        lp = jnp.sum(stats.norm.logpdf(x, z["s"], 1.0)) + stats.norm.logpdf(z["t"])
+        return lp + 0.5 * p["a"] * z["s"] ** 2
+
+    with pytest.raises(vj.FitDivergedError, match="latent 's'") as err:
+        em(improper, {"a": jnp.asarray(5.0)}, {"t": vj.real(), "s": vj.real()}, x)
+    assert err.value.latent == "s"
+
 
 def test_benchmark_smoke():
     from benchmarks.bench_em import run, to_markdown

@@ -84,7 +84,8 @@ class EMResult(NamedTuple):
             "optimizer": what maximized Q), ``m_rejected`` (M-steps refused
             because Q decreased), ``m_iters`` (optimizer steps of the last M-step),
             ``max_decrease`` (largest drop of the trace, 0 up to rounding),
-            ``invalid`` (an E-step update left its family's domain).
+            ``invalid`` (an E-step update left its family's domain), ``invalid_latent``
+            (its position in ``supports``, -1 if none).
         natural: natural parameters of q(Y) (``{latent: {stat: array}}``).
     """
 
@@ -198,10 +199,14 @@ def _families(be):
 
 def _sweep(be, theta, natural, mu, order):
     """One pass of closed-form updates over ``order`` at fixed theta (the CAVI sweep on
-    the form with theta's statistics); returns (natural, mu, ELBO, invalid)."""
+    the form with theta's statistics); returns (natural, mu, ELBO, invalid) with invalid
+    the position in ``supports`` of the first latent whose update left its family's
+    domain (-1: none)."""
     natural, mu, e, bad = cavi.sweep(lambda m: be.form(theta, m), _families(be), natural,
                                      mu, order)
-    return natural, mu, e, bad >= 0
+    names = list(be.cfg.latent_supports)
+    pos = jnp.asarray([names.index(n) for n in order])
+    return natural, mu, e, jnp.where(bad >= 0, pos[jnp.maximum(bad, 0)], -1)
 
 
 def _e_step(be, theta, natural, mu, order, exact, knobs):
@@ -212,12 +217,12 @@ def _e_step(be, theta, natural, mu, order, exact, knobs):
     def cond(c):
         _, _, e, prev, i, bad = c
         rel = jnp.abs(e - prev) / jnp.maximum(jnp.abs(e), 1.0)
-        return (i < knobs.e_step_iters) & (rel >= knobs.tol) & ~bad
+        return (i < knobs.e_step_iters) & (rel >= knobs.tol) & (bad < 0)
 
     def body(c):
         nat, mu, e, _, i, bad = c
         nat2, mu2, e2, bad2 = _sweep(be, theta, nat, mu, order)
-        return nat2, mu2, e2, e, i + 1, bad | bad2
+        return nat2, mu2, e2, e, i + 1, jnp.where(bad >= 0, bad, bad2)
 
     natural, mu, e, _, _, bad = jax.lax.while_loop(
         cond, body, (natural, mu, e, jnp.full_like(e, -jnp.inf), jnp.asarray(1), bad))
@@ -356,7 +361,8 @@ def _run(cfg, u0, key, data, knobs, trace_len, factored=None):
                     jnp.zeros((), e.dtype), bad)
 
     def cond(s):
-        return (s.it < knobs.max_iters) & ~s.converged & ~s.invalid & jnp.isfinite(s.elbo)
+        return ((s.it < knobs.max_iters) & ~s.converged & (s.invalid < 0)
+                & jnp.isfinite(s.elbo))
 
     def body(s):
         u, accept, steps = _m_step(cfg, knobs, be, s.mean, s.u, modes)
@@ -507,12 +513,13 @@ class PreparedEM:
                 "m_step": (("modes" if bool(modes) else "optimizer")
                            if not _compat.is_tracer(modes) else modes),
                 "m_rejected": state.m_rejected, "m_iters": state.m_iters,
-                "max_decrease": state.max_decrease, "invalid": state.invalid}
+                "max_decrease": state.max_decrease, "invalid": state.invalid >= 0,
+                "invalid_latent": state.invalid}
         params_out = cfg.unflatten(cfg.theta(state.u))
         result = EMResult(params_out, posterior, state.elbo, state.trace, state.it,
                           state.converged, exact, diag, state.natural)
         if not _compat.is_tracer(state.elbo):
-            _raise_if_failed(result, strict)
+            _raise_if_failed(result, strict, list(cfg.latent_supports))
         return result
 
 
@@ -557,13 +564,15 @@ def _disagree(f_val, lj_val):
     return not abs(f_val - lj_val) <= tol
 
 
-def _raise_if_failed(result, strict):
+def _raise_if_failed(result, strict, names):
     d = result.diagnostics
     if bool(d["invalid"]):
+        name = names[int(d["invalid_latent"])]
         raise FitDivergedError(
-            "an E-step update left its family's valid region (e.g. a non-positive "
-            "precision); check the initial parameters and the parameterization",
-            step=int(result.num_iters), last_state=result.natural)
+            f"the E-step update of latent '{name}' at EM iteration {int(result.num_iters)} "
+            "left its family's valid region (e.g. a non-positive precision); check the "
+            "initial parameters and the parameterization",
+            step=int(result.num_iters), latent=name, last_state=result.natural)
     if not bool(jnp.isfinite(result.elbo)):
         raise FitDivergedError("the ELBO became non-finite during EM",
                                step=int(result.num_iters), last_state=result.natural)
