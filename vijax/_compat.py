@@ -102,24 +102,14 @@ def _nullcontext():
     return contextlib.nullcontext()
 
 
-def _num_leaves(tree) -> int:
-    """Leaves of a plain nested tuple (``None`` entries count as leaves)."""
-    if isinstance(tree, (tuple, list)):
-        return sum(_num_leaves(t) for t in tree)
-    return 1
-
-
 def scan_counts(params) -> tuple[int, int]:
     """``(num_consts, num_carry)`` of a ``scan`` equation: named params up to jax 0.10;
     from jax 0.11 the flat trees ``ft_in = (consts, carry, xs)``, whose parts
-    (``.elts``, each a flat tree whose ``len`` is its number of leaves)."""
+    (``.elts``) each have ``len`` = their number of leaves."""
     if "num_consts" in params:
         return int(params["num_consts"]), int(params["num_carry"])
-    ft_in = params["ft_in"]
-    parts = getattr(ft_in, "elts", None)
-    if parts is not None:
-        return len(parts[0]), len(parts[1])
-    return _num_leaves(ft_in[0]), _num_leaves(ft_in[1])
+    consts, carry = params["ft_in"].elts[:2]
+    return len(consts), len(carry)
 
 
 def while_counts(params, cond_jaxpr, body_jaxpr) -> tuple[int, int]:

@@ -82,12 +82,6 @@ def rest_and_grad_block(compiled, stats, name):
     return rest, grad
 
 
-def value_and_grad_block(compiled, stats, name):
-    """``F`` and ``dF/dmu_name`` (see :func:`rest_and_grad_block`)."""
-    rest, grad = rest_and_grad_block(compiled, stats, name)
-    return rest + _inner(grad, stats[name]), grad
-
-
 def sweep(form, fams, natural, mu, order, damping=None):
     """One pass of coordinate updates over ``order``.
 
