@@ -44,6 +44,11 @@ class UnsupportedPrimitiveError(ModelSpecError):
         self.latent = latent
 
 
+class ArgumentTypeError(ModelSpecError, TypeError):
+    """A fit option has the wrong type (e.g. a string where an optax optimizer or a PRNG
+    key is expected); also a ``ValueError`` like every :class:`ModelSpecError`."""
+
+
 class DataError(VijaxError, ValueError):
     """Observed data is unusable (NaN/Inf values, wrong shape or dtype)."""
 
@@ -72,5 +77,5 @@ class FitDivergedError(VijaxError, RuntimeError):
 
 __all__ = [
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
-    "DataError", "InvalidParameterError", "FitDivergedError",
+    "DataError", "InvalidParameterError", "FitDivergedError", "ArgumentTypeError",
 ]
