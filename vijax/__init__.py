@@ -6,8 +6,9 @@ and compares the two.
 """
 
 from vijax import errors, families, models
-from vijax.errors import (DataError, FitDivergedError, InvalidParameterError, ModelSpecError,
-                          NonConjugateError, UnsupportedPrimitiveError, VijaxError)
+from vijax.errors import (ConvergenceWarning, DataError, FitDivergedError,
+                          InvalidParameterError, ModelSpecError, NonConjugateError,
+                          UnsupportedPrimitiveError, VijaxError)
 from vijax.compare import Comparison, compare
 from vijax.inference.cavi import CaviResult, cavi
 from vijax.inference.em import EMResult, PreparedEM, em
@@ -31,5 +32,5 @@ __all__ = [
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
     "errors", "families", "models",
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
-    "DataError", "InvalidParameterError", "FitDivergedError",
+    "DataError", "InvalidParameterError", "FitDivergedError", "ConvergenceWarning",
 ]

@@ -75,6 +75,17 @@ class FitDivergedError(VijaxError, RuntimeError):
         self.last_state = last_state
 
 
+class ConvergenceWarning(UserWarning):
+    """A fit returned a result it cannot vouch for: it stopped at ``max_iters`` /
+    ``num_steps`` before converging, its ELBO decreased by more than the rounding bound of
+    its dtype (see :mod:`vijax.inference.stopping`), or a posterior mean is not resolvable
+    at the dtype's precision (an ill-conditioned precision matrix in float32).
+
+    Pass ``strict=True`` to the fitter to raise :class:`FitDivergedError` instead; silence
+    it with ``warnings.filterwarnings("ignore", category=vijax.ConvergenceWarning)``.
+    """
+
+
 __all__ = [
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
     "DataError", "InvalidParameterError", "FitDivergedError", "ArgumentTypeError",
