@@ -119,3 +119,11 @@ def while_counts(params, cond_jaxpr, body_jaxpr) -> tuple[int, int]:
         return int(params["cond_nconsts"]), int(params["body_nconsts"])
     ncarry = len(body_jaxpr.outvars)
     return len(cond_jaxpr.invars) - ncarry, len(body_jaxpr.invars) - ncarry
+
+
+def eval_jaxpr(jaxpr, consts, *args):
+    """Evaluate an open jaxpr on ``consts`` and ``args`` (as ``jax.core.eval_jaxpr``)."""
+    fn = getattr(_core, "eval_jaxpr", None)
+    if fn is None:  # pragma: no cover - moved in a later release
+        from jax._src.core import eval_jaxpr as fn
+    return fn(jaxpr, consts, *args)

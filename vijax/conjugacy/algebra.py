@@ -213,6 +213,8 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
             lib = T.xp(arr, *ix)
             if lib is np:
                 arr, ix = np.asarray(arr), [np.asarray(x) for x in ix]
+            else:  # a data index (traced): a gather in the data-to-constants program
+                arr = jnp.asarray(arr)
             res = arr[tuple(ix)]
             bshape = np.broadcast_shapes(*[x.shape for x in ix])
             keep = [i for i in range(nq) if bshape[i] != 1]

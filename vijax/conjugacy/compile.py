@@ -141,12 +141,14 @@ def _latent_value(space, name, sup):
 
 
 def trace(model, data):
-    """The closed jaxpr of ``log_joint`` at the canonical point, with checks."""
+    """The closed jaxpr of ``log_joint`` (latents and data abstract), with checks."""
     example = {n: s.canonical_point() for n, s in model.supports.items()}
     shapes = {n: tuple(v.shape) for n, v in example.items()}
     try:
         closed, out_shape = _compat.make_jaxpr(model.log_joint, example, data)
     except KeyError as e:
+        from vijax.inference.checks import raise_data_error
+        raise_data_error(model, data, e)  # a missing data key, not an undeclared latent
         key = e.args[0] if e.args else e
         raise ModelSpecError(
             f"the log joint reads latent {key!r}, which is not declared in supports "
@@ -155,6 +157,8 @@ def trace(model, data):
     except ModelSpecError:
         raise
     except Exception as e:  # re-raise with the shapes it was traced with
+        from vijax.inference.checks import raise_data_error
+        raise_data_error(model, data, e)  # e.g. Python lists as data
         raise ModelSpecError(
             f"tracing the log joint failed with {type(e).__name__}: {e}. It was called with "
             f"latents of shapes {shapes} (declared supports); check that the supports' shapes "
@@ -164,22 +168,27 @@ def trace(model, data):
             not jnp.issubdtype(leaves[0].dtype, jnp.floating):
         desc = [(tuple(l.shape), str(l.dtype)) for l in leaves]
         raise ModelSpecError(f"the log joint must return one float scalar; it returned {desc}")
-    return closed, example
+    return closed
 
 
 def compile_model(model, data) -> Compiled:
-    """Run the compiler: trace, walk, match families, build F.
+    """The compiled form F of ``model`` for ``data``.
 
-    Constants that do not depend on (possibly traced) data are folded eagerly, so the
-    structural decisions (support guards, zero tests, index maps) stay concrete under
-    ``jit`` and ``vmap``.
+    The analysis (trace, walk, match) sees only the data's shapes and dtypes and is
+    cached per model and shapes (:func:`vijax.conjugacy.program.program_for`); the data
+    enter through the program's data-to-constants computation.
     """
-    closed, example = trace(model, data)
-    with jax.ensure_compile_time_eval():
-        return _compile(model, data, closed)
+    from vijax.conjugacy.program import program_for
+    return program_for(model, data).materialize(data)
 
 
-def _compile(model, data, closed) -> Compiled:
+def _compile(model, data, closed, timings=None) -> Compiled:
+    """Walk the jaxpr with ``data`` (abstract values under a trace) and match families.
+
+    Constants the log joint closes over are folded eagerly (``ensure_compile_time_eval``
+    in the caller), so structural decisions are taken on them and on shapes only."""
+    import time
+    t0 = time.perf_counter()
     space = T.Space()
     from vijax.supports import default_float
     dtype = default_float()
@@ -203,5 +212,9 @@ def _compile(model, data, closed) -> Compiled:
         raise ModelSpecError(
             f"latent(s) {unused} are declared in supports but the log joint does not depend "
             "on them. Remove them from supports, or use them in the log joint.")
+    t1 = time.perf_counter()
     infos, const, terms = match(space, model.supports, value, reasons, seen)
+    if timings is not None:
+        timings["walk"] += t1 - t0
+        timings["match"] += time.perf_counter() - t1
     return Compiled(infos, const, terms, space.sizes)

@@ -18,6 +18,9 @@ import numpy as np
 
 from vijax.conjugacy import terms as T
 
+COUNT_REASON = (
+    "count latents (vj.count()) have no conjugate update in this version; marginalize it "
+    "in the log joint, or fit by vj.fit_gradient (a Poisson q, score-function gradients)")
 FAMILY_BY_KIND = {"positive": "Gamma", "unit_interval": "Beta", "simplex": "Dirichlet",
                   "binary": "Bernoulli", "categorical": "Categorical"}
 
@@ -93,6 +96,8 @@ def _classify(sizes, supports, t: T.Term):
                     continue
                 raise _Reject(name, f"'{name}' appears as {name}**{a.power:g}; a positive "
                               "latent may appear as tau, 1/tau or log(tau)", t.src)
+            if kind == "count":  # no family is matched for count latents (see match)
+                raise _Reject(name, COUNT_REASON, t.src)
             allowed = {"unit_interval": ("log", "log1m"), "simplex": ("log",),
                        "binary": ("x",), "categorical": ("onehot",)}[kind]
             if a.stat in allowed and a.power == 1.0:
@@ -196,8 +201,7 @@ def match(space, supports, value, reasons, all_latents):
             inf.family = "InverseGamma" if "inv" in stats else "Gamma"
             inf.stats = ("inv", "log") if "inv" in stats else ("x", "log")
         elif kind == "count":
-            inf.reason = ("count latents have no conjugate update in this version; "
-                          "marginalize them or use a different model")
+            inf.reason = COUNT_REASON
         else:
             inf.family = FAMILY_BY_KIND[kind]
             inf.stats = {"unit_interval": ("log", "log1m"), "simplex": ("log",),
@@ -215,7 +219,8 @@ def match(space, supports, value, reasons, all_latents):
         for name, entry in c.items():
             atoms.append(_final_atom(space.sizes, info[name], entry))
         final.append(T.compress(T.Term(t.consts, tuple(atoms), t.out, t.src), space.sizes))
-    merged = [T.compress(t, space.sizes) for t in merge_terms(space, final)]
+    merged = [_fold_consts(space, T.compress(t, space.sizes), final=True)
+              for t in merge_terms(space, final)]
     shapes = {n: {s: i.stat_shape(s) for s in i.stats} for n, i in info.items() if i.family}
     merged = [t.with_(atoms=tuple(T.as_identity(a, shapes[a.latent][a.stat], space)
                                   for a in t.atoms)) for t in merged]
@@ -254,24 +259,61 @@ def _final_atom(sizes, inf: LatentInfo, entry):
 
 # ----------------------------------------------------------------- merging like terms
 
-def _fold_consts(space, t: T.Term) -> T.Term:
-    """Contract a term's constants together when that does not grow them."""
+def _fold_group(space, group, keep_from, memo):
+    """Contract ``group``'s constants into one over the labels in ``keep_from``, when
+    that does not grow them. Data-derived (traced) groups are memoized on the identity
+    of their operands and their label pattern, so equal products of the same data
+    (``x * x`` in K tabulated copies of a term) are one array, which merging then
+    recognizes as shared rather than stacking it K times."""
+    if len(group) <= 1:
+        return list(group)
+    labs = []
+    for _, ls in group:
+        for l in ls:
+            if l in keep_from and l not in labs:
+                labs.append(l)
+    size = math.prod(space.sizes[l] for l in labs) if labs else 1
+    biggest = max(int(np.prod(jnp.shape(c))) for c, _ in group)
+    if size > biggest:
+        return list(group)
+    key = None
+    if not all(T.is_concrete(c) for c, _ in group):
+        ren = {}
+        for _, ls in group:
+            for l in ls:
+                ren.setdefault(l, len(ren))
+        key = (tuple((id(c), tuple(ren[l] for l in ls)) for c, ls in group),
+               tuple(ren[l] for l in labs))
+        hit = memo.get(key)
+        if hit is not None:
+            return [(hit[0], tuple(labs))]
+    folded = T._einsum(list(group), tuple(labs), space.sizes)
+    if key is not None:
+        memo[key] = (folded, [c for c, _ in group])  # operands kept alive: ids stay valid
+    return [(folded, tuple(labs))]
+
+
+def _fold_consts(space, t: T.Term, final=False) -> T.Term:
+    """Contract a term's constants together when that does not grow them.
+
+    Constants the log joint closes over (concrete) and data-derived ones (traced) are
+    folded separately, so that the data part of like terms stays one shared array;
+    ``final=True`` folds everything into one operand (after merging)."""
     if len(t.consts) <= 1:
         return t
     other = set(t.out)
     for a in t.atoms:
         other.update(a.labels)
-    labs = []
-    for _, ls in t.consts:
-        for l in ls:
-            if l in other and l not in labs:
-                labs.append(l)
-    size = math.prod(space.sizes[l] for l in labs) if labs else 1
-    biggest = max(int(np.prod(jnp.shape(c))) for c, _ in t.consts)
-    if size > biggest:
-        return t
-    folded = T._einsum(list(t.consts), tuple(labs), space.sizes)
-    return t.with_(consts=((folded, tuple(labs)),))
+    memo = space.__dict__.setdefault("fold_memo", {})
+    if final:
+        return t.with_(consts=tuple(_fold_group(space, list(t.consts), other, memo)))
+    conc = [(c, ls) for c, ls in t.consts if T.is_concrete(c)]
+    data = [(c, ls) for c, ls in t.consts if not T.is_concrete(c)]
+    data_labels = {l for _, ls in data for l in ls}
+    conc_labels = {l for _, ls in conc for l in ls}
+    conc = _fold_group(space, conc, other | data_labels, memo)
+    data = _fold_group(space, data, other | conc_labels, memo)
+    return t.with_(consts=tuple(conc) + tuple(data))
 
 
 def _canonical(t: T.Term):
@@ -302,22 +344,41 @@ def _idx_key(a):
 
 
 def _add_same_index(members):
-    """Members reading the same statistic entries: add their (single) constants."""
+    """Members reading the same statistic entries and sharing every constant but one
+    (same object, or equal closed-over constants): add them at that one position."""
     parts = defaultdict(list)
     for m in members:
         parts[tuple(_idx_key(a) for a in m[1])].append(m)
     out = []
     for part in parts.values():
-        if len(part) == 1 or any(len(m[0].consts) > 1 for m in part):
+        if len(part) == 1:
             out.extend(part)
             continue
         t0 = part[0][0]
-        total = None
-        for t, _, _ in part:
-            c = T.host(t.consts[0][0]) if t.consts else np.ones(())
-            total = c if total is None else total + c
-        labels = t0.consts[0][1] if t0.consts else ()
-        out.append((t0.with_(consts=((total, labels),)), part[0][1], part[0][2]))
+        n = len(t0.consts)
+        if n == 0 or any(len(m[0].consts) != n for m in part):
+            out.extend(part)
+            continue
+        differ = [ci for ci in range(n) if not _shared([m[0].consts[ci][0] for m in part])]
+        if len(differ) > 1:
+            out.extend(part)
+            continue
+        consts = list(t0.consts)
+        if not differ:  # identical members: scale a closed-over constant (or add one)
+            conc = [ci for ci in range(n) if T.is_concrete(t0.consts[ci][0])]
+            if conc:
+                c, ls = consts[conc[0]]
+                consts[conc[0]] = (T.host(c) * len(part), ls)
+            else:
+                consts.append((np.asarray(float(len(part))), ()))
+        else:
+            ci = differ[0]
+            total = None
+            for t, _, _ in part:
+                c = T.host(t.consts[ci][0])
+                total = c if total is None else total + c
+            consts[ci] = (total, t0.consts[ci][1])
+        out.append((t0.with_(consts=tuple(consts)), part[0][1], part[0][2]))
     return out
 
 
@@ -350,6 +411,19 @@ def simplify_terms(space, terms):
     return result
 
 
+def _shared(arrs):
+    """Whether ``arrs`` are one value: the same object, or equal closed-over constants
+    (concrete arrays are never data: the analysis sees data only as abstract values)."""
+    first = arrs[0]
+    if all(a is first for a in arrs):
+        return True
+    if all(T.is_concrete(a) for a in arrs):
+        a0 = np.asarray(first)
+        return all(np.shape(a) == a0.shape and np.array_equal(np.asarray(a), a0)
+                   for a in arrs[1:])
+    return False
+
+
 def merge_terms(space, terms):
     """Merge terms of one pattern: add constants (same indices) or stack along a new label."""
     groups = defaultdict(list)
@@ -369,6 +443,9 @@ def merge_terms(space, terms):
         consts = []
         for ci, (c0, ls0) in enumerate(t0.consts):
             arrs = [T.host(m[0].consts[ci][0]) for m in members]
+            if _shared(arrs):  # one array for every member: no stacked copies
+                consts.append((c0, ls0))
+                continue
             stacked = T.xp(*arrs).stack(arrs)
             consts.append((stacked, (s,) + ls0))
         atoms = []

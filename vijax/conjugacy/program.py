@@ -1,0 +1,185 @@
+"""A model analysed once for data of given shapes: the compiled program.
+
+``vj.compile(model, data_like)`` traces the log joint, walks its jaxpr and matches
+families with the data as **abstract values** (shapes and dtypes, never values). What the
+walk does to the data (products such as ``x^2`` or ``X^T X``, one-hot tables of index
+data) is recorded as a small jaxpr, ``data -> constants of F``, compiled by XLA once.
+For any data set of the same shapes, :meth:`Program.materialize` runs that jaxpr and
+returns the :class:`~vijax.conjugacy.compile.Compiled` form ``F`` (no new analysis, no
+new XLA compile). Every fitter accepts a program in place of a model, and
+:func:`program_for` caches programs by (model, data shapes and dtypes), so a second fit
+on new data of the same shapes neither walks nor compiles again.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax import _compat
+from vijax.errors import NonConjugateError
+from vijax.supports import default_float
+
+
+def data_spec(data):
+    """The data pytree as ``jax.ShapeDtypeStruct`` leaves (shapes and dtypes only)."""
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        aval = getattr(x, "aval", None)
+        if aval is not None:
+            return jax.ShapeDtypeStruct(tuple(aval.shape), aval.dtype)
+        return jax.ShapeDtypeStruct(tuple(np.shape(x)), jnp.result_type(x))
+    return jax.tree_util.tree_map(one, data)
+
+
+def _spec_key(spec):
+    leaves, treedef = jax.tree_util.tree_flatten(spec)
+    return treedef, tuple((tuple(l.shape), np.dtype(l.dtype).name) for l in leaves)
+
+
+class Program:
+    """The analysis of one model for data of one set of shapes and dtypes.
+
+    Attributes:
+        model: the :class:`vijax.Model`.
+        spec: the data pytree as ``jax.ShapeDtypeStruct`` leaves.
+        infos: latent -> :class:`~vijax.conjugacy.matching.LatentInfo` (family,
+            statistics, or the reason it is not conjugate, with the source line).
+        timings: seconds spent in ``trace`` (the log joint to a jaxpr), ``walk`` (the
+            rule table), ``match`` (families, like-term merging) and ``xla_compile``
+            (the data-to-constants program; filled in on first use).
+    """
+
+    def __init__(self, model, spec, infos, treedef, closed, timings):
+        self.model = model
+        self.spec = spec
+        self.infos = infos
+        self.timings = timings
+        self._treedef = treedef
+        self._jaxpr = closed.jaxpr
+        self._consts = [jnp.asarray(c) for c in closed.consts]  # on the device once
+        self._data_def = jax.tree_util.tree_structure(spec)
+        self._fn = jax.jit(self._evaluate)
+        self._exe = None
+
+    # ------------------------------------------------------------------ analysis
+    @property
+    def conjugate(self) -> bool:
+        return all(i.family is not None for i in self.infos.values())
+
+    def require_conjugate(self, names=None):
+        """Raise :class:`NonConjugateError` for the first latent without a family."""
+        for n in (names or self.infos):
+            inf = self.infos[n]
+            if inf.family is None:
+                raise NonConjugateError(
+                    f"latent '{n}' has no conjugate update: {inf.reason}. Use "
+                    "vj.fit_gradient(model, data, key) for this model, or rewrite that term.",
+                    latent=n, primitive=inf.primitive, source=inf.source)
+
+    @property
+    def analysis_s(self) -> float:
+        return float(sum(v for v in self.timings.values() if v is not None))
+
+    def __repr__(self):
+        fams = {n: i.family for n, i in self.infos.items()}
+        return f"Program({self.model!r}, families={fams})"
+
+    # ------------------------------------------------------------------ data
+    def _evaluate(self, consts, leaves):
+        return _compat.eval_jaxpr(self._jaxpr, consts, *leaves)
+
+    def _check(self, data):
+        leaves, treedef = jax.tree_util.tree_flatten(data)
+        if treedef != self._data_def:
+            raise _mismatch(f"data has structure {treedef}, the program was compiled for "
+                            f"{self._data_def}")
+        specs = jax.tree_util.tree_leaves(self.spec)
+        out = []
+        for i, (x, s) in enumerate(zip(leaves, specs)):
+            shape = tuple(x.aval.shape) if hasattr(x, "aval") else tuple(np.shape(x))
+            if shape != tuple(s.shape):
+                raise _mismatch(f"data leaf {i} has shape {shape}, the program was compiled "
+                                f"for {tuple(s.shape)}")
+            out.append(x if _compat.is_tracer(x) else jnp.asarray(x, s.dtype))
+        return out
+
+    def materialize(self, data):
+        """The compiled form ``F`` for ``data`` (same shapes as the program's spec)."""
+        leaves = self._check(data)
+        if any(_compat.is_tracer(l) for l in leaves):
+            out = self._fn(self._consts, leaves)
+        else:
+            if self._exe is None:
+                t0 = time.perf_counter()
+                self._exe = self._fn.lower(self._consts, leaves).compile()
+                self.timings["xla_compile"] = time.perf_counter() - t0
+            out = self._exe(self._consts, leaves)
+        return jax.tree_util.tree_unflatten(self._treedef, out)
+
+
+def _mismatch(msg):
+    from vijax.errors import DataError
+    return DataError(msg + "; compile a program for these shapes with vj.compile(model, data)")
+
+
+def build(model, data) -> Program:
+    """Analyse ``model`` for data shaped like ``data`` (arrays or ShapeDtypeStructs)."""
+    from vijax.conjugacy.compile import _compile, trace
+    spec = data_spec(data)
+    timings = {"trace": 0.0, "walk": 0.0, "match": 0.0, "xla_compile": None}
+    t0 = time.perf_counter()
+    closed = trace(model, spec)
+    timings["trace"] = time.perf_counter() - t0
+    leaves_spec, data_def = jax.tree_util.tree_flatten(spec)
+    box = {}
+
+    def run(*leaves):
+        d = jax.tree_util.tree_unflatten(data_def, leaves)
+        with jax.ensure_compile_time_eval():
+            comp = _compile(model, d, closed, timings)
+        out, box["treedef"] = jax.tree_util.tree_flatten(comp)
+        box["infos"] = comp.infos
+        return out
+
+    staged = jax.make_jaxpr(run)(*leaves_spec)
+    return Program(model, spec, box["infos"], box["treedef"], staged, timings)
+
+
+def _model_key(model):
+    return (model.log_joint, tuple(sorted(model.supports.items())),
+            tuple(tuple(b) for b in model.blocks))
+
+
+_CACHE: "collections.OrderedDict[Any, Program]" = collections.OrderedDict()
+_CACHE_SIZE = 64
+
+
+def program_for(model_or_program, data) -> Program:
+    """The cached program of ``model`` for data of these shapes (built on first use).
+
+    A :class:`Program` passed in is returned as it is (after a shape check on use)."""
+    if isinstance(model_or_program, Program):
+        return model_or_program
+    model = model_or_program
+    key = (_model_key(model), _spec_key(data_spec(data)), str(default_float()))
+    prog = _CACHE.get(key)
+    if prog is not None:
+        _CACHE.move_to_end(key)
+        return prog
+    prog = build(model, data)
+    _CACHE[key] = prog
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return prog
+
+
+def clear_cache():
+    """Forget every cached program (they are rebuilt on next use)."""
+    _CACHE.clear()
