@@ -20,6 +20,7 @@ import numpy as np
 from vijax import _compat
 from vijax.errors import (ArgumentTypeError, DataError, InvalidParameterError,
                           ModelSpecError)
+from vijax.model import check_data
 
 
 # ------------------------------------------------------------------ fit options
@@ -138,6 +139,14 @@ def _number_lists(data, path="data"):
     return []
 
 
+def raise_data_error(model, data, exc):
+    """Raise a :class:`DataError` (from ``exc``) when tracing the log joint failed because
+    of the data; return otherwise (the caller reports ``exc``)."""
+    err = trace_failure(model, data, exc)
+    if err is not None:
+        raise err from exc
+
+
 def trace_failure(model, data, exc):
     """A data error explaining why tracing the log joint failed, or None.
 
@@ -225,6 +234,7 @@ def check_log_joint_on_data(model, data):
     """
     if not _concrete(data):
         return
+    check_data(data)  # NaN/Inf first: they have their own message
     pts = _support_points(model.supports)
     try:
         vals = np.asarray(_batched(model.log_joint)(pts, data))
@@ -234,12 +244,12 @@ def check_log_joint_on_data(model, data):
         return
     z0 = {n: v[0] for n, v in pts.items()}
     density, line = _first_nonfinite(model.log_joint, z0, data)
-    where = (f" ({density}" if density else " (") + (f" at {line})" if line else ")")
+    where = " (" + " at ".join(p for p in (density, line) if p) + ")"
     where = "" if where == " ()" else where
     leaf = _culprit_leaf(model.log_joint, z0, data)
     if leaf is not None:
         path, bad = leaf
-        raise DataError(f"data leaf {path} has values outside the support of the density that "
+        raise DataError(f"{path} has values outside the support of the density that "
                         f"reads it{where}: e.g. {bad}. The log joint is {vals[0]} at every "
                         "latent value; fix or remove those observations")
     raise InvalidParameterError(
@@ -267,19 +277,19 @@ def _culprit_leaf(log_joint, z0, data):
         ok = np.isfinite(np.asarray(jax.jit(jax.vmap(at))(jnp.asarray(cands, arr.dtype))))
         if ok.any() and not ok.all():
             bad = cands[~ok][:5].tolist()
-            return jax.tree_util.keystr(path) or "data", bad
+            return "data" + jax.tree_util.keystr(path), bad
     return None
 
 
 def _first_nonfinite(log_joint, z0, data):
-    """(density, user's file:line) of the first equation that turns finite inputs into a
-    non-finite output, entering nested calls; (None, None) if none is found."""
+    """(density, user's file:line) of the operation where the log joint's non-finite value
+    arises, entering nested calls; (None, None) if it cannot be located."""
     try:
         closed, _ = _compat.make_jaxpr(log_joint, z0, data)
         jaxpr, consts = _compat.open_jaxpr(closed)
         args = jax.tree_util.tree_leaves((z0, data))
         with jax.ensure_compile_time_eval():
-            return _scan(jaxpr, consts, args)
+            return _origin(jaxpr, consts, args)
     except Exception:  # noqa: BLE001 - a locator: best effort, the caller still raises
         return None, None
 
@@ -289,8 +299,11 @@ def _finite(x):
     return a.dtype.kind not in "fc" or bool(np.all(np.isfinite(a)))
 
 
-def _scan(jaxpr, consts, args):
-    env = {}
+def _origin(jaxpr, consts, args):
+    """Evaluate ``jaxpr``, then follow non-finite values back from its output to the
+    equation none of whose variable inputs is non-finite (literal inputs such as the
+    ``-inf`` of a support guard do not count): that equation makes the value."""
+    env, producer = {}, {}
 
     def read(v):
         return _compat.literal_value(v) if _compat.is_literal(v) else env[v]
@@ -299,19 +312,28 @@ def _scan(jaxpr, consts, args):
     for v, a in zip(jaxpr.invars, args):
         env[v] = a
     for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        outs = _compat.bind_eqn(eqn, ins)
+        outs = _compat.bind_eqn(eqn, [read(v) for v in eqn.invars])
         outs = outs if eqn.primitive.multiple_results else [outs]
-        if all(_finite(a) for a in ins) and not all(_finite(o) for o in outs):
-            try:
-                inner = _scan(*_compat.sub_jaxpr(eqn), ins)
-                if inner != (None, None):
-                    return inner
-            except KeyError:
-                pass
-            return _describe(eqn)
         for v, o in zip(eqn.outvars, outs):
-            env[v] = o
+            env[v], producer[v] = o, eqn
+    bad = [v for v in jaxpr.outvars if not _compat.is_literal(v) and not _finite(env[v])]
+    seen = set()
+    while bad:
+        v = bad.pop()
+        eqn = producer.get(v)
+        if eqn is None or id(eqn) in seen:
+            continue
+        seen.add(id(eqn))
+        ins = [u for u in eqn.invars if not _compat.is_literal(u) and not _finite(env[u])]
+        if ins:
+            bad.extend(ins)
+            continue
+        density, line = _describe(eqn)
+        try:
+            inner = _origin(*_compat.sub_jaxpr(eqn), [read(u) for u in eqn.invars])
+        except KeyError:
+            inner = (None, None)
+        return inner[0] or density, inner[1] or line
     return None, None
 
 
@@ -326,4 +348,35 @@ def _describe(eqn):
 
 
 __all__ = ["check_positive_int", "check_tol", "check_key", "check_optimizer", "check_order",
-           "trace_failure", "check_log_joint_on_data"]
+           "trace_failure", "raise_data_error", "check_log_joint_on_data"]
+
+
+# ------------------------------------------------- one call per entry point
+def check_cavi_args(model, data, key, tol, max_iters, order):
+    """The checks of :func:`vijax.cavi` before compiling (order may be None)."""
+    check_positive_int("max_iters", max_iters)
+    check_tol("tol", tol)
+    if key is not None:
+        check_key(key)
+    if order is not None:
+        check_order(order, model.supports)
+    check_log_joint_on_data(model, data)
+
+
+def check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol, chunk):
+    """The checks of :func:`vijax.fit_gradient` before compiling (optimizer may be None)."""
+    check_key(key)
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    for name, v in (("num_samples", num_samples), ("num_steps", num_steps), ("chunk", chunk)):
+        check_positive_int(name, v)
+    check_tol("tol", tol)
+    check_log_joint_on_data(model, data)
+
+
+def check_em_run_args(key, max_iters, tol):
+    """The checks of :meth:`vijax.PreparedEM.run` (EM accepts ``max_iters=0``)."""
+    check_positive_int("max_iters", max_iters, minimum=0)
+    check_tol("tol", tol)
+    if key is not None:
+        check_key(key)

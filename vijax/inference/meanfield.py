@@ -17,8 +17,11 @@ from vijax import families as fam_mod
 from vijax.errors import ModelSpecError
 
 
+#: q family by support for latents the compiler gives no family (gradient path); a count
+#: latent gets a Poisson q (no reparameterization: score-function gradients)
 DEFAULT_FAMILY = {"real": "Normal", "positive": "Gamma", "unit_interval": "Beta",
-                  "simplex": "Dirichlet", "binary": "Bernoulli", "categorical": "Categorical"}
+                  "simplex": "Dirichlet", "binary": "Bernoulli", "categorical": "Categorical",
+                  "count": "Poisson"}
 
 
 def family_class(info):
@@ -35,7 +38,7 @@ def families_of(compiled):
 
 def variational_infos(model, compiled):
     """Per latent, the q family: the compiler's where conjugate, else a default by support
-    (Normal, Gamma, Beta, Dirichlet, Bernoulli, Categorical)."""
+    (Normal, Gamma, Beta, Dirichlet, Bernoulli, Categorical, Poisson)."""
     import dataclasses
     from vijax.conjugacy.matching import LatentInfo
     out = {}
@@ -80,7 +83,7 @@ def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
 
     Normal and dense Gaussian: unit variance around small random means; Gamma and
     inverse Gamma: mean 1; Beta, Dirichlet: uniform; Categorical and Bernoulli: random
-    probabilities (symmetry breaking for mixtures).
+    probabilities (symmetry breaking for mixtures); Poisson: rate 1.
     """
     out = {}
     for n, inf in _infos(compiled).items():
@@ -114,6 +117,8 @@ def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
             q = cls.from_probs(p)
         elif f == "Bernoulli":
             q = cls.from_probs(jax.random.uniform(k, shp, dtype, 0.2, 0.8))
+        elif f == "Poisson":
+            q = cls.from_rate(jnp.ones(shp, dtype))
         else:  # pragma: no cover - the compiler only picks the families above
             raise ModelSpecError(f"no default initialization for family {f}")
         out[n] = {s: jnp.asarray(v, dtype) for s, v in q.natural.items()}
