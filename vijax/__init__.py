@@ -19,13 +19,14 @@ from vijax.inference.laplace import LaplaceResult, laplace
 from vijax.inference.gradient import fit_gradient
 from vijax.inference.result import FitResult
 from vijax.model import Analysis, Model, analyze
+from vijax.conjugacy.program import Program, compile
 from vijax.supports import (Support, binary, categorical, count, positive, real, simplex,
                             unit_interval)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "analyze", "Analysis", "cavi", "CaviResult", "FitResult", "fit_gradient",
+    "Model", "analyze", "Analysis", "compile", "Program", "cavi", "CaviResult", "FitResult", "fit_gradient",
     "compare", "Comparison", "em", "EMResult", "prepare_em", "PreparedEM", "laplace", "LaplaceResult",
     "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
     "ReverseKLFit",

@@ -87,13 +87,19 @@ class Analysis:
         families: latent -> family class from :mod:`vijax.families` (None if not conjugate).
         reasons: latent -> why it is not conjugate (with the source line).
         statistics: latent -> the sufficient statistics the log joint uses.
-        compiled: the compiled multilinear form (``compiled.F``).
+        compiled: the compiled multilinear form (``compiled.F``) for the data given, or
+            None when only shapes were given (``jax.ShapeDtypeStruct`` leaves).
+        program: the :class:`~vijax.conjugacy.program.Program` (reusable for any data of
+            these shapes; every fitter accepts it in place of the model).
+        timings: analysis seconds: ``trace``, ``walk``, ``match``, ``xla_compile``.
     """
 
     families: dict
     reasons: dict
     statistics: dict
     compiled: object
+    program: object = None
+    timings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def conjugate(self):
@@ -101,7 +107,8 @@ class Analysis:
 
     def __str__(self):
         lines = ["latent        support               family               statistics"]
-        for n, inf in self.compiled.infos.items():
+        infos = self.program.infos if self.program is not None else self.compiled.infos
+        for n, inf in infos.items():
             fam = inf.family or "NOT CONJUGATE"
             if inf.family == "MultivariateNormal":
                 fam += f"(event={inf.event_size})"
@@ -109,6 +116,9 @@ class Analysis:
                          f"{', '.join(inf.stats) if inf.family else ''}")
         for n, r in self.reasons.items():
             lines.append(f"  {n}: {r}")
+        if self.timings:
+            lines.append("analysis: " + ", ".join(
+                f"{k} {v:.3f} s" for k, v in self.timings.items() if v is not None))
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -117,16 +127,21 @@ class Analysis:
 def analyze(model: Model, data) -> Analysis:
     """Run the conjugacy compiler and report, per latent, the family or the reason not.
 
-    Does not raise for non-conjugacy (inference routines do).
+    ``data`` may be arrays or ``jax.ShapeDtypeStruct`` leaves: the analysis reads only
+    shapes and dtypes, and is cached per model and shapes. Does not raise for
+    non-conjugacy (inference routines do).
     """
     from vijax import families
-    from vijax.conjugacy.compile import compile_model
-    check_data(data)
-    comp = compile_model(model, data)
+    from vijax.conjugacy.program import is_abstract, program_for
+    abstract = is_abstract(data)
+    if not abstract:
+        check_data(data)
+    prog = program_for(model, data)
+    comp = None if abstract else prog.materialize(data)
     fams, reasons, stats = {}, {}, {}
-    for n, inf in comp.infos.items():
+    for n, inf in prog.infos.items():
         fams[n] = getattr(families, inf.family) if inf.family else None
         if inf.reason:
             reasons[n] = inf.reason
         stats[n] = tuple(inf.stats)
-    return Analysis(fams, reasons, stats, comp)
+    return Analysis(fams, reasons, stats, comp, prog, dict(prog.timings))

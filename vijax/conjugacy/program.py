@@ -38,6 +38,27 @@ def data_spec(data):
     return jax.tree_util.tree_map(one, data)
 
 
+def is_abstract(data) -> bool:
+    """Whether ``data`` has ``jax.ShapeDtypeStruct`` leaves (shapes without values)."""
+    return any(isinstance(l, jax.ShapeDtypeStruct) for l in jax.tree_util.tree_leaves(data))
+
+
+def compile(model, data_like) -> "Program":  # noqa: A001 - the public name vj.compile
+    """Analyse ``model`` once for data shaped like ``data_like`` (arrays or
+    ``jax.ShapeDtypeStruct`` leaves) and return the reusable :class:`Program`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, vijax as vj
+        >>> from jax.scipy import stats
+        >>> m = vj.Model(lambda z, x: stats.norm.logpdf(z["mu"]) +
+        ...              stats.norm.logpdf(x, z["mu"]).sum(), {"mu": vj.real()})
+        >>> prog = vj.compile(m, jax.ShapeDtypeStruct((5,), jnp.float32))
+        >>> prog.infos["mu"].family
+        'Normal'
+    """
+    return program_for(model, data_like)
+
+
 def _spec_key(spec):
     leaves, treedef = jax.tree_util.tree_flatten(spec)
     return treedef, tuple((tuple(l.shape), np.dtype(l.dtype).name) for l in leaves)
@@ -67,6 +88,22 @@ class Program:
         self._data_def = jax.tree_util.tree_structure(spec)
         self._fn = jax.jit(self._evaluate)
         self._exe = None
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def log_joint(self):
+        return self.model.log_joint
+
+    @property
+    def supports(self):
+        return self.model.supports
+
+    @property
+    def blocks(self):
+        return self.model.blocks
+
+    def __call__(self, latents, data):
+        return self.model.log_joint(latents, data)
 
     # ------------------------------------------------------------------ analysis
     @property
