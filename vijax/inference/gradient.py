@@ -29,7 +29,9 @@ import optax
 from vijax import _compat
 from vijax.conjugacy.compile import compile_model, point_statistics
 from vijax.errors import FitDivergedError, ModelSpecError, UnsupportedPrimitiveError
+from vijax.inference import checks
 from vijax.inference import meanfield as mf
+from vijax.inference.fingerprint import Static
 from vijax.inference.result import FitResult
 from vijax.model import check_data
 
@@ -191,6 +193,7 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     Raises:
         FitDivergedError: the ELBO became non-finite; carries the last finite state.
     """
+    checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol, chunk)
     compiled, infos, estimator = _prepare(model, data, estimator)
     if natural_gradient and estimator != "exact":
         raise ModelSpecError("natural_gradient=True needs the exact estimator (every latent "
@@ -208,7 +211,8 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     n_chunks = max(1, math.ceil(num_steps / chunk))
     state = GradState(params0, optimizer.init(params0), k_run, jnp.asarray(0), params0,
                       jnp.asarray(-1))
-    cfg = (model, tuple(infos.items()), estimator, num_samples, optimizer, chunk,
+    # the optimizer by fingerprint: a freshly built optax.adam(1e-2) reuses the compile
+    cfg = (model, tuple(infos.items()), estimator, num_samples, Static(optimizer), chunk,
            natural_gradient)
     run_chunk = lambda st: _run_chunk(st, compiled, data, cfg)  # noqa: E731
     traced = _compat.is_tracer(key) or any(_compat.is_tracer(l) for l in jax.tree_util.tree_leaves(data))
@@ -257,8 +261,10 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
 
 def _run_chunk(state, compiled, data, cfg):
     """``chunk`` steps; arrays are arguments and the configuration is static, so a second
-    fit of the same model (same optimizer object) with new data reuses the compilation."""
+    fit of the same model (an optimizer of the same kind and hyper-parameters) with new
+    data of the same shapes reuses the compilation."""
     model, infos, estimator, num_samples, optimizer, chunk, natural_gradient = cfg
+    optimizer = optimizer.value
     infos = dict(infos)
     obj = Objective(model, data, compiled, infos, estimator, num_samples)
     return _chunk_fn(obj, optimizer, chunk, natural_gradient, mf.families_of(infos))(state)
