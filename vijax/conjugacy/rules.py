@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy import discrete
+from vijax.conjugacy import discrete, intervals
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.algebra import (
     _dtype, _fresh_inner, _identity_index, _nonlinear, _operand, _shape, broadcast_sym,
@@ -221,7 +221,11 @@ def _select_n(w, eqn, invals):
     if is_symbolic(pred):
         if discrete.discrete_latents(w, [pred]):
             return discrete.tabulate(w, eqn, invals)
-        pred = w.point(pred)
+        const = intervals.constant_index(w, pred)
+        if const is None:  # the case taken varies over the support: not conjugate
+            return _nonlinear(w, eqn, invals, "select_n on a predicate that depends on the "
+                              "value of a latent")
+        pred = const
     pred = w.concrete(pred)
     shape = _shape(eqn)
     if T.is_concrete(pred):

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.conjugacy import discrete
+from vijax.conjugacy import discrete, intervals
 from vijax.conjugacy import terms as T
-from vijax.conjugacy.algebra import (_dtype, _identity_index, _operand, _shape, broadcast_sym,
-                                     reindex_sym)
+from vijax.conjugacy.algebra import (_dtype, _identity_index, _nonlinear, _operand, _shape,
+                                     broadcast_sym, reindex_sym)
 from vijax.conjugacy.walker import Poison, is_sym, is_symbolic, register
 
 
@@ -30,7 +30,11 @@ def _cond(w, eqn, invals):
     if is_symbolic(index):
         if discrete.discrete_latents(w, [index]):
             return discrete.tabulate(w, eqn, invals)
-        index = w.point(index)
+        const = intervals.constant_index(w, index)
+        if const is None:  # the branch taken varies over the support: not conjugate
+            return _nonlinear(w, eqn, invals, "the branch of a cond depends on the value of "
+                              "a latent; a branch on a continuous latent has no conjugate form")
+        index = const
     index = w.concrete(index)
     if not T.is_concrete(index):
         raise _compat_error(eqn, "a cond whose branch depends on traced data")
@@ -115,7 +119,13 @@ def _while(w, eqn, invals):
     for _ in range(100000):
         (keep,) = w.walk(cj, cconsts, list(cvals) + carry)
         if is_symbolic(keep):
-            keep = w.point(keep)
+            const = intervals.constant_index(w, keep)
+            if const is None:  # the trip count varies over the support: not conjugate
+                detail = ("the condition of a while loop depends on the value of a latent; "
+                          "a data-dependent trip count has no conjugate form")
+                return [w.poison("while", list(invals) + [keep], w.point(c), detail)
+                        for c in carry]
+            keep = const
         keep = w.concrete(keep)
         if not T.is_concrete(keep):
             raise _compat_error(eqn, "a while loop whose trip count depends on traced data")

@@ -203,6 +203,14 @@ def _nonlinear_rule(w, eqn, invals):
     name = eqn.primitive.name
     if name == "stop_gradient":
         return invals[0]
+    if name == "abs" and is_sym(invals[0]):  # |s| = s or -s when s has one sign everywhere
+        from vijax.conjugacy import intervals
+        r = intervals.value_range(w, invals[0])
+        if not r.nan and r.lo >= 0:
+            return invals[0]
+        if not r.nan and r.hi <= 0:
+            return T.Sym(invals[0].shape, invals[0].dtype,
+                         tuple(T.scale_term(t, -1.0) for t in invals[0].terms))
     if name == "max" or name == "min":
         return _nonlinear(w, eqn, invals, f"{name} of a latent-dependent value")
     return _nonlinear(w, eqn, invals, f"{name} of a latent-dependent value is not multilinear "

@@ -6,7 +6,8 @@ Values in the environment are one of
 - :class:`Lazy`, a constant ``broadcast_in_dim`` kept unmaterialized,
 - :class:`~vijax.conjugacy.terms.Sym`, a latent-dependent sum of einsum terms,
 - :class:`Poison`, a latent-dependent value with no multilinear form (the reason is
-  kept, with its value at the canonical point so that support guards still resolve).
+  kept, with its value at the canonical point, carried along but never used to decide:
+  a predicate on a Poison is refused, see :mod:`vijax.conjugacy.intervals`).
 
 Equations whose inputs are all constant are evaluated as JAX would (constant folding).
 Equations with a latent input go to the rule registered for their primitive in
@@ -27,7 +28,8 @@ from vijax.conjugacy import terms as T
 from vijax.errors import UnsupportedPrimitiveError
 
 RULES: Dict[str, Callable] = {}
-# primitives whose result is only used to decide a branch (evaluated at the support's point)
+# predicates and piecewise-constant functions: resolved only when provably the same at
+# every point of the declared support (vijax.conjugacy.intervals), else non-conjugate
 PREDICATES = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite", "and", "or", "not", "xor",
               "sign", "floor", "ceil", "round"}
 # linear in their (single symbolic) operand, applied to a Poison's parts separately
@@ -235,14 +237,16 @@ class Walker:
 
     def eval_predicate(self, eqn, invals):
         from vijax.conjugacy import discrete
+        from vijax.conjugacy import intervals
         if discrete.discrete_latents(self, invals):
             return discrete.tabulate(self, eqn, invals)
-        return _compat.bind_eqn(eqn, [self.point(v) for v in invals])
+        return intervals.resolve_predicate(self, eqn, invals)
 
     def eval_poisoned(self, eqn, invals):
         name = eqn.primitive.name
         if name in PREDICATES:
-            return _compat.bind_eqn(eqn, [self.point(v) for v in invals])
+            from vijax.conjugacy import intervals
+            return intervals.resolve_predicate(self, eqn, invals)
         if name in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
                     "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"):
             return RULES[name](self, eqn, invals)
