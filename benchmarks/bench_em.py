@@ -101,7 +101,7 @@ def run(n=100_000, d=10, k=10, iters=30, dtype="float64", seed=0, repeats=3) -> 
     analysis_s = time.perf_counter() - t
 
     def vj_fit(m):
-        fit = prep.run(params, max_iters=m, tol=0.0)
+        fit = prep.run(params, max_iters=m, tol=0.0, reg_covar=0.0)
         jax.block_until_ready((fit.params, fit.elbo))
         return fit
 

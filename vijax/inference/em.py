@@ -34,6 +34,7 @@ same numbers; ``diagnostics["path"]`` says which ran.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -42,11 +43,12 @@ import optax
 
 from vijax import _compat
 from vijax.conjugacy.compile import point_statistics
-from vijax.errors import FitDivergedError, ModelSpecError
+from vijax.errors import ConvergenceWarning, FitDivergedError, ModelSpecError
 from vijax.inference import cavi
 from vijax.inference import meanfield as mf
 from vijax.inference.em_forms import _backend, _is_exact, factored_form
 from vijax.model import check_data
+from vijax.inference import checks
 from vijax.supports import Support, real
 
 
@@ -149,13 +151,15 @@ class _Knobs(NamedTuple):
     m_steps: Any
     m_tol: Any
     e_step_iters: Any
+    reg_covar: Any = None  # one scalar per parameter leaf (see em's reg_covar)
 
 
 def _param_support(sup, value, where):
     """The support of one parameter leaf, its shape taken from the value."""
     value = jnp.asarray(value)
     if isinstance(sup, str):
-        sup = Support(sup, (), 2 if sup == "simplex" else None)
+        k = value.shape[-1] if value.ndim and value.shape[-1] >= 2 else 2
+        sup = Support(sup, (), k if sup == "simplex" else None)
     if not isinstance(sup, Support):
         raise ModelSpecError(f"param_supports{where} must be a vijax support such as "
                              f"vj.positive(), got {sup!r}")
@@ -166,7 +170,18 @@ def _param_support(sup, value, where):
         if value.ndim < 1 or value.shape[-1] < 2:
             raise ModelSpecError(f"parameter{where} is declared simplex but has shape "
                                  f"{value.shape}; the last axis must hold K >= 2 entries")
+        declared = tuple(sup.shape) + (sup.num_categories,)
+        if value.shape[-1] != sup.num_categories or (
+                sup.shape and tuple(sup.shape) != value.shape[:-1]):
+            raise ModelSpecError(
+                f"parameter{where} has shape {value.shape} but its support {sup} has value "
+                f"shape {declared}{' (or (..., K))' if not sup.shape else ''}; make the "
+                "parameter and its declared support agree")
         return Support("simplex", value.shape[:-1], value.shape[-1])
+    # a declared shape () means "the shape of the value"; any other must match it
+    if sup.shape and tuple(sup.shape) != value.shape:
+        raise ModelSpecError(f"parameter{where} has shape {value.shape} but its support "
+                             f"{sup} declares shape {tuple(sup.shape)}; make them agree")
     return Support(sup.kind, value.shape)
 
 
@@ -191,7 +206,102 @@ def _flatten_params(params, param_supports):
     return out_sups, values, treedef
 
 
-# ----------------------------------------------------------------------------- E-step
+# ------------------------------------------------------- parameters used off their support
+
+_INTERVAL = {"real": (-float("inf"), float("inf")), "positive": (0.0, float("inf")),
+             "unit_interval": (0.0, 1.0), "simplex": (0.0, 1.0)}
+# the primitives' domains: the argument must be >= this (log 0 = -inf is allowed: a
+# simplex entry can be 0)
+_DOMAIN_LO = {"log": 0.0, "log1p": -1.0, "sqrt": 0.0, "rsqrt": 0.0}
+_VIEWS = ("gather", "dynamic_slice", "slice", "reshape", "broadcast_in_dim", "squeeze",
+          "expand_dims", "transpose", "convert_element_type", "copy", "copy_p",
+          "reduce_precision")
+
+
+def _check_param_domains(cfg, leaves, data):
+    """Refuse a parameter whose declared support (real by default) is wider than the
+    domain of a function applied to it in the log joint: ``log w``, ``sqrt(tau)``,
+    ``log(1 - p)`` of a view of the parameter (an index, slice, reshape, sign flip or
+    shift by a constant). The M-step would move it where the log joint is undefined, or
+    (``jnp.log(w)[z]`` with ``w`` real) where the likelihood grows without bound. Only
+    what is provable is inferred: the support is never widened or narrowed silently; the
+    user declares it."""
+    ys = {n: jnp.asarray(s.canonical_point()) for n, s in cfg.supports}
+    names = None
+
+    def f(theta):
+        return cfg.log_joint(cfg.unflatten(theta), ys, data)
+
+    try:
+        closed = jax.make_jaxpr(f)([jnp.asarray(v) for v in leaves])
+    except Exception:  # noqa: BLE001 - the compiler reports tracing failures itself
+        return
+    jaxpr, _ = _compat.open_jaxpr(closed)
+    env = {}
+    for i, (v, sup) in enumerate(zip(jaxpr.invars, cfg.param_supports)):
+        env[v] = (i, *_INTERVAL.get(sup.kind, (-float("inf"), float("inf"))))
+
+    def const(a):
+        if _compat.is_literal(a):
+            val = jnp.asarray(_compat.literal_value(a))
+            if val.size == 1:
+                return float(val.reshape(()))
+        return None
+
+    def walk(jaxpr, env):
+        for eqn in jaxpr.eqns:
+            prim = eqn.primitive.name
+            ins = [env.get(a) if not _compat.is_literal(a) else None for a in eqn.invars]
+            if not any(x is not None for x in ins):
+                continue
+            if prim in _DOMAIN_LO and ins[0] is not None:
+                i, lo, _ = ins[0]
+                if lo < _DOMAIN_LO[prim]:
+                    nonlocal names
+                    if names is None:
+                        from vijax.inference.em_forms import _param_names
+                        names = _param_names(cfg)
+                    src = _compat.source_line(eqn)
+                    raise ModelSpecError(
+                        f"{names[i]} is declared {cfg.param_supports[i].kind} (the default "
+                        "when param_supports does not name it) but the log joint applies "
+                        f"{prim} to it{' at ' + src if src else ''}, which is defined only "
+                        f"for arguments >= {_DOMAIN_LO[prim]:g}: the M-step would leave "
+                        "the domain or drift without bound. Declare its support in "
+                        "param_supports (vj.simplex(K) for weights, vj.positive() for "
+                        "precisions or scales, vj.unit_interval() for probabilities).")
+            elif prim in _VIEWS and ins[0] is not None:
+                for o in eqn.outvars:
+                    env[o] = ins[0]
+            elif prim == "neg":
+                i, lo, hi = ins[0]
+                env[eqn.outvars[0]] = (i, -hi, -lo)
+            elif prim in ("add", "sub", "mul") and len(ins) == 2:
+                k = 0 if ins[0] is not None else 1
+                c = const(eqn.invars[1 - k])
+                if ins[1 - k] is not None or c is None:
+                    continue
+                i, lo, hi = ins[k]
+                if prim == "add":
+                    env[eqn.outvars[0]] = (i, lo + c, hi + c)
+                elif prim == "sub":
+                    env[eqn.outvars[0]] = ((i, lo - c, hi - c) if k == 0
+                                           else (i, c - hi, c - lo))
+                elif c > 0:
+                    env[eqn.outvars[0]] = (i, lo * c, hi * c)
+            elif prim in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
+                          "custom_vjp_call", "remat", "checkpoint"):
+                try:
+                    sub, _ = _compat.sub_jaxpr(eqn)
+                except KeyError:
+                    continue
+                inner = {sv: x for sv, x in zip(sub.invars, ins) if x is not None}
+                walk(sub, inner)
+
+    walk(jaxpr, env)
+
+
+# ----------------------------------------------------------------------------- E-step# ----------------------------------------------------------------------------- E-step
 
 def _families(be):
     return {n: mf.family_class(i) for n, i in be.y_infos.items()}
@@ -312,15 +422,23 @@ def _m_step(cfg, knobs, be, mu, u, modes):
     decreased. Returns ``(u, accepted, steps)``."""
     theta_ref = cfg.theta(u)
     reduced = be.reduce(mu)
-    q = be.Q(reduced, theta_ref)
+    q_plain = be.Q(reduced, theta_ref)
+    dt = jnp.result_type(*u, float)
+    reg = (knobs.reg_covar if knobs.reg_covar is not None
+           else [jnp.zeros((), dt)] * len(theta_ref))
+    # the regularized Q (reg_covar on precisions, a count floor on weights) is what both
+    # M-steps maximize, and what the acceptance test below compares
+    penalty, shifts = be.regularization(reduced, theta_ref, reg, _count_floor(dt))
+
+    def q(theta):
+        return q_plain(theta) + penalty(theta)
 
     def obj(v):
         return q(cfg.theta(v))
     q_old = obj(u)  # 0 up to rounding: Q is measured from the current parameters
     if modes:
-        dt = jnp.result_type(*u, float)
         tol = jnp.maximum(knobs.m_tol, jnp.sqrt(jnp.finfo(dt).eps))
-        theta, steps = be.modes(reduced, theta_ref, knobs.m_steps, tol)
+        theta, steps = be.modes(reduced, theta_ref, knobs.m_steps, tol, shifts)
         u_new = [s.to_unconstrained(x) for s, x in zip(cfg.param_supports, theta)]
         q_new = q(theta)
     else:
@@ -377,8 +495,19 @@ def _run(cfg, u0, key, data, knobs, trace_len, factored=None):
     state = jax.lax.while_loop(cond, body, state)
     trace = jnp.where(jnp.arange(trace_len) <= state.it, state.trace, state.elbo)
     posterior = {n: mf.family_class(be.y_infos[n])(state.natural[n]) for n in state.natural}
+    # degenerate components at the fit, from the statistics of the final E-step
+    theta = cfg.theta(state.u)
+    reg = (knobs.reg_covar if knobs.reg_covar is not None
+           else [jnp.zeros((), e.dtype)] * len(theta))
+    degenerate = be.degeneracy(be.reduce(state.mean), theta, reg, _count_floor(e.dtype))
     return (state._replace(trace=trace), posterior, jnp.asarray(exact),
-            jnp.asarray(_PATHS.index(be.path)), jnp.asarray(modes), check)
+            jnp.asarray(_PATHS.index(be.path)), jnp.asarray(modes), check, degenerate)
+
+
+def _count_floor(dtype):
+    """Pseudo-count added to every entry of a simplex (or unit-interval) parameter in the
+    M-step: ``10 eps`` of the dtype, as scikit-learn adds to a component's count."""
+    return 10 * jnp.finfo(dtype).eps
 
 
 class _YOnly:
@@ -394,7 +523,7 @@ _run_jit = jax.jit(_run, static_argnames=("cfg", "trace_len"))
 
 def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_iters=200,
        tol=1e-8, m_step="auto", m_steps=100, m_tol=1e-10, e_step_iters=50,
-       order=None, strict=False) -> EMResult:
+       order=None, reg_covar=1e-6, strict=False) -> EMResult:
     """EM for point-estimated parameters and latent variables (variational EM when the
     E-step is not exact).
 
@@ -433,16 +562,48 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
             the EM fixed points do not depend on the number of cycles).
         e_step_iters: at most this many CAVI sweeps per variational E-step.
         order: update order of the latents in an E-step sweep.
-        strict: raise :class:`FitDivergedError` if the trace decreased beyond rounding.
+        reg_covar: regularization of precision-like parameters, as scikit-learn's
+            ``GaussianMixture(reg_covar=...)``: a parameter declared ``vj.positive()``
+            that enters like a precision ``tau`` (through ``tau`` and ``log tau``) gets
+            the variance floor ``1/tau = S/n + reg_covar`` (``S/n`` its unregularized
+            maximizer), so ``tau <= 1/reg_covar``; one entering like a variance ``s``
+            (``1/s``, ``log s``) gets ``s = S/n + reg_covar``. Both M-steps (modes and
+            optimizer) maximize the same regularized ``Q``: ``Q - reg_covar * sum c tau``
+            with ``c = dQ/d log tau`` at the current iterate (half a Gaussian precision's
+            expected count). A number, or a pytree with the structure of ``params`` (one
+            number per parameter; 0 turns it off). A Gamma-form parameter that is not a
+            precision (a Poisson rate) is shrunk likewise: give it 0. Applies on the
+            factored path only (``diagnostics["path"]``). Independently, every entry of
+            a simplex or unit-interval parameter gets a pseudo-count of ``10 eps`` (as
+            scikit-learn adds to each component's count), so an empty mixture component
+            gets a weight near 0 and the others are fitted as usual. The log-likelihood
+            trace is then nondecreasing up to an ``O(reg_covar)`` effect.
+        strict: raise :class:`FitDivergedError` if the trace decreased beyond rounding,
+            or instead of the degeneracy warnings below.
 
     Returns:
         :class:`EMResult`.
 
+    Degenerate fits are reported, never returned silently: ``diagnostics["empty"]``,
+    ``["collapsed"]`` and ``["unbounded"]`` hold, per parameter, boolean masks of its
+    elements (a simplex entry without expected count; a precision whose component's
+    spread is at most ``reg_covar`` or at the rounding level, i.e. a component on one
+    point; an element in which ``Q`` has no maximum), ``["degenerate"]`` is their
+    union. Empty and collapsed components repaired by the floors above give a
+    :class:`~vijax.errors.ConvergenceWarning` naming the parameter and the indices; a
+    collapse with ``reg_covar=0`` or an unbounded element raises. Under ``jit``/``vmap``
+    only the diagnostics report them (and ``["form_mismatch"]``: a lane whose compiled
+    form of the parameters disagreed with the log joint at the start gets a NaN ELBO).
+
     Raises:
         NonConjugateError: a latent has no closed-form update given the parameters.
         DataError: NaN or Inf in the data.
-        FitDivergedError: an E-step update left its family's domain, or the ELBO became
-            non-finite.
+        ModelSpecError: a parameter's shape differs from its declared support, or a
+            parameter left real (no support declared) enters the log joint through a
+            function defined only on part of the reals (``log``, ``sqrt``, ...).
+        FitDivergedError: an E-step update left its family's domain, the ELBO became
+            non-finite, a component collapsed with ``reg_covar=0``, or the likelihood has
+            no maximum in a parameter.
 
     Example (a two-component mixture of unit-variance normals, means estimated):
         >>> import jax, jax.numpy as jnp
@@ -458,7 +619,7 @@ def em(log_joint, params, supports, data, *, param_supports=None, key=None, max_
     return prepare(log_joint, params, supports, data, param_supports=param_supports,
                    m_step=m_step, order=order).run(
         params, key=key, max_iters=max_iters, tol=tol, m_steps=m_steps, m_tol=m_tol,
-        e_step_iters=e_step_iters, strict=strict)
+        e_step_iters=e_step_iters, reg_covar=reg_covar, strict=strict)
 
 
 class PreparedEM:
@@ -470,7 +631,7 @@ class PreparedEM:
         self._treedef = param_treedef
 
     def run(self, params, *, key=None, max_iters=200, tol=1e-8, m_steps=100, m_tol=1e-10,
-            e_step_iters=50, strict=False) -> EMResult:
+            e_step_iters=50, reg_covar=1e-6, strict=False) -> EMResult:
         """EM from the initial ``params`` (same structure as at :func:`prepare`); the
         keyword arguments mean what they mean in :func:`em`."""
         cfg, data = self._cfg, self._data
@@ -478,6 +639,7 @@ class PreparedEM:
         if treedef != self._treedef:
             raise ModelSpecError(f"params must have the structure {self._treedef} given to "
                                  f"prepare, got {treedef}")
+        checks.check_em_run_args(key, max_iters, tol)
         if max_iters < 0 or m_steps < 1 or e_step_iters < 1:
             raise ModelSpecError("max_iters must be >= 0, m_steps and e_step_iters >= 1")
         dtype = jnp.zeros(()).dtype
@@ -491,35 +653,52 @@ class PreparedEM:
             if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
                 raise ModelSpecError(f"an initial parameter is outside its support {sup}")
             u0.append(sup.to_unconstrained(v))
+        reg = _reg_leaves(reg_covar, treedef, dtype)
         knobs = _Knobs(jnp.asarray(max_iters, jnp.int32), jnp.asarray(tol, dtype),
                        jnp.asarray(m_steps, jnp.int32), jnp.asarray(m_tol, dtype),
-                       jnp.asarray(e_step_iters, jnp.int32))
+                       jnp.asarray(e_step_iters, jnp.int32), reg)
         # the trace buffer is rounded up to a power of two so that nearby max_iters share
         # one compilation; it is cut to max_iters + 1 below
         trace_len = max(8, 1 << int(max_iters).bit_length())
         key = jax.random.key(0) if key is None else key
-        state, posterior, exact, path, modes, check = _run_jit(
+        state, posterior, exact, path, modes, check, degen = _run_jit(
             cfg, u0, key, data, knobs, trace_len, self._factored)
-        if not _compat.is_tracer(path) and _PATHS[int(path)] == "factored" \
+        traced = any(_compat.is_tracer(c) for c in check)
+        if not traced and not _compat.is_tracer(path) and _PATHS[int(path)] == "factored" \
                 and _disagree(*check):
             # the parameters' compiled form differs from the log joint at theta0 (a branch
             # on a parameter): recompile with the parameters as data, which is always exact
             cfg = dataclasses.replace(cfg, force_direct=True)
             self._cfg, self._factored = cfg, None
-            state, posterior, exact, path, modes, check = _run_jit(
+            state, posterior, exact, path, modes, check, degen = _run_jit(
                 cfg, u0, key, data, knobs, trace_len, None)
+        mismatch = jnp.asarray(False)
+        if traced and not _compat.is_tracer(path) and _PATHS[int(path)] == "factored":
+            # under jit/vmap the start-point oracle cannot pick the direct path in
+            # Python: a lane whose compiled form disagrees with the log joint returns a
+            # NaN ELBO and diagnostics["form_mismatch"], never a plausible wrong fit
+            mismatch = ~_agree_traced(*check)
+            state = state._replace(elbo=jnp.where(mismatch, jnp.nan, state.elbo),
+                                   converged=state.converged & ~mismatch)
         state = state._replace(trace=state.trace[:int(max_iters) + 1])
         diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
                 "m_step": (("modes" if bool(modes) else "optimizer")
                            if not _compat.is_tracer(modes) else modes),
                 "m_rejected": state.m_rejected, "m_iters": state.m_iters,
                 "max_decrease": state.max_decrease, "invalid": state.invalid >= 0,
-                "invalid_latent": state.invalid}
+                "invalid_latent": state.invalid, "form_mismatch": mismatch,
+                **{k: cfg.unflatten(v) for k, v in degen.items()}}
+        any_degenerate = jnp.asarray(False)
+        for v in degen.values():
+            for m in v:
+                any_degenerate = any_degenerate | jnp.any(m)
+        diag["degenerate"] = any_degenerate
         params_out = cfg.unflatten(cfg.theta(state.u))
         result = EMResult(params_out, posterior, state.elbo, state.trace, state.it,
                           state.converged, exact, diag, state.natural)
         if not _compat.is_tracer(state.elbo):
             _raise_if_failed(result, strict, list(cfg.latent_supports))
+            _report_degenerate(cfg, degen, reg, strict, result)
         return result
 
 
@@ -548,8 +727,10 @@ def prepare(log_joint, params, supports, data, *, param_supports=None, m_step="a
             or isinstance(m_step, optax.GradientTransformation)):
         raise ModelSpecError("m_step must be 'auto', 'modes', 'lbfgs' or an optax "
                              f"GradientTransformation, got {m_step!r}")
+    order = None if order is None else checks.check_order(order, supports)
     cfg = _Config(log_joint, tuple(supports.items()), tuple(sups), treedef, m_step,
                   None if order is None else tuple(order))
+    _check_param_domains(cfg, jax.tree_util.tree_leaves(params), data)
     concrete = not any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(data))
     # analysed here, outside jit, when the data are concrete (see factored_form)
     factored = factored_form(cfg, data) if concrete else None
@@ -562,6 +743,85 @@ def _disagree(f_val, lj_val):
     f_val, lj_val = float(f_val), float(lj_val)
     tol = 10 * float(jnp.sqrt(jnp.finfo(jnp.zeros(()).dtype).eps)) * max(1.0, abs(lj_val))
     return not abs(f_val - lj_val) <= tol
+
+
+def _agree_traced(f_val, lj_val):
+    """:func:`_disagree`'s test on traced values (True where the forms agree)."""
+    tol = 10 * jnp.sqrt(jnp.finfo(jnp.result_type(lj_val, float)).eps) * jnp.maximum(
+        1.0, jnp.abs(lj_val))
+    return jnp.abs(f_val - lj_val) <= tol
+
+
+def _reg_leaves(reg_covar, treedef, dtype):
+    """``reg_covar`` (a number, or a pytree of numbers with the structure of params) as
+    one scalar per parameter leaf."""
+    if isinstance(reg_covar, (int, float)) or (hasattr(reg_covar, "shape")
+                                               and jnp.ndim(reg_covar) == 0):
+        leaves = [reg_covar] * treedef.num_leaves
+    else:
+        leaves, rdef = jax.tree_util.tree_flatten(reg_covar)
+        if rdef != treedef:
+            raise ModelSpecError("reg_covar must be a number or a pytree with the structure "
+                                 f"of params ({treedef}), got {rdef}")
+    out = []
+    for r in leaves:
+        r = jnp.asarray(r, dtype)
+        if r.ndim != 0:
+            raise ModelSpecError(f"reg_covar entries must be scalars, got shape {r.shape}")
+        if not _compat.is_tracer(r) and not (bool(jnp.isfinite(r)) and float(r) >= 0):
+            raise ModelSpecError(f"reg_covar must be finite and >= 0, got {float(r)}")
+        out.append(r)
+    return out
+
+
+def _report_degenerate(cfg, degen, reg, strict, result):
+    """Errors for degeneracies no regularization repairs, warnings (or errors when
+    ``strict``) for the repaired ones, each naming the parameter and the elements."""
+    import numpy as np
+
+    from vijax.inference.em_forms import _param_names
+    names = _param_names(cfg)
+
+    def where(mask):
+        idx = [tuple(int(i) for i in ix) for ix in np.argwhere(np.asarray(mask))]
+        return ", ".join(str(i if len(i) != 1 else i[0]) for i in idx[:8]) + (
+            f" (and {len(idx) - 8} more)" if len(idx) > 8 else "")
+
+    step = int(result.num_iters)
+    problems = []
+    for i, name in enumerate(names):
+        if bool(jnp.any(degen["unbounded"][i])):
+            raise FitDivergedError(
+                f"the M-step objective grows without bound in {name} at index "
+                f"{where(degen['unbounded'][i])}: it enters the log joint through its log "
+                "with no term linear in it to counter it, so the likelihood has no maximum "
+                "(a weight left unnormalized). Declare it vj.simplex(K) (or "
+                "vj.unit_interval()) in param_supports, or normalize it in the log joint.",
+                step=step, last_state=result.natural)
+        col = degen["collapsed"][i]
+        if bool(jnp.any(col)):
+            if float(reg[i]) == 0.0:
+                raise FitDivergedError(
+                    f"component(s) {where(col)} of {name} collapsed onto single points "
+                    "(spread at the rounding level): the likelihood is unbounded there and "
+                    "the fit is degenerate. Pass reg_covar > 0 (scikit-learn uses 1e-6), "
+                    "use fewer components, or start elsewhere.",
+                    step=step, last_state=result.natural)
+            problems.append(
+                f"component(s) {where(col)} of {name} collapsed: their variance is at the "
+                f"reg_covar floor ({float(reg[i]):.3g}; the precision is capped at "
+                f"{1.0 / float(reg[i]):.3g}); the fit there reflects reg_covar, not the data "
+                "(fewer components, other starts, or a reg_covar suited to the data scale).")
+        if bool(jnp.any(degen["empty"][i])):
+            problems.append(
+                f"component(s) {where(degen['empty'][i])} of {name} are empty (no expected "
+                "count): their weight is held at the count floor, near 0.")
+    if problems:
+        text = "EM: " + " ".join(problems)
+        if strict:
+            raise FitDivergedError(text + " (strict=True)", step=step,
+                                   last_state=result.natural)
+        warnings.warn(text, ConvergenceWarning, stacklevel=3)
 
 
 def _raise_if_failed(result, strict, names):

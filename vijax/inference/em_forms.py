@@ -104,38 +104,150 @@ class _Factored:
         """Every parameter's family has a closed-form mode (see :meth:`modes`)."""
         return all(mf.family_class(self.compiled.infos[n]).has_mode() for n in self.p_names)
 
-    def modes(self, reduced, theta, max_cycles, tol):
+    def _holds(self, reduced, i):
+        name = self.p_names[i]
+        return [(ops, atoms, out) for ops, atoms, out in reduced
+                if any(a.latent == name for a in atoms)]
+
+    def _eta(self, holds, i, st, magnitude=False):
+        """``eta_i = dQ/dT_i`` at the statistics ``st`` of the others. With
+        ``magnitude``, the same contraction of absolute values: the size of the summands
+        whose cancellation gives ``eta_i`` (its rounding scale)."""
+        sizes = self.compiled.sizes
+        name = self.p_names[i]
+        fix = jnp.abs if magnitude else (lambda a: a)
+
+        def part(s_i):
+            total = jnp.zeros(())
+            for ops, atoms, out in holds:
+                operands = [(fix(x), l) for x, l in ops]
+                operands += [(fix(T.atom_operand(a, {**st, name: s_i}))
+                              if a.latent != name else T.atom_operand(a, {name: s_i}),
+                              a.labels) for a in atoms]
+                total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
+                                                    {}, sizes))
+            return total
+        return jax.grad(part)(st[name])
+
+    def families(self):
+        return [mf.family_class(self.compiled.infos[n]) for n in self.p_names]
+
+    def regularization(self, reduced, theta_ref, reg, floor):
+        """The M-step regularization of :func:`vijax.em` (scikit-learn's ``reg_covar``
+        and count floor), measured from ``theta_ref``: ``(penalty, shifts)`` with
+        ``penalty(theta)`` added to ``Q`` and ``shifts[i]`` (a dict of natural-parameter
+        offsets, or None) added to ``eta_i`` before a closed-form mode, so that both
+        M-steps maximize the same ``Q + penalty``.
+
+        - Dirichlet / Beta parameters (simplex, unit interval): a pseudo-count ``floor``
+          on every entry, ``floor * sum log w``: an entry with no counts gets weight
+          ``floor / total`` instead of 0 (no ``log 0``), the others keep theirs.
+        - Gamma parameters (precisions ``tau``, entering as ``tau`` and ``log tau``):
+          ``-reg * sum c tau`` with ``c = dQ/d log tau`` at ``theta_ref`` (half the
+          expected count of a Gaussian precision), so the mode is
+          ``1 / (S / n + reg)``: the variance plus ``reg``.
+        - InverseGamma parameters (variances ``s``, entering as ``1/s`` and ``log s``):
+          likewise ``s = S / n + reg``.
+        """
+        fams = self.families()
+        st_ref = self._theta_stats(theta_ref)
+        parts, shifts = [], []
+        for i, (fam, th_ref) in enumerate(zip(fams, theta_ref)):
+            dt = th_ref.dtype
+            fl = jnp.asarray(floor, dt)
+            if fam.__name__ == "Dirichlet":
+                parts.append((i, "log", fl))
+                shifts.append({"log": fl})
+            elif fam.__name__ == "Beta":
+                parts.append((i, "log", fl))
+                parts.append((i, "log1m", fl))
+                shifts.append({"log": fl, "log1m": fl})
+            elif fam.__name__ in ("Gamma", "InverseGamma"):
+                c = self._eta(self._holds(reduced, i), i, st_ref)["log"]
+                if fam.__name__ == "Gamma":
+                    w = -reg[i] * jnp.maximum(c, 0.0)
+                    parts.append((i, "x", w))
+                    shifts.append({"x": w})
+                else:
+                    w = reg[i] * jnp.minimum(c, 0.0)
+                    parts.append((i, "inv", w))
+                    shifts.append({"inv": w})
+            else:
+                shifts.append(None)
+
+        def penalty(theta):
+            st = self._theta_stats(theta)
+            total = jnp.zeros((), theta_ref[0].dtype)
+            for i, stat, w in parts:
+                name = self.p_names[i]
+                total = total + jnp.sum(w * (st[name][stat] - st_ref[name][stat]))
+            return total
+        return penalty, shifts
+
+    def degeneracy(self, reduced, theta, reg, floor):
+        """Per parameter, boolean masks over its elements (all False where they do not
+        apply), at the fitted ``theta``:
+
+        - ``empty``: a simplex or unit-interval entry whose expected count is below
+          ``eps`` of the total (a mixture component nobody belongs to);
+        - ``collapsed``: a precision (variance) whose component's spread ``S / n`` is
+          at most ``reg`` or at the rounding level of its own summands (a component
+          on a single point: without ``reg`` the likelihood is unbounded there);
+        - ``unbounded``: ``Q`` increases without limit in the element because nothing
+          counters its ``log`` term (a weight declared positive instead of simplex).
+        """
+        fams = self.families()
+        st = self._theta_stats(theta)
+        out = {"empty": [], "collapsed": [], "unbounded": []}
+        for i, (fam, th) in enumerate(zip(fams, theta)):
+            none = jnp.zeros(th.shape, bool)
+            empty = collapsed = unbounded = none
+            dt = th.dtype
+            eps = jnp.finfo(dt).eps
+            if fam.__name__ in ("Dirichlet", "Beta", "Gamma", "InverseGamma"):
+                holds = self._holds(reduced, i)
+                eta = self._eta(holds, i, st)
+                mag = self._eta(holds, i, st, magnitude=True)
+            if fam.__name__ == "Dirichlet":
+                cnt = eta["log"]
+                empty = cnt <= eps * jnp.sum(jnp.abs(cnt), -1, keepdims=True)
+            elif fam.__name__ == "Beta":
+                cnt = eta["log"] + eta["log1m"]
+                empty = jnp.broadcast_to(cnt <= eps * jnp.sum(jnp.abs(cnt)), th.shape)
+            elif fam.__name__ in ("Gamma", "InverseGamma"):
+                lin = "x" if fam.__name__ == "Gamma" else "inv"
+                sgn = 1.0 if lin == "x" else -1.0
+                c = sgn * eta["log"]  # half the count, >= 0 for a precision/variance
+                spread = -sgn * eta[lin]  # half the sum of squares S
+                big = c > jnp.sqrt(eps) * jnp.max(jnp.abs(c))
+                unbounded = big & (mag[lin] == 0)
+                noise = 64 * eps * mag[lin]
+                collapsed = big & ~unbounded & (spread <= noise + reg[i] * c)
+            out["empty"].append(empty)
+            out["collapsed"].append(collapsed)
+            out["unbounded"].append(unbounded)
+        return out
+
+    def modes(self, reduced, theta, max_cycles, tol, shifts=None):
         """Conditional maximization (ECM): for each parameter in turn, ``Q`` is
         ``<eta_i, T_i(theta_i)> + const`` with ``eta_i = dQ/dT_i`` at the others' current
-        values, maximized in closed form by its family's mode. Elements without an
-        interior maximum keep their value. Cycles repeat until the relative change of
+        values, maximized in closed form by its family's mode (``eta_i`` plus
+        ``shifts[i]``, the regularization of :meth:`regularization`). Elements without
+        an interior maximum keep their value. Cycles repeat until the relative change of
         every parameter is below ``tol`` or ``max_cycles`` ran; every step increases
         ``Q``, and a cycle is exact when the maximizers do not depend on each other (the
         Gaussian mixture: means, then precisions, then weights). Returns
         ``(theta, cycles)``."""
-        sizes = self.compiled.sizes
-        fams = [mf.family_class(self.compiled.infos[n]) for n in self.p_names]
-        holds = [[(ops, atoms, out) for ops, atoms, out in reduced
-                  if any(a.latent == n for a in atoms)] for n in self.p_names]
-
-        def eta_of(i, st):
-            name = self.p_names[i]
-
-            def part(s_i):
-                total = jnp.zeros(())
-                for ops, atoms, out in holds[i]:
-                    operands = ops + [(T.atom_operand(a, {**st, name: s_i}), a.labels)
-                                      for a in atoms]
-                    total = total + jnp.sum(T.eval_term(T.Term(tuple(operands), (), out),
-                                                        {}, sizes))
-                return total
-            return jax.grad(part)(st[name])
+        fams = self.families()
+        holds = [self._holds(reduced, i) for i in range(len(self.p_names))]
+        shifts = shifts or [None] * len(fams)
 
         def cycle(theta):
             theta = list(theta)
             for i in range(len(theta)):
-                eta = eta_of(i, self._theta_stats(theta))
-                x, valid = fams[i].mode({s: eta[s] for s in fams[i].stat_names})
+                eta = self._eta(holds[i], i, self._theta_stats(theta))
+                eta = {s: eta[s] + (shifts[i] or {}).get(s, 0.0) for s in fams[i].stat_names}
+                x, valid = fams[i].mode(eta)
                 theta[i] = jnp.where(valid, x.astype(theta[i].dtype), theta[i])
             return theta
 
@@ -184,6 +296,34 @@ class _Direct:
 
     def has_modes(self):
         return False
+
+    def regularization(self, reduced, theta_ref, reg, floor):
+        """Only the count floor of :meth:`_Factored.regularization` (``floor * sum log w``
+        for parameters declared simplex or unit interval): this form does not see how
+        a precision enters ``Q``, so ``reg_covar`` does not apply here."""
+        kinds = [s.kind for s in self.cfg.param_supports]
+
+        def logs(theta):
+            out = []
+            for k, x in zip(kinds, theta):
+                if k == "simplex":
+                    out.append(jnp.sum(jnp.log(x)))
+                elif k == "unit_interval":
+                    out.append(jnp.sum(jnp.log(x) + jnp.log1p(-x)))
+            return out
+        ref = logs(theta_ref)
+
+        def penalty(theta):
+            total = jnp.zeros((), theta_ref[0].dtype)
+            for a, b in zip(logs(theta), ref):
+                total = total + floor * (a - b)
+            return total
+        return penalty, [None] * len(kinds)
+
+    def degeneracy(self, reduced, theta, reg, floor):
+        """Not analysed on this form (see :meth:`_Factored.degeneracy`): all False."""
+        none = [jnp.zeros(jnp.shape(x), bool) for x in theta]
+        return {"empty": none, "collapsed": list(none), "unbounded": list(none)}
 
 
 def _param_names(cfg):
