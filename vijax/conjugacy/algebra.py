@@ -54,6 +54,8 @@ def _same_element(a1: T.Atom, a2: T.Atom, extra: int) -> bool:
         return True
     if a1.idx is None or a2.idx is None:
         return False
+    if a1.idx is a2.idx:  # one index array (e.g. a data index, theta[group] squared)
+        return True
     if not (T.is_concrete(a1.idx) and T.is_concrete(a2.idx)):
         return False
     return bool(np.array_equal(np.asarray(a1.idx) // extra, np.asarray(a2.idx) // extra))

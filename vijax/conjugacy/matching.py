@@ -109,6 +109,11 @@ def _classify(sizes, supports, t: T.Term):
         if len(atoms) == 2 and kind == "real" and all(
                 a.stat == "x" and a.power == 1.0 for a in atoms):
             a, b = atoms
+            if not (T.is_concrete(a.idx) and T.is_concrete(b.idx)):
+                raise _Reject(name, f"two elements of '{name}' chosen by a data index are "
+                              "multiplied together: which elements are coupled depends on "
+                              "data values, so no family can be fixed from shapes alone. "
+                              "Fit it by gradient, or index with a constant array", t.src)
             union = tuple(dict.fromkeys(a.labels + b.labels))
             shape = sup.shape
             ea = _elements_over(sizes, a, shape, union)
