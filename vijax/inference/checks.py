@@ -380,3 +380,14 @@ def check_em_run_args(key, max_iters, tol):
     check_tol("tol", tol)
     if key is not None:
         check_key(key)
+
+
+def nan_if_failed(result, posterior_of):
+    """Under ``jit``/``vmap``: a lane whose fit failed (non-finite ELBO, or an update that
+    left its family's domain) gets NaN natural parameters and posterior, never the
+    initial or a half-updated one; ``diagnostics`` keep the flags.
+    ``posterior_of(natural)`` rebuilds the posterior factors."""
+    d = result.diagnostics
+    failed = d["nonfinite"] | (d["invalid_latent"] >= 0)
+    natural = jax.tree_util.tree_map(lambda x: jnp.where(failed, jnp.nan, x), result.natural)
+    return result._replace(natural=natural, posterior=posterior_of(natural))

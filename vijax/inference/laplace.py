@@ -29,6 +29,7 @@ from vijax import _compat
 from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
 from vijax.inference.em import maximize
+from vijax.inference import checks
 from vijax.model import check_data
 
 
@@ -47,6 +48,17 @@ class LaplaceResult(NamedTuple):
         log_density: ``g(u*)``, the log density of ``u`` at the mode.
         num_steps: optimizer steps taken.
         grad_norm: ``|grad g(u*)|`` (small at a true mode).
+        ok: the mode is a valid one: ``g(u*)``, its gradient and Hessian are finite,
+            ``-H`` is positive definite and the Newton step ``(-H)^{-1} grad g`` is below
+            :func:`stationary_tol` posterior standard deviations in every coordinate, and
+            the mode lies inside every latent's support (not rounded onto its boundary),
+            and one posterior sd away along each coordinate the log density drops by at
+            least 0.05 on both sides (a Gaussian's drops by 1/2 or more).
+            Eager calls raise :class:`~vijax.errors.FitDivergedError` instead of
+            returning ``ok=False``; under ``jit``/``vmap`` a failed fit has ``ok=False``
+            and NaN moments, log evidence and posterior.
+        newton_sd: ``max_i |((-H)^{-1} grad g)_i| / sd_i``, the distance to the mode
+            that the Hessian predicts, in posterior standard deviations.
     """
 
     posterior: Any
@@ -58,6 +70,19 @@ class LaplaceResult(NamedTuple):
     log_density: Any
     num_steps: Any
     grad_norm: Any
+    ok: Any
+    newton_sd: Any
+
+
+def stationary_tol(dtype):
+    """Largest Newton step (in posterior standard deviations) accepted at a mode:
+    ``max(1e-3, 100 sqrt(eps))``, i.e. 1e-3 in float64 and about 0.035 in float32."""
+    return max(1e-3, 100.0 * math.sqrt(float(jnp.finfo(dtype).eps)))
+
+
+def _nan_like(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.full(jnp.shape(x), jnp.nan, jnp.result_type(x)),
+                                  tree)
 
 
 def _core(model, data, u0, optimizer, num_steps, tol):
@@ -79,24 +104,54 @@ def _core(model, data, u0, optimizer, num_steps, tol):
     grad = jax.grad(log_density)(u_star)
     hess = jax.hessian(log_density)(u_star)
     prec = -0.5 * (hess + hess.T)
-    chol = jnp.linalg.cholesky(prec)
-    eigmin = jnp.min(jnp.linalg.eigvalsh(prec))
-    scale = jnp.max(jnp.abs(prec))
-    ok = jnp.all(jnp.isfinite(chol)) & (eigmin > 1e3 * jnp.finfo(prec.dtype).eps * scale)
+    # non-finite Hessian entries would poison the factorization: checked separately
+    finite_rows = jnp.all(jnp.isfinite(hess), axis=1)
+    prec_f = jnp.where(jnp.isfinite(prec), prec, 0.0)
+    chol = jnp.linalg.cholesky(prec_f)
+    eigval, eigvec = jnp.linalg.eigh(prec_f)
+    eigmin = eigval[0]
+    scale = jnp.max(jnp.abs(prec_f))
+    pd = jnp.all(jnp.isfinite(chol)) & (eigmin > 1e3 * jnp.finfo(prec.dtype).eps * scale)
     eye = jnp.eye(prec.shape[0], dtype=prec.dtype)
     cov = jax.scipy.linalg.cho_solve((chol, True), eye)
     cov = 0.5 * (cov + cov.T)
+    # stationarity: the Newton step to the mode, in posterior standard deviations
+    newton = jnp.abs(cov @ jnp.where(jnp.isfinite(grad), grad, 0.0)) / jnp.sqrt(
+        jnp.abs(jnp.diagonal(cov)))
+    newton_sd = jnp.max(newton)
+    finite = jnp.isfinite(g_star) & jnp.all(jnp.isfinite(grad)) & jnp.all(finite_rows)
+    x_star = constrained(u_star)
+    # a mode rounded onto the support's boundary (u* ran off to infinity): not a mode
+    inside = {n: jnp.all(sups[n].contains(x_star[n])) for n in x_star}
+    # one posterior sd along each coordinate, a Gaussian's log density drops by at least
+    # 1/2; at a maximum "at infinity" (the support's boundary) it stays flat on one side
+    sd = jnp.sqrt(jnp.abs(jnp.diagonal(cov)))
+    probe = jnp.concatenate([u_star + jnp.diag(sd), u_star - jnp.diag(sd)])
+    drop = g_star - jax.vmap(log_density)(probe)
+    flat = jnp.any((drop < 0.05).reshape(2, -1), axis=0)  # a rise to +inf counts, NaN not
+    ok = (finite & pd & (newton_sd <= stationary_tol(prec.dtype)) & ~jnp.any(flat)
+          & jnp.all(jnp.asarray(list(inside.values()))))
     jac = jax.jacfwd(lambda f: ravel_pytree(constrained(f))[0])(u_star)
     var_flat = jnp.einsum("ij,jk,ik->i", jac, cov, jac)
-    x_star = constrained(u_star)
     _, unravel_x = ravel_pytree(x_star)
     d = prec.shape[0]
     log_ev = (g_star + 0.5 * d * math.log(2 * math.pi)
               - jnp.sum(jnp.log(jnp.diagonal(chol))))
     post = MultivariateNormal({"x": prec @ u_star, "xxT": -0.5 * prec})
-    result = LaplaceResult(post, x_star, unravel(u_star), x_star, unravel_x(var_flat),
-                           log_ev, g_star, steps, jnp.sqrt(jnp.sum(grad * grad)))
-    return result, ok, eigmin
+    moments = (post, x_star, unravel(u_star), x_star, unravel_x(var_flat), log_ev)
+    # a failed fit has no plausible-looking moments (under vmap: that lane only)
+    moments = jax.tree_util.tree_map(lambda m, n: jnp.where(ok, m, n), moments,
+                                     _nan_like(moments))
+    result = LaplaceResult(*moments, g_star, steps, jnp.sqrt(jnp.sum(grad * grad)), ok,
+                           newton_sd)
+    # per latent, for the error messages: Newton step, non-finite gradient or Hessian
+    # rows, and the weight of the flattest direction
+    diag = {"newton": unravel(newton), "grad_bad": unravel(~jnp.isfinite(grad)),
+            "hess_bad": unravel(~finite_rows), "flat": unravel(eigvec[:, 0] ** 2),
+            "finite": finite, "pd": pd, "eigmin": eigmin, "inside": inside,
+            "flat_side": unravel(flat),
+            "x_star": x_star}
+    return result, diag
 
 
 _core_jit = jax.jit(_core, static_argnames=("model", "optimizer", "num_steps", "tol"))
@@ -121,9 +176,13 @@ def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-
     Raises:
         ModelSpecError: a latent is discrete (no density on reals to expand), or ``init``
             names an undeclared latent or lies outside its support.
-        FitDivergedError: the Hessian at the optimum is not negative definite (the
-            optimizer did not reach a strict mode: a flat direction, an improper
-            posterior, or a saddle).
+        FitDivergedError: the optimizer did not reach a strict mode (names the
+            latent): the log density, its gradient or Hessian is not finite there; the
+            Hessian is not negative definite (a flat direction, an improper posterior, a
+            saddle); or the point is not stationary (a maximum at the support's
+            boundary, or too few steps). Under ``jit``/``vmap``: ``ok=False`` and NaN
+            moments instead.
+        DataError: data outside a density's support (names the leaf).
         DataError: NaN or Inf in the data.
 
     Example:
@@ -137,6 +196,9 @@ def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-
         (1.5, 0.25)
     """
     check_data(data)
+    checks.check_optimizer(optimizer, allowed_strings=("lbfgs",))
+    num_steps = checks.check_positive_int("num_steps", num_steps)
+    checks.check_tol("tol", tol)
     bad = [n for n, s in model.supports.items() if s.is_discrete]
     if bad:
         raise ModelSpecError(
@@ -159,16 +221,75 @@ def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-
         if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
             raise ModelSpecError(f"init['{n}'] lies outside its support {sup}")
         u0[n] = sup.to_unconstrained(v)
-    result, ok, eigmin = _core_jit(model, data, u0, optimizer, int(num_steps), float(tol))
-    if not _compat.is_tracer(ok) and not bool(ok):
+    checks.check_log_joint_on_data(model, data)
+    result, diag = _core_jit(model, data, u0, optimizer, num_steps, float(tol))
+    if not _compat.is_tracer(result.ok) and not bool(result.ok):
+        _raise_failure(result, diag)
+    return result
+
+
+def _worst(per_latent, how=jnp.max):
+    """The latent with the largest value of ``how`` over its entries."""
+    vals = {n: float(how(jnp.asarray(v, float))) for n, v in per_latent.items()}
+    return max(vals, key=vals.get)
+
+
+def _raise_failure(result, diag):
+    steps = int(result.num_steps)
+    if not bool(diag["finite"]):
+        if not bool(jnp.isfinite(result.log_density)):
+            name = _worst(diag["grad_bad"]) if any(
+                bool(jnp.any(v)) for v in diag["grad_bad"].values()) else None
+            raise FitDivergedError(
+                f"the log density is {float(result.log_density)} at the optimizer's end point "
+                f"(after {steps} steps)" + (f"; its gradient is not finite in latent '{name}'"
+                                            if name else "") +
+                ". The log joint is NaN or infinite there: check the densities' parameters "
+                "and the data, or start elsewhere (init=...).", step=steps, latent=name)
+        bad = diag["grad_bad"] if any(bool(jnp.any(v)) for v in diag["grad_bad"].values()) \
+            else diag["hess_bad"]
+        name = _worst(bad)
+        raise FitDivergedError(
+            f"the gradient or Hessian of the log density at the mode is not finite for latent "
+            f"'{name}' (after {steps} steps): the mode may sit at a singularity of the log "
+            "joint; check that latent's densities.", step=steps, latent=name)
+    out = [n for n, v in diag["inside"].items() if not bool(v)]
+    if out:
+        name = out[0]
+        raise FitDivergedError(
+            f"the maximum of the log density lies on the boundary of the support of latent "
+            f"'{name}' (value {diag['x_star'][name]}, after {steps} steps): the log joint "
+            "keeps increasing towards the boundary, so there is no interior mode to expand "
+            "around. Add a prior that vanishes at the boundary, or use vj.fit_gradient.",
+            step=steps, latent=name)
+    if not bool(diag["pd"]):
+        name = _worst(diag["flat"], jnp.sum)
         raise FitDivergedError(
             "the Hessian of the log density at the optimum is not negative definite "
-            f"(smallest eigenvalue of -H: {float(eigmin):.3g}; |grad| "
-            f"{float(result.grad_norm):.3g} after {int(result.num_steps)} steps). The "
+            f"(smallest eigenvalue of -H: {float(diag['eigmin']):.3g}, mostly along latent "
+            f"'{name}'; |grad| {float(result.grad_norm):.3g} after {steps} steps). The "
             "posterior has a flat direction (e.g. an unidentified or improper model) or "
             "the optimizer stopped at a saddle; add a proper prior or start elsewhere "
-            "(init=...).", step=int(result.num_steps))
-    return result
+            "(init=...).", step=steps, latent=name)
+    if float(result.newton_sd) > stationary_tol(result.log_density.dtype):
+        name = _worst(diag["newton"])
+        raise FitDivergedError(
+            f"the optimizer stopped {float(result.newton_sd):.3g} posterior standard deviations "
+            f"from a stationary point (latent '{name}'; |grad| {float(result.grad_norm):.3g} "
+            f"after {steps} steps; tolerance {stationary_tol(result.log_density.dtype):.3g} sd): "
+            "not a mode. The maximum may lie at the boundary of the support (the log joint "
+            "keeps increasing towards it), or the optimizer needs more steps (num_steps).",
+            step=steps, latent=name)
+    flat = [n for n, v in diag["flat_side"].items() if bool(jnp.any(v))]
+    if flat:
+        name = flat[0]
+        raise FitDivergedError(
+            f"the log density does not decrease away from the optimizer's end point along "
+            f"latent '{name}' (value {diag['x_star'][name]}, after {steps} steps): its "
+            "maximum lies at the boundary of the support (the log joint keeps increasing "
+            "towards it) or the density flattens out, so there is no mode to expand around. "
+            "Add a prior that vanishes at the boundary, or use vj.fit_gradient.",
+            step=steps, latent=name)
 
 
 __all__ = ["laplace", "LaplaceResult"]
