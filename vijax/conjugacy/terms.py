@@ -234,7 +234,9 @@ def _constant_axes(arr):
     """Axes along which a concrete array does not vary."""
     out = []
     for ax in range(arr.ndim):
-        if arr.shape[ax] > 1:
+        if arr.shape[ax] > 1 and arr.strides[ax] == 0:  # a broadcast view: no compare
+            out.append(ax)
+        elif arr.shape[ax] > 1:
             first = np.take(arr, [0], axis=ax)
             if np.array_equal(arr, np.broadcast_to(first, arr.shape)):
                 out.append(ax)
