@@ -349,3 +349,67 @@ def test_gradient_fit_uses_the_true_log_joint(branch_posterior, estimator):
 
 
 _OPTIMIZER = optax.adam(optax.exponential_decay(5e-2, 500, 0.2))
+
+
+# ----------------------------------------------------------------- range arithmetic
+
+from vijax.conjugacy import intervals as iv  # noqa: E402
+
+POS = iv.Range(0.0, math.inf, False, False)          # tau
+REAL = iv.Range(-math.inf, math.inf, False, False)   # mu
+UNIT = iv.Range(0.0, 1.0, False, False)              # p
+
+# (what, computed range, expected range)
+RANGES = [
+    ("tau * tau", iv.mul(POS, POS), POS),
+    ("-1 * tau", iv.mul(iv.point_range(-1.0), POS), iv.Range(-math.inf, 0.0, False, False)),
+    ("p - 1", iv.add(UNIT, iv.point_range(-1.0)), iv.Range(-1.0, 0.0, False, False)),
+    ("[0, 2] * tau reaches 0", iv.mul(iv.Range(0.0, 2.0), POS),
+     iv.Range(0.0, math.inf, True, False)),
+    ("tau * data: infinite data stay infinite, no NaN", iv.mul(POS, iv.DATA),
+     iv.Range(-math.inf, math.inf, True, True, False)),
+    ("mu + data", iv.add(REAL, iv.DATA), iv.Range(-math.inf, math.inf, True, True, False)),
+    ("0 * inf both reached is NaN", iv.mul(iv.Range(0.0, 1.0), iv.Range(1.0, math.inf)),
+     iv.Range(0.0, math.inf, True, True, True)),
+    ("sum of 3 p", iv.repeat_sum(UNIT, 3), iv.Range(0.0, 3.0, False, False)),
+]
+
+
+@pytest.mark.parametrize("what,got,expected", RANGES, ids=[r[0] for r in RANGES])
+def test_range_arithmetic(what, got, expected):
+    assert got == expected, (what, got)
+
+
+# (what, comparison, a, b, provably constant)
+COMPARISONS = [
+    ("tau >= 0", "ge", POS, iv.point_range(0.0), True),
+    ("tau > 0", "gt", POS, iv.point_range(0.0), True),
+    ("tau < 0", "lt", POS, iv.point_range(0.0), True),
+    ("tau > 1", "gt", POS, iv.point_range(1.0), False),
+    ("p <= 1", "le", UNIT, iv.point_range(1.0), True),
+    ("p == 1", "eq", UNIT, iv.point_range(1.0), True),
+    ("p < 0.5", "lt", UNIT, iv.point_range(0.5), False),
+    ("mu > 0", "gt", REAL, iv.point_range(0.0), False),
+    ("tau > data", "gt", POS, iv.DATA, False),
+    ("[0, inf) > 0", "gt", iv.Range(0.0, math.inf, True, False), iv.point_range(0.0), False),
+    ("maybe-NaN < 1 (NaN is False too)", "lt", iv.Range(2.0, 3.0, nan=True),
+     iv.point_range(1.0), True),
+    ("maybe-NaN > 1", "gt", iv.Range(2.0, 3.0, nan=True), iv.point_range(1.0), False),
+]
+
+
+@pytest.mark.parametrize("what,name,a,b,constant", COMPARISONS, ids=[r[0] for r in COMPARISONS])
+def test_comparison_is_constant_only_when_proven(what, name, a, b, constant):
+    assert iv._compare(name, a, b, same=False) is constant, what
+
+
+def test_nan_check_and_roundings():
+    assert iv._compare("ne", REAL, REAL, same=True)          # mu != mu: always False
+    assert not iv._compare("ne", iv.UNKNOWN, iv.UNKNOWN, same=True)
+    assert iv._floor_constant(UNIT) and iv._ceil_constant(UNIT)
+    assert not iv._floor_constant(iv.Range(0.0, 1.0, False, True))   # (0, 1]
+    assert not iv._round_constant(UNIT)                              # 0.5 is inside
+    assert iv._round_constant(iv.Range(0.0, 0.5, False, False))
+    assert iv._sign_constant(POS) and not iv._sign_constant(REAL)
+    assert iv.Range(-math.inf, math.inf, False, False).finite()
+    assert not iv.DATA.finite() and not iv.UNKNOWN.finite()

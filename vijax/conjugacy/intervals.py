@@ -348,7 +348,8 @@ def provably_constant(w, eqn, invals) -> bool:
     if all(r.point() is not None for r in rs):
         return True  # every input is one value (e.g. tau - tau, sum of a simplex)
     if name in ("eq", "ne", "lt", "le", "gt", "ge"):
-        same = eqn.invars[0] is eqn.invars[1] and not _is_literal(eqn.invars[0])
+        same = invals[0] is invals[1] or (eqn.invars[0] is eqn.invars[1]
+                                          and not _is_literal(eqn.invars[0]))
         return _compare(name, rs[0], rs[1], same)
     if name == "is_finite":
         r = rs[0]
@@ -364,6 +365,23 @@ def provably_constant(w, eqn, invals) -> bool:
     if name == "convert_element_type":
         return _convert_constant(rs[0], eqn.params["new_dtype"])
     return False
+
+
+def _integer_valued(w, v) -> bool:
+    """A Sym that is an integer at every point: integer constants times positive integer
+    powers of integer-valued latents (binary, count, categorical one-hots)."""
+    if not isinstance(v, T.Sym):
+        return False
+    for t in v.terms:
+        for c, _ in t.consts:
+            if not T.is_concrete(c) or not np.all(np.mod(np.asarray(c), 1) == 0):
+                return False
+        for a in t.atoms:
+            kind = w.supports[a.latent].kind
+            if kind not in ("binary", "count", "categorical") or a.stat not in ("x", "onehot") \
+                    or not float(a.power).is_integer() or a.power < 0:
+                return False
+    return True
 
 
 def _is_literal(v):
@@ -391,8 +409,8 @@ def refusal_detail(w, eqn, invals) -> str:
     what = "rounds" if name in ("sign", "floor", "ceil", "round", "convert_element_type") \
         else "branches on"
     return (f"the model {what} the value of latent(s) {lats} ('{name}' is not the same at every "
-            f"point of the declared support: {sups}); a branch or rounding on a continuous "
-            "latent has no conjugate form. Fit this latent with vj.fit_gradient, or remove "
+            f"point of the declared support: {sups}); a branch or rounding on a latent's "
+            "value has no conjugate form. Fit this latent with vj.fit_gradient, or remove "
             "the branch")
 
 
@@ -401,6 +419,8 @@ def resolve_predicate(w, eqn, invals):
     every point of the support (evaluated at the canonical point, inside the support),
     else a Poison naming the primitive, the latents and the source line."""
     from vijax import _compat
+    if eqn.primitive.name in ("round", "floor", "ceil") and _integer_valued(w, invals[0]):
+        return invals[0]  # the identity on integers (a count latent, say)
     out = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
     if provably_constant(w, eqn, invals):
         return out
