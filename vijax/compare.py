@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +54,7 @@ class Comparison:
 
 
 def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
-            names=("cavi", "gradient")) -> Comparison:
+            names=("cavi", "gradient"), var_rtol=0.1) -> Comparison:
     """Compare two fit results latent by latent.
 
     KL divergences are summed over a latent's elements; mean differences are absolute
@@ -61,7 +62,23 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
     relative to ``b``'s variance. ``agree`` needs the relative ELBO gap below
     ``elbo_tol``, both KLs below ``kl_tol`` and, if given, every mean within
     ``mean_tol_sd`` standard deviations.
+
+    Either fit may be a :class:`~vijax.LaplaceResult`. Its Gaussian lives on the
+    unconstrained space, so it is compared by moments in the original space (its
+    delta-method mean and variance per latent); its "ELBO" is its log-evidence estimate.
+    KL divergences are computed only for real latents whose other factor is a
+    ``Normal`` (elementwise, against the Laplace marginals) and are NaN elsewhere; a
+    latent without KL agrees when its means are within ``mean_tol_sd`` (default 0.1)
+    standard deviations and its variances within ``var_rtol`` relative.
     """
+    from vijax.inference.laplace import LaplaceResult
+    if isinstance(a, LaplaceResult) or isinstance(b, LaplaceResult):
+        return _compare_moments(a, b, elbo_tol, kl_tol, mean_tol_sd, names, var_rtol)
+    for fit, which in ((a, "first"), (b, "second")):
+        if not hasattr(fit, "posterior") or not isinstance(fit.posterior, dict):
+            raise TypeError(f"compare: the {which} argument must be a fit result (vj.cavi, "
+                            "vj.fit_gradient, vj.em or vj.laplace), got "
+                            f"{type(fit).__name__}")
     lat = {}
     ok = True
     for n, qa in a.posterior.items():
@@ -86,4 +103,75 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
     ea, eb = float(a.elbo), float(b.elbo)
     gap = abs(ea - eb) / max(abs(ea), 1.0)
     ok &= bool(gap < elbo_tol)
+    return Comparison(bool(ok), ea, eb, gap, lat, elbo_tol, kl_tol, tuple(names), mean_tol_sd)
+
+
+def _moments(fit, name, shape):
+    """(family label, mean, variance, Normal or None) of one latent of a fit, flattened."""
+    from vijax.families import Normal
+    from vijax.inference.laplace import LaplaceResult
+    if isinstance(fit, LaplaceResult):
+        m = jnp.ravel(jnp.asarray(fit.mean[name], float))
+        v = jnp.ravel(jnp.asarray(fit.variance[name], float))
+        return "Laplace", m, v, None
+    q = fit.posterior[name]
+    m = jnp.ravel(jnp.asarray(q.mean(), float))
+    v = jnp.ravel(jnp.asarray(q.variance(), float))
+    if m.size != math.prod(shape):
+        raise ValueError(f"latent '{name}': the {type(q).__name__} factor has {m.size} "
+                         f"elements, the Laplace fit {math.prod(shape)}")
+    return type(q).__name__, m, v, q if isinstance(q, Normal) else None
+
+
+def _normal_kl(m1, v1, m2, v2):
+    """KL(N(m1, v1) || N(m2, v2)), summed over elements."""
+    return float(jnp.sum(0.5 * (jnp.log(v2 / v1) + (v1 + (m1 - m2) ** 2) / v2 - 1.0)))
+
+
+def _compare_moments(a, b, elbo_tol, kl_tol, mean_tol_sd, names, var_rtol):
+    """:func:`compare` when one fit is a Laplace approximation (moments, KL where defined)."""
+    from vijax.inference.laplace import LaplaceResult
+    lap = a if isinstance(a, LaplaceResult) else b
+    other = b if lap is a else a
+    if not isinstance(other, LaplaceResult) and not isinstance(getattr(other, "posterior", None), dict):
+        raise TypeError(f"compare: cannot compare a Laplace fit with {type(other).__name__}")
+    if jnp.ndim(lap.log_evidence) != 0:
+        raise ValueError("compare takes single fits; this Laplace result is batched (vmap): "
+                         "compare one lane, e.g. jax.tree_util.tree_map(lambda x: x[i], fit)")
+    for fit, which in ((a, names[0]), (b, names[1])):
+        if isinstance(fit, LaplaceResult) and not bool(fit.ok):
+            raise ValueError(f"the Laplace fit '{which}' failed (ok=False: not a mode, or a "
+                             "non-finite log density); its moments are NaN")
+    mean_tol = 0.1 if mean_tol_sd is None else mean_tol_sd
+    shapes = {n: jnp.shape(v) for n, v in lap.mean.items()}
+    names_a = list(a.mean if isinstance(a, LaplaceResult) else a.posterior)
+    names_b = set(b.mean if isinstance(b, LaplaceResult) else b.posterior)
+    lat, ok = {}, True
+    for n in names_a:
+        if n not in names_b:
+            raise ValueError(f"latent '{n}' is in the first fit but not the second")
+        fa, ma, va, qa = _moments(a, n, shapes[n])
+        fb, mb, vb, qb = _moments(b, n, shapes[n])
+        if ma.shape != mb.shape:
+            raise ValueError(f"latent '{n}': {ma.size} elements in the first fit, {mb.size} "
+                             "in the second")
+        if qa is not None or qb is not None:  # a Normal factor against Laplace marginals
+            kab, kba = _normal_kl(ma, va, mb, vb), _normal_kl(mb, vb, ma, va)
+        else:
+            kab = kba = float("nan")
+        dm = float(jnp.max(jnp.abs(ma - mb)))
+        dsd = float(jnp.max(jnp.abs(ma - mb) / jnp.sqrt(jnp.maximum(vb, 1e-300))))
+        dv = float(jnp.max(jnp.abs(va - vb) / jnp.maximum(jnp.abs(vb), 1e-300)))
+        lat[n] = {"family": f"{fa} vs {fb}", "kl_ab": kab, "kl_ba": kba,
+                  "max_abs_mean_diff": dm, "max_mean_diff_sd": dsd, "max_rel_var_diff": dv}
+        if np.isfinite(kab) and np.isfinite(kba):
+            ok &= bool(max(kab, kba) < kl_tol)
+        else:
+            ok &= bool(dsd < mean_tol and dv < var_rtol)
+        if mean_tol_sd is not None:
+            ok &= bool(dsd < mean_tol_sd)
+    ev = lambda f: float(f.log_evidence if isinstance(f, LaplaceResult) else f.elbo)  # noqa: E731
+    ea, eb = ev(a), ev(b)
+    gap = abs(ea - eb) / max(abs(ea), 1.0)
+    ok &= bool(np.isfinite(gap) and gap < elbo_tol)
     return Comparison(bool(ok), ea, eb, gap, lat, elbo_tol, kl_tol, tuple(names), mean_tol_sd)
