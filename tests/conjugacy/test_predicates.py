@@ -145,6 +145,11 @@ def isnan_of_product_with_real(z, d):
     return lp + jnp.where(jnp.isfinite(mu), 0.0, -1.0) + jnp.where(tau * mu < 0, tau, 0.0)  # <- product
 
 
+def astype_of_partly_nonconjugate(z, d):
+    mu = z["mu"]
+    return _normal_mean(mu, d) + (mu ** 2 + jnp.exp(mu)).astype(jnp.int32)  # <- astype_poison
+
+
 # (tag, log joint, supports, refused latents, primitives naming the culprit)
 REFUSED = [
     ("where_mu", where_mu_positive, {"mu": vj.real()}, {"mu"}, {"gt"}),
@@ -161,6 +166,8 @@ REFUSED = [
     ("tau_vs_data", positive_vs_positive_data, {"tau": vj.positive()}, {"tau"}, {"gt"}),
     ("nested_jit", nested_jit, {"mu": vj.real()}, {"mu"}, {"gt"}),
     ("while", while_on_latent, {"tau": vj.positive()}, {"tau"}, {"lt", "while"}),
+    ("astype_poison", astype_of_partly_nonconjugate, {"mu": vj.real()}, {"mu"},
+     {"exp", "convert_element_type"}),
     # isfinite(mu) holds on the real line; the branch is tau * mu < 0, on both latents
     ("product", isnan_of_product_with_real, {"mu": vj.real(), "tau": vj.positive()},
      {"mu", "tau"}, {"lt"}),

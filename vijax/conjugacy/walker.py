@@ -244,7 +244,7 @@ class Walker:
 
     def eval_poisoned(self, eqn, invals):
         name = eqn.primitive.name
-        if name in PREDICATES:
+        if name in PREDICATES or (name == "convert_element_type" and _rounds(eqn, invals[0])):
             from vijax.conjugacy import intervals
             return intervals.resolve_predicate(self, eqn, invals)
         if name in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
@@ -288,6 +288,13 @@ class Walker:
         if eqn.primitive.multiple_results:
             return [self.poison(name, invals, p, "non-multilinear") for p in point_out]
         return self.poison(name, invals, point_out, "value depends on a non-conjugate term")
+
+
+def _rounds(eqn, v):
+    """A conversion to bool, or from a float to an integer (not linear in its operand)."""
+    new = eqn.params["new_dtype"]
+    return bool(jnp.issubdtype(new, jnp.bool_) or (
+        jnp.issubdtype(new, jnp.integer) and not jnp.issubdtype(v.dtype, jnp.integer)))
 
 
 def _out_shape(eqn):
