@@ -174,13 +174,13 @@ def _param_support(sup, value, where):
         if value.shape[-1] != sup.num_categories or (
                 sup.shape and tuple(sup.shape) != value.shape[:-1]):
             raise ModelSpecError(
-                f"parameter{where} has shape {value.shape} but its support {sup} has value "
+                f"params{where} has shape {value.shape} but its support {sup} has value "
                 f"shape {declared}{' (or (..., K))' if not sup.shape else ''}; make the "
                 "parameter and its declared support agree")
         return Support("simplex", value.shape[:-1], value.shape[-1])
     # a declared shape () means "the shape of the value"; any other must match it
     if sup.shape and tuple(sup.shape) != value.shape:
-        raise ModelSpecError(f"parameter{where} has shape {value.shape} but its support "
+        raise ModelSpecError(f"params{where} has shape {value.shape} but its support "
                              f"{sup} declares shape {tuple(sup.shape)}; make them agree")
     return Support(sup.kind, value.shape)
 
@@ -518,6 +518,14 @@ class _YOnly:
 
 
 _PATHS = ("factored", "direct")
+
+
+class _Label(str):
+    """A string in a result pytree that is structure, not data (no leaves), so that a
+    result can be returned from ``jax.vmap``/``jit`` (restarts of :meth:`PreparedEM.run`)."""
+
+
+jax.tree_util.register_pytree_node(_Label, lambda s: ((), str(s)), lambda aux, _: _Label(aux))
 _run_jit = jax.jit(_run, static_argnames=("cfg", "trace_len"))
 
 
@@ -681,8 +689,8 @@ class PreparedEM:
             state = state._replace(elbo=jnp.where(mismatch, jnp.nan, state.elbo),
                                    converged=state.converged & ~mismatch)
         state = state._replace(trace=state.trace[:int(max_iters) + 1])
-        diag = {"path": _PATHS[int(path)] if not _compat.is_tracer(path) else path,
-                "m_step": (("modes" if bool(modes) else "optimizer")
+        diag = {"path": _Label(_PATHS[int(path)]) if not _compat.is_tracer(path) else path,
+                "m_step": (_Label("modes" if bool(modes) else "optimizer")
                            if not _compat.is_tracer(modes) else modes),
                 "m_rejected": state.m_rejected, "m_iters": state.m_iters,
                 "max_decrease": state.max_decrease, "invalid": state.invalid >= 0,

@@ -109,13 +109,15 @@ class _Factored:
         return [(ops, atoms, out) for ops, atoms, out in reduced
                 if any(a.latent == name for a in atoms)]
 
-    def _eta(self, holds, i, st, magnitude=False):
-        """``eta_i = dQ/dT_i`` at the statistics ``st`` of the others. With
-        ``magnitude``, the same contraction of absolute values: the size of the summands
-        whose cancellation gives ``eta_i`` (its rounding scale)."""
+    def _eta(self, holds, i, st, how="value"):
+        """``eta_i = dQ/dT_i`` at the statistics ``st`` of the others. ``how="abs"``:
+        the same contraction of absolute values, the size of the summands whose
+        cancellation gives ``eta_i`` (its rounding scale); ``how="ones"``: of ones,
+        nonzero exactly where some term of ``Q`` holds the statistic (structure, not
+        values)."""
         sizes = self.compiled.sizes
         name = self.p_names[i]
-        fix = jnp.abs if magnitude else (lambda a: a)
+        fix = {"value": lambda a: a, "abs": jnp.abs, "ones": jnp.ones_like}[how]
 
         def part(s_i):
             total = jnp.zeros(())
@@ -207,7 +209,8 @@ class _Factored:
             if fam.__name__ in ("Dirichlet", "Beta", "Gamma", "InverseGamma"):
                 holds = self._holds(reduced, i)
                 eta = self._eta(holds, i, st)
-                mag = self._eta(holds, i, st, magnitude=True)
+                mag = self._eta(holds, i, st, "abs")
+                struct = self._eta(holds, i, st, "ones")
             if fam.__name__ == "Dirichlet":
                 cnt = eta["log"]
                 empty = cnt <= eps * jnp.sum(jnp.abs(cnt), -1, keepdims=True)
@@ -220,7 +223,7 @@ class _Factored:
                 c = sgn * eta["log"]  # half the count, >= 0 for a precision/variance
                 spread = -sgn * eta[lin]  # half the sum of squares S
                 big = c > jnp.sqrt(eps) * jnp.max(jnp.abs(c))
-                unbounded = big & (mag[lin] == 0)
+                unbounded = big & (struct[lin] == 0)
                 noise = 64 * eps * mag[lin]
                 collapsed = big & ~unbounded & (spread <= noise + reg[i] * c)
             out["empty"].append(empty)
