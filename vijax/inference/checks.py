@@ -127,13 +127,18 @@ def _tag(tree, where):
     return tree
 
 
+def _scalar(leaf):
+    return isinstance(leaf, numbers.Number) or tuple(getattr(leaf, "shape", (1,))) == ()
+
+
 def _number_lists(data, path="data"):
-    """Paths of lists/tuples whose leaves are all Python numbers."""
+    """Paths of lists/tuples whose leaves are all scalars (Python numbers, or their
+    abstract values when the compiler traces with shapes only)."""
     if isinstance(data, dict):
         return [p for k, v in data.items() for p in _number_lists(v, f"{path}[{k!r}]")]
     if isinstance(data, (list, tuple)) and data:
         leaves = jax.tree_util.tree_leaves(data)
-        if leaves and all(isinstance(l, numbers.Number) for l in leaves):
+        if leaves and all(_scalar(l) for l in leaves):
             return [path]
         return [p for i, v in enumerate(data) for p in _number_lists(v, f"{path}[{i}]")]
     return []
