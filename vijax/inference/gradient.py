@@ -31,6 +31,7 @@ from vijax.conjugacy.compile import compile_model, point_statistics
 from vijax.errors import FitDivergedError, ModelSpecError, UnsupportedPrimitiveError
 from vijax.inference import checks
 from vijax.inference import meanfield as mf
+from vijax.inference import stopping
 from vijax.inference.fingerprint import Static
 from vijax.inference.result import FitResult
 from vijax.model import check_data
@@ -164,7 +165,7 @@ def _prepare(model, data, estimator):
 
 
 def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples=16,
-                 num_steps=2000, tol=1e-6, init=None, natural_gradient=False, chunk=100,
+                 num_steps=2000, tol=None, init=None, natural_gradient=False, chunk=100,
                  progress=False) -> FitResult:
     """Maximize the ELBO with an optax optimizer.
 
@@ -180,7 +181,9 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         num_samples: Monte Carlo samples per step (reparam).
         num_steps: at most this many optimizer steps.
         tol: stop when the mean ELBO of a chunk changes by less than
-            ``tol * max(|ELBO|, 1)`` from the previous chunk.
+            ``tol * max(|ELBO|, 1)`` from the previous chunk, plus (exact estimator, eager
+            calls) the ELBO's rounding bound in its dtype (:mod:`vijax.inference.stopping`).
+            Default (None): ``max(1e-6, 8 eps)`` (1e-6 in float64 and float32).
         init: optional ``{latent: family object}`` starting factors.
         natural_gradient: natural-gradient steps on the natural parameters (exact only).
         chunk: steps per ``lax.scan`` chunk (the convergence test runs between chunks).
@@ -192,7 +195,12 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
 
     Raises:
         FitDivergedError: the ELBO became non-finite; carries the last finite state.
+
+    Warns:
+        ConvergenceWarning: (eager calls) ``num_steps`` ran out before the chunk means
+            converged.
     """
+    tol = stopping.default_gradient_tol(jnp.zeros(()).dtype) if tol is None else tol
     checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol, chunk)
     compiled, infos, estimator = _prepare(model, data, estimator)
     if natural_gradient and estimator != "exact":
@@ -230,7 +238,9 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
             cur = jnp.mean(tr)
             if progress:
                 print(f"[vijax] steps {int(state.step):6d}  ELBO {float(cur):.6g}", file=sys.stderr)
-            if c > 0 and abs(float(cur) - float(prev)) < tol * max(abs(float(cur)), 1.0):
+            bound = _exact_bound(compiled, infos, state.params, natural_gradient) \
+                if estimator == "exact" else 0.0
+            if c > 0 and abs(float(cur) - float(prev)) < tol * max(abs(float(cur)), 1.0) + bound:
                 converged = True
                 break
             prev = cur
@@ -256,7 +266,26 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     posterior = {n: fams[n].from_natural(natural[n]) for n in natural}
     result = FitResult(posterior, elbo, trace, state.step, converged,
                        {k: v for k, v in diag.items() if k != "estimator"}, natural)
+    if not traced and not bool(converged):
+        stopping.report([f"The gradient fit stopped after {int(state.step)} steps (num_steps) "
+                         "before the ELBO's chunk means converged; raise num_steps or tol, or "
+                         "use a larger learning rate."], strict=False)
     return result
+
+
+def _exact_bound(compiled, infos, params, natural_gradient):
+    """The exact ELBO's rounding bound at ``params`` (a float; see ``stopping``)."""
+    return float(_exact_bound_jit(compiled, tuple(infos.items()), params, natural_gradient))
+
+
+def _exact_bound_impl(compiled, infos, params, natural_gradient):
+    natural = params if natural_gradient else _to_natural(dict(infos), params)
+    mu = mf.mean_params(dict(infos), natural)
+    magnitude = stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes, mu)
+    return stopping.rounding_bound(magnitude, magnitude.dtype)
+
+
+_exact_bound_jit = jax.jit(_exact_bound_impl, static_argnames=("infos", "natural_gradient"))
 
 
 def _run_chunk(state, compiled, data, cfg):
