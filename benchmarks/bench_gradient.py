@@ -60,7 +60,8 @@ def vijax_method(model, data, estimator, num_samples, chunk, dtype, opt):
     params0 = {n: fams[n].from_natural(natural0[n]).to_unconstrained() for n in natural0}
     state0 = G.GradState(params0, opt.init(params0), k_run, jnp.asarray(0), params0,
                          jnp.asarray(-1))
-    cfg = (model, tuple(infos.items()), est, num_samples, opt, chunk, False)
+    # the optimizer travels as a fingerprinted static (what vj.fit_gradient passes)
+    cfg = (model, tuple(infos.items()), est, num_samples, G.Static(opt), chunk, False)
     exe, comp = H.aot_compile(G._run_chunk_jit, state0, compiled, data,
                               static_kwargs={"cfg": cfg})
     elbo_of = jax.jit(lambda p: mf.elbo(compiled, G._to_natural(infos, p)))

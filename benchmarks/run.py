@@ -37,6 +37,7 @@ SUITES: Dict[str, str] = {
     "compiler": "benchmarks.bench_compiler",
     "cavi": "benchmarks.bench_cavi",
     "gradient": "benchmarks.bench_gradient",
+    "e2e": "benchmarks.bench_e2e",
 }
 
 

@@ -20,6 +20,8 @@ TIMING_COLUMNS = {
     "compiler": {"xla_compile_s", "steady_median_ms", "ratio_median"},
     "cavi": {"xla_compile_s", "ms_per_iter_median", "ratio_median"},
     "gradient": {"xla_compile_s", "steps_per_s", "vs_numpyro"},
+    "e2e": {"analysis_s", "walk_s", "wall_median_s", "vijax_over_this_median",
+            "later_median_s", "ms_per_iter_median"},
 }
 
 
