@@ -294,8 +294,7 @@ def _raise_if_failed(result, order, strict, tol=None):
     if not bool(result.converged) and not (tol is not None and float(tol) == 0):
         problems.append(
             f"CAVI stopped after {int(result.num_iters)} sweeps (max_iters) without "
-            f"converging; the last ELBO change was {_last_change(result):.3g}. Raise "
-            "max_iters or tol.")
+            f"converging{_last_change(result)}. Raise max_iters or tol.")
     problems += stopping.condition_problems(result.posterior, result.elbo.dtype)
     stopping.report(problems, strict, step=int(result.num_iters), last_state=result.natural,
                     stacklevel=4)
@@ -304,4 +303,4 @@ def _raise_if_failed(result, order, strict, tol=None):
 def _last_change(result):
     n = int(result.num_iters)
     tr = result.elbo_trace
-    return float(tr[n - 1] - tr[n - 2]) if n >= 2 else float("nan")
+    return f"; the last ELBO change was {float(tr[n - 1] - tr[n - 2]):.3g}" if n >= 2 else ""
