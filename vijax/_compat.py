@@ -73,7 +73,8 @@ def user_frames(eqn):
         tb = eqn.source_info.traceback
         if tb is None:
             return []
-        return [(f.file_name, f.start_line) for f in tb.frames]
+        return [(f.file_name, getattr(f, "start_line", getattr(f, "line_num", None)))
+                for f in tb.frames]
     except Exception:  # pragma: no cover
         return []
 
