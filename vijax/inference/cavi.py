@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from vijax import _compat
 from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
-from vijax.conjugacy.compile import compile_model
+from vijax.conjugacy.program import program_for
 from vijax.errors import FitDivergedError
+from vijax.inference import checks
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
 from vijax.inference.result import FitResult
@@ -175,27 +176,6 @@ def _loop(compiled, natural0, tol, order, max_iters, damping):
     def cond(s):
         return (s.it < max_iters) & ~s.converged & (s.invalid_latent < 0) & jnp.isfinite(s.elbo)
 
-    absolute = stopping.abs_terms(compiled)
-    bound = stopping.rounding_bound(stopping.elbo_magnitude(absolute, compiled.sizes, mu),
-                                    e.dtype)
-    drop = state.elbo - e
-    it = state.it + 1
-    return CaviState(
-        natural, mu, e, it, state.trace.at[state.it].set(e),
-        stopping.converged(e - state.elbo, e, tol, bound) & (tol > 0),
-        jnp.maximum(state.max_decrease, jnp.where(jnp.isfinite(drop), drop, 0.0)),
-        jnp.where(state.invalid_latent >= 0, state.invalid_latent, invalid),
-        jnp.where((state.invalid_iter < 0) & (invalid >= 0), it, state.invalid_iter),
-        jnp.maximum(state.excess, jnp.where(jnp.isfinite(drop), drop - bound, -jnp.inf)),
-        bound)
-
-
-def _loop(compiled, natural0, tol, order, max_iters, damping):
-    state = init(compiled, natural0, max_iters)
-
-    def cond(s):
-        return (s.it < max_iters) & ~s.converged & (s.invalid_latent < 0) & jnp.isfinite(s.elbo)
-
     absolute = stopping.abs_terms(compiled)  # |constants| once, outside the loop
     state = jax.lax.while_loop(
         cond, lambda s: step(compiled, s, order, tol, damping, absolute), state)
@@ -247,8 +227,10 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     """
     check_data(data)
     tol = stopping.default_tol(jnp.zeros(()).dtype) if tol is None else tol
-    compiled = compile_model(model, data)
-    compiled.require_conjugate()
+    checks.check_cavi_args(model, data, key, tol, max_iters, order)
+    prog = program_for(model, data)  # analysed once per model and data shapes
+    prog.require_conjugate()
+    compiled = prog.materialize(data)
     dtype = jnp.zeros(()).dtype
     key = jax.random.key(0) if key is None else key
     natural0 = mf.user_init(compiled, init, mf.default_init(compiled, key, dtype))
@@ -263,11 +245,14 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     state = _loop_jit(compiled, natural0, tol, order, int(max_iters), damping)
     diag = {"max_decrease": state.max_decrease, "nonfinite": ~jnp.isfinite(state.elbo),
             "invalid_latent": state.invalid_latent, "invalid_iter": state.invalid_iter,
-            "excess_decrease": state.excess, "rounding_bound": state.bound}
+            "excess_decrease": state.excess, "rounding_bound": state.bound,
+            "analysis_s": jnp.asarray(prog.analysis_s, dtype)}
     result = CaviResult(mf.posterior(compiled, state.natural), state.elbo, state.trace,
                         state.it, state.converged, diag, state.natural)
     if not _compat.is_tracer(state.elbo):
         _raise_if_failed(result, order, strict, tol)
+    else:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
+        result = checks.nan_if_failed(result, lambda nat: mf.posterior(compiled, nat))
     return result
 
 

@@ -739,9 +739,7 @@ def prepare(log_joint, params, supports, data, *, param_supports=None, m_step="a
     cfg = _Config(log_joint, tuple(supports.items()), tuple(sups), treedef, m_step,
                   None if order is None else tuple(order))
     _check_param_domains(cfg, jax.tree_util.tree_leaves(params), data)
-    concrete = not any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(data))
-    # analysed here, outside jit, when the data are concrete (see factored_form)
-    factored = factored_form(cfg, data) if concrete else None
+    factored = factored_form(cfg, data)  # shapes only: cached, also under jit/vmap
     if factored is not None:  # constants on the device once, not at every run
         factored = jax.tree_util.tree_map(jnp.asarray, factored)
     return PreparedEM(cfg, data, factored, treedef)

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model, point_statistics
+from vijax.conjugacy.program import _spec_key, data_spec
+from vijax.conjugacy.program import build as build_program
+from vijax.supports import default_float
 from vijax.inference import meanfield as mf
 from vijax.model import Model
 
@@ -342,9 +345,9 @@ def factored_form(cfg, data):
     parameter (or latent) then has no conjugate form. This path is only an optimization:
     the direct path compiles the model as the user wrote it and reports its own errors.
 
-    Called outside ``jit`` when the data are concrete, so that the compiler's constant
-    folding sees their values (a data term broadcast over the mixture components stays
-    ``[N, D]`` instead of ``[K, N, D]``)."""
+    The analysis reads only the data's shapes, and is cached per EM configuration and
+    data shapes, so a second ``vj.em`` call on new data of the same shapes (or a call
+    under ``jit``/``vmap``) does not analyse again."""
     if cfg.force_direct:
         return None
     names = _param_names(cfg)
@@ -357,11 +360,19 @@ def factored_form(cfg, data):
         return cfg.log_joint(theta, {n: z[n] for n in y_names}, d)
 
     sups = {**cfg.latent_supports, **dict(zip(names, cfg.param_supports))}
-    try:
-        compiled = compile_model(Model(joint, sups), data)
-    except Exception:  # noqa: BLE001 - see the docstring
-        return None
-    return compiled if compiled.conjugate else None
+    key = (cfg, _spec_key(data_spec(data)), str(default_float()))
+    if key not in _FACTORED:  # analysed once per EM problem and data shapes
+        try:
+            prog = build_program(Model(joint, sups), data)
+        except Exception:  # noqa: BLE001 - see the docstring
+            prog = None
+        _FACTORED[key] = prog if prog is not None and prog.conjugate else None
+    prog = _FACTORED[key]
+    return prog.materialize(data) if prog is not None else None
+
+
+#: (EM configuration, data shapes) -> the factored program, or None where there is none
+_FACTORED: dict = {}
 
 
 def _backend(cfg, data, theta0, factored=None):

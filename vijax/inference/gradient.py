@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from vijax import _compat
-from vijax.conjugacy.compile import compile_model, point_statistics
+from vijax.conjugacy.compile import point_statistics
+from vijax.conjugacy.program import program_for
 from vijax.errors import FitDivergedError, ModelSpecError, UnsupportedPrimitiveError
 from vijax.inference import checks
 from vijax.inference import meanfield as mf
@@ -151,13 +152,14 @@ def _prepare(model, data, estimator):
         raise ModelSpecError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     check_data(data)
     try:
-        compiled = compile_model(model, data)
+        prog = program_for(model, data)  # analysed once per model and data shapes
     except UnsupportedPrimitiveError:
         if estimator == "exact":
             raise
-        compiled = None
+        prog = None
     if estimator == "exact":
-        compiled.require_conjugate()
+        prog.require_conjugate()
+    compiled = prog.materialize(data) if prog is not None else None
     if estimator == "auto":
         estimator = "exact" if compiled is not None and compiled.conjugate else "reparam"
     infos = mf.variational_infos(model, compiled)
