@@ -135,3 +135,38 @@ def test_mixture_data_terms_are_not_broadcast_over_components(zoo):
     comp = P.program_for(case.model, case.data).materialize(case.data)
     sizes = [int(np.prod(jnp.shape(c))) for t in comp.terms for c, _ in t.consts]
     assert max(sizes) <= n_data, sizes
+
+
+def _em_gmm(p, z, x):
+    c = z["z"]
+    lp = jnp.sum(jnp.log(p["weights"])[c])
+    return lp + jnp.sum(stats.norm.logpdf(x, p["means"][c], 1.0 / jnp.sqrt(p["precisions"][c])))
+
+
+def test_a_second_em_and_laplace_call_neither_walks_nor_compiles(monkeypatch, caplog, rng):
+    N, D, K = 30, 2, 2
+    sups = {"weights": vj.simplex(K), "means": vj.real(), "precisions": vj.positive()}
+    datas = [jnp.asarray(rng.normal(size=(N, D)) + np.repeat([[-2.0, 0], [2.0, 0]], N // 2, 0))
+             for _ in range(2)]
+    params = {"weights": jnp.array([0.4, 0.6]), "means": jnp.array([[-1.0, 0], [1.0, 0]]),
+              "precisions": jnp.ones((K, D))}
+    zsup = {"z": vj.categorical(K, shape=(N,))}
+    lap_model = vj.Model(lambda z, x: jnp.sum(stats.norm.logpdf(z["mu"], 0.0, 3.0))
+                         + jnp.sum(stats.norm.logpdf(x, z["mu"], 1.0)), {"mu": vj.real((D,))})
+    walks = []
+    orig = walker.Walker.run
+    monkeypatch.setattr(walker.Walker, "run", lambda self, *a: walks.append(1) or orig(self, *a))
+    vj.em(_em_gmm, params, zsup, datas[0], param_supports=sups, max_iters=20)
+    vj.laplace(lap_model, datas[0], optimizer=optax.lbfgs())
+    n_walks = len(walks)
+    caplog.set_level(logging.DEBUG)
+    with jax.log_compiles():
+        fit = vj.em(_em_gmm, params, zsup, datas[1], param_supports=sups, max_iters=20)
+        lap = vj.laplace(lap_model, datas[1], optimizer=optax.lbfgs())
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert len(walks) == n_walks, "the second EM call walked the jaxpr again"
+    assert not compiles, compiles
+    assert np.isfinite(fit.log_likelihood)
+    # Laplace on the second data set: the posterior mean of a normal mean (prior sd 3)
+    np.testing.assert_allclose(lap.mean["mu"], np.asarray(datas[1]).sum(0) / (N + 1 / 9),
+                               rtol=1e-6)

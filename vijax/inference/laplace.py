@@ -30,6 +30,7 @@ from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
 from vijax.inference.em import maximize
 from vijax.inference import checks
+from vijax.inference.fingerprint import Static
 from vijax.model import check_data
 
 
@@ -86,6 +87,7 @@ def _nan_like(tree):
 
 
 def _core(model, data, u0, optimizer, num_steps, tol):
+    optimizer = optimizer.value  # a fingerprinted static: a fresh optax object reuses the compile
     """Everything after initialization, as a pure function of arrays."""
     flat0, unravel = ravel_pytree(u0)
     sups = model.supports
@@ -222,7 +224,7 @@ def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-
             raise ModelSpecError(f"init['{n}'] lies outside its support {sup}")
         u0[n] = sup.to_unconstrained(v)
     checks.check_log_joint_on_data(model, data)
-    result, diag = _core_jit(model, data, u0, optimizer, num_steps, float(tol))
+    result, diag = _core_jit(model, data, u0, Static(optimizer), num_steps, float(tol))
     if not _compat.is_tracer(result.ok) and not bool(result.ok):
         _raise_failure(result, diag)
     return result
