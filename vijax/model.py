@@ -111,7 +111,8 @@ class Analysis:
         for n, inf in infos.items():
             fam = inf.family or "NOT CONJUGATE"
             if inf.family == "MultivariateNormal":
-                fam += f"(event={inf.event_size})"
+                fam += f"(event={inf.event_size}" + (
+                    f", axes {inf.event_axes}" if not inf.layout.trailing else "") + ")"
             lines.append(f"{n:<13} {str(inf.support):<21} {fam:<20} "
                          f"{', '.join(inf.stats) if inf.family else ''}")
         for n, r in self.reasons.items():
@@ -124,12 +125,36 @@ class Analysis:
     __repr__ = __str__
 
 
+def _check_finite_constant(model, data, comp):
+    """DataError when the constant part of F (everything that does not depend on the
+    latents) is -inf or NaN for these data values."""
+    const = np.asarray(comp.const)
+    if np.all(np.isfinite(const)):
+        return
+    from vijax.conjugacy import nonfinite
+    from vijax.conjugacy.compile import locate_nonfinite, trace
+    from vijax.conjugacy.program import data_spec
+    closed = trace(model, data_spec(data))
+    density, line = locate_nonfinite(model, closed, data)
+    raise DataError(nonfinite.message(const, density, line, data_dependent=True))
+
+
 def analyze(model: Model, data) -> Analysis:
     """Run the conjugacy compiler and report, per latent, the family or the reason not.
 
     ``data`` may be arrays or ``jax.ShapeDtypeStruct`` leaves: the analysis reads only
     shapes and dtypes, and is cached per model and shapes. Does not raise for
-    non-conjugacy (inference routines do).
+    non-conjugacy (inference routines do): a latent without a closed-form update is
+    listed with its reason and the user's line.
+
+    Raises:
+        ModelSpecError: the log joint is -inf or NaN at every value of the latents
+            whatever the data (a latent-free part of it, e.g. a density of a closed-over
+            constant outside its support); names the density and line.
+        DataError: NaN/Inf data, or (concrete data) the log joint is -inf or NaN at every
+            value of the latents for these data values (e.g.
+            ``jax.scipy.stats.multinomial.logpmf`` of a batch of count vectors); names
+            the density and line.
     """
     from vijax import families
     from vijax.conjugacy.program import is_abstract, program_for
@@ -138,6 +163,8 @@ def analyze(model: Model, data) -> Analysis:
         check_data(data)
     prog = program_for(model, data)
     comp = None if abstract else prog.materialize(data)
+    if comp is not None:
+        _check_finite_constant(model, data, comp)
     fams, reasons, stats = {}, {}, {}
     for n, inf in prog.infos.items():
         fams[n] = getattr(families, inf.family) if inf.family else None

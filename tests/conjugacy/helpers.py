@@ -130,7 +130,7 @@ class RandomFactor:
             chol = np.linalg.cholesky(self.cov)
             eps = rng.normal(size=(n,) + self.loc.shape)
             x = self.loc + np.einsum("...ij,n...j->n...i", chol, eps)
-            return x.reshape((n,) + shp)
+            return np.asarray(self.info.layout.to_value(jnp.asarray(x)))
         if fam == "Gamma":
             return rng.gamma(self.a, 1.0 / self.b, (n,) + shp)
         if fam == "InverseGamma":

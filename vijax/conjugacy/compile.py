@@ -108,7 +108,7 @@ def point_statistics(inf: LatentInfo, z):
     fam = inf.family
     dtype = jnp.zeros(()).dtype
     if fam == "MultivariateNormal":
-        x = jnp.reshape(z, inf.batch_shape + (inf.event_size,))
+        x = inf.layout.to_family(z)
         return {"x": x, "xxT": x[..., :, None] * x[..., None, :]}
     if fam == "Normal":
         return {"x": z, "x2": z * z}
@@ -182,6 +182,35 @@ def compile_model(model, data) -> Compiled:
     return program_for(model, data).materialize(data)
 
 
+def canonical_latents(model):
+    """Every latent at its support's canonical interior point."""
+    return {n: s.canonical_point() for n, s in model.supports.items()}
+
+
+def locate_nonfinite(model, closed, data):
+    """(density, file:line) where the log joint's non-finite value arises at the
+    canonical point (data leaves that are traced count as unknown)."""
+    from vijax.conjugacy import nonfinite
+    jaxpr, consts = _compat.open_jaxpr(closed)
+    args = jax.tree_util.tree_leaves((canonical_latents(model), data))
+    return nonfinite.locate(jaxpr, consts, args)
+
+
+def _raise_if_nonfinite(model, closed, data, out, sizes):
+    """ModelSpecError when a latent-free part of the walked log joint is a concrete -inf
+    or NaN: the log joint is then non-finite at every value of the latents, whatever
+    the data (their values are not known here)."""
+    from vijax.conjugacy import nonfinite
+    found = nonfinite.nonfinite_constant(out, sizes)
+    if found is not None:
+        bad, src = found
+        density, line = locate_nonfinite(model, closed, data)
+        if src is not None and line != src:  # the term's own line; its density if known
+            density = density if line is None else None
+            line = src
+        raise ModelSpecError(nonfinite.message(bad, density, line, data_dependent=False))
+
+
 def _compile(model, data, closed, timings=None) -> Compiled:
     """Walk the jaxpr with ``data`` (abstract values under a trace) and match families.
 
@@ -204,6 +233,7 @@ def _compile(model, data, closed, timings=None) -> Compiled:
         value = out
     else:
         value = None
+    _raise_if_nonfinite(model, closed, data, out, space.sizes)
     seen = set(value.latents()) if value is not None else set()
     for r in reasons:
         seen |= set(r.latents)

@@ -15,8 +15,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _compat
 from vijax.conjugacy import terms as T
-from vijax.errors import NonConjugateError
 
 
 def discrete_latents(w, invals):
@@ -48,12 +48,30 @@ def _atom_elements(w, a: T.Atom):
     return np.asarray(a.idx), a.labels
 
 
+class _Mixed(Exception):
+    """A non-multilinear operation mixes several elements of one discrete latent."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
 def _several(w, name):
-    raise NonConjugateError(
-        f"latent '{name}': a non-multilinear operation (at {w.source() or 'unknown line'}) "
-        "mixes several elements of this discrete latent; its complete conditional does not "
-        "factorize over elements. Split the latent, or use vj.fit_gradient.",
-        latent=name, primitive=w.eqn.primitive.name if w.eqn else None, source=w.source())
+    raise _Mixed(name)
+
+
+def _mixed_poison(w, eqn, invals, name):
+    """The output of ``eqn`` as a Poison: its value depends jointly on several elements
+    of ``name``, so no expansion in one element's indicators exists. Reported (on every
+    latent the operation reads, as for any non-multilinear value), never raised: the
+    analysis lists it, CAVI refuses the latent, the gradient path fits it."""
+    pts = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
+    detail = (f"a non-multilinear operation mixes several elements of the discrete latent "
+              f"'{name}': its complete conditional does not factorize over elements. Split "
+              "the latent into separate latents, or fit by vj.fit_gradient")
+    if eqn.primitive.multiple_results:
+        return [w.poison(eqn.primitive.name, invals, p, detail) for p in pts]
+    return w.poison(eqn.primitive.name, invals, pts, detail)
 
 
 def element_map(w, s, z, shape):
@@ -163,16 +181,25 @@ def indicator(w, z, k, emap):
 
 
 def tabulate(w, eqn, invals):
-    """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly."""
+    """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly;
+    a Poison (a reason on the latents, not an error) where an output position depends
+    on several elements of the latent."""
+    try:
+        return _tabulate(w, eqn, invals)
+    except _Mixed as e:
+        return _mixed_poison(w, eqn, invals, e.name)
+
+
+def _tabulate(w, eqn, invals):
     from vijax.conjugacy.algebra import _operand, mul_sym
     from vijax.conjugacy.walker import Poison
     z = sorted(discrete_latents(w, invals))[0]
     sup = w.supports[z]
     if eqn.primitive.multiple_results:
-        raise NonConjugateError(
-            f"latent '{z}': primitive '{eqn.primitive.name}' with several outputs depends on "
-            f"a discrete latent (at {w.source()}); not supported", latent=z,
-            primitive=eqn.primitive.name, source=w.source())
+        pts = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
+        return [w.poison(eqn.primitive.name, invals, p, "an operation with several outputs "
+                         f"applied to a value of the discrete latent '{z}' (not expanded)")
+                for p in pts]
     shape = tuple(eqn.outvars[0].aval.shape)
     if eqn.primitive.name == "gather" and isinstance(invals[1], T.Sym):
         if isinstance(invals[0], T.Sym) and z in invals[0].latents():

@@ -2,8 +2,9 @@
 
 Each term's atoms are grouped per latent and mapped to the statistics of an
 exponential family (DESIGN section 2 table). Two atoms of one real latent on different
-elements make that latent a multivariate normal over the smallest trailing event that
-contains every such pair; any other pattern is reported as non-conjugate. Like terms
+elements make that latent a multivariate normal whose event spans exactly the axes along
+which some such pair differs (the other axes are batch: independent events); any other
+pattern is reported as non-conjugate. Like terms
 are merged (constants added, per-element index patterns stacked), and F is their sum.
 """
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax.conjugacy import terms as T
+from vijax.families.layout import EventLayout
 
 COUNT_REASON = (
     "count latents (vj.count()) have no conjugate update in this version; marginalize it "
@@ -42,17 +44,24 @@ class LatentInfo:
     reason: str | None = None
     source: str | None = None
     primitive: str | None = None
-    event_ndim: int = 0  # trailing latent axes forming one multivariate-normal event
+    event_axes: tuple = ()  # latent axes forming one multivariate-normal event
+
+    @property
+    def event_ndim(self):
+        return len(self.event_axes)
+
+    @property
+    def layout(self) -> EventLayout:
+        """Declared value shape <-> the family's ``batch_shape + (event_size,)``."""
+        return EventLayout(self.support.shape, self.event_axes)
 
     @property
     def batch_shape(self):
-        shp = self.support.shape
-        return shp[:len(shp) - self.event_ndim] if self.event_ndim else shp
+        return self.layout.batch_shape if self.event_axes else self.support.shape
 
     @property
     def event_size(self):
-        shp = self.support.shape
-        return int(math.prod(shp[len(shp) - self.event_ndim:])) if self.event_ndim else 1
+        return self.layout.event_size if self.event_axes else 1
 
     def stat_shape(self, stat):
         sup = self.support
@@ -141,13 +150,16 @@ def _atom_str(a):
     return f"{a.stat}({a.latent})"
 
 
-def _event_ndim(shape, pairs):
-    """Smallest number of trailing axes holding every coupled pair in one event."""
-    for m in range(1, len(shape) + 1):
-        E = int(math.prod(shape[len(shape) - m:]))
-        if all(np.array_equal(ea // E, eb // E) for ea, eb in pairs):
-            return m
-    return len(shape)
+def _event_axes(shape, pairs):
+    """The smallest set of axes holding every coupled pair in one event: the axes along
+    which some pair's two elements differ. Every pair then agrees on the other (batch)
+    axes, so each pair lies within one event; no smaller set does, since leaving out an
+    axis along which a pair differs splits that pair over two independent events."""
+    axes = set()
+    for ea, eb in pairs:
+        ca, cb = np.unravel_index(ea, shape), np.unravel_index(eb, shape)
+        axes.update(d for d in range(len(shape)) if np.any(ca[d] != cb[d]))
+    return tuple(sorted(axes))
 
 
 def match(space, supports, value, reasons, all_latents):
@@ -163,6 +175,7 @@ def match(space, supports, value, reasons, all_latents):
     classified = []
     pairs = defaultdict(list)
     used = defaultdict(set)
+    where = {}  # (latent, final statistic) -> source of a term that holds it
     for t in terms:
         if not t.atoms:
             classified.append((t, {}))
@@ -185,6 +198,7 @@ def match(space, supports, value, reasons, all_latents):
             else:
                 a = entry[1]
                 used[name].add(_final_stat_name(supports[name].kind, a))
+                where.setdefault((name, _final_stat_name(supports[name].kind, a)), t.src)
     for name, inf in info.items():
         if inf.reason is not None:
             continue
@@ -192,7 +206,7 @@ def match(space, supports, value, reasons, all_latents):
         stats = used.get(name, set())
         if kind == "real":
             if pairs.get(name):
-                inf.event_ndim = _event_ndim(inf.support.shape, pairs[name])
+                inf.event_axes = _event_axes(inf.support.shape, pairs[name])
                 inf.family = "MultivariateNormal"
                 inf.stats = ("x", "xxT")
             else:
@@ -200,8 +214,13 @@ def match(space, supports, value, reasons, all_latents):
                 inf.stats = ("x", "x2")
         elif kind == "positive":
             if "x" in stats and "inv" in stats:
-                inf.reason = (f"'{name}' appears both as {name} and as 1/{name}: the complete "
-                              "conditional is generalized inverse Gaussian, not supported")
+                src_x, src_inv = where.get((name, "x")), where.get((name, "inv"))
+                at_x = f" (at {src_x})" if src_x and src_x != src_inv else ""
+                inf.reason = (f"'{name}' appears both as {name}{at_x} and as 1/{name}: the "
+                              "complete conditional is generalized inverse Gaussian, not "
+                              "supported" + (f" (at {src_inv})" if src_inv else ""))
+                inf.source = src_inv or src_x
+                inf.primitive = "div"
                 continue
             inf.family = "InverseGamma" if "inv" in stats else "Gamma"
             inf.stats = ("inv", "log") if "inv" in stats else ("x", "log")
@@ -248,18 +267,25 @@ def _final_atom(sizes, inf: LatentInfo, entry):
             return T.Atom(inf.name, "x2", union, np.array(ea))
         a = entry[1]
         return T.Atom(inf.name, _final_stat_name(kind, a), a.labels, a.idx)
+    # element e of the latent is entry b * E + p of the statistic x (and (b, p, p') of
+    # xxT), with (b, p) its batch index and event position in the family's layout
     E = inf.event_size
+    lay = inf.layout
     if entry[0] == "pair":
         _, a, b, union, ea, eb = entry
-        idx = (ea // E) * E * E + (ea % E) * E + (eb % E)
-        return T.Atom(inf.name, "xxT", union, np.array(idx))
+        ba, pa = lay.element_position(np.asarray(ea))
+        _, pb = lay.element_position(np.asarray(eb))
+        return T.Atom(inf.name, "xxT", union, np.array(ba * E * E + pa * E + pb))
     a = entry[1]
     if a.power == 1.0:
-        if a.idx is None and inf.event_ndim > 1:  # the event axes are flattened in the stat
-            return T.Atom(inf.name, "x", a.labels, T.explicit_idx(a, inf.support.shape))
-        return T.Atom(inf.name, "x", a.labels, a.idx)
-    e = np.asarray(T.explicit_idx(a, inf.support.shape))
-    return T.Atom(inf.name, "xxT", a.labels, (e // E) * E * E + (e % E) * E + (e % E))
+        if lay.trailing:  # a reshape: element ids are statistic entries
+            if a.idx is None and inf.event_ndim > 1:  # the event axes are flattened
+                return T.Atom(inf.name, "x", a.labels, T.explicit_idx(a, inf.support.shape))
+            return T.Atom(inf.name, "x", a.labels, a.idx)
+        bi, p = lay.element_position(T.host(T.explicit_idx(a, inf.support.shape)))
+        return T.Atom(inf.name, "x", a.labels, bi * E + p)
+    bi, p = lay.element_position(T.host(T.explicit_idx(a, inf.support.shape)))
+    return T.Atom(inf.name, "xxT", a.labels, bi * E * E + p * E + p)
 
 
 # ----------------------------------------------------------------- merging like terms

@@ -98,10 +98,12 @@ def family(cls):
     """Class decorator: make ``cls`` a frozen dataclass and register it as a pytree.
 
     The pytree's only children are the natural-parameter arrays, so families pass
-    through ``jit``, ``vmap``, ``grad`` and ``lax`` control flow unchanged.
+    through ``jit``, ``vmap``, ``grad`` and ``lax`` control flow unchanged; any other
+    field (e.g. :class:`~vijax.families.MultivariateNormal`'s ``layout``) is static.
     """
     cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
-    jax.tree_util.register_dataclass(cls, data_fields=["natural"], meta_fields=[])
+    meta = [f.name for f in dataclasses.fields(cls) if f.name != "natural"]
+    jax.tree_util.register_dataclass(cls, data_fields=["natural"], meta_fields=meta)
     return cls
 
 

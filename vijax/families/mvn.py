@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
+from vijax.families.layout import EventLayout
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _JITTER_HINT = ("Its Cholesky factorization failed; if it is only numerically singular, "
@@ -64,6 +66,13 @@ class MultivariateNormal(ExponentialFamily):
     Everything goes through the Cholesky factor of the precision; no explicit
     inverse is formed except for ``cov`` itself.
 
+    ``layout`` (static, optional): the :class:`~vijax.families.layout.EventLayout` of a
+    latent whose declared shape is not ``batch + (D,)`` (a coupling along several or
+    non-trailing axes). With it, :meth:`mean`, :meth:`variance`, :meth:`sample` and
+    :meth:`log_prob` read and return values of the declared shape; ``natural``, ``loc``,
+    ``cov``, ``precision`` and ``covariance()`` stay in the family's ``batch + (D,)``
+    layout. The posteriors of :func:`vijax.cavi` and :func:`vijax.fit_gradient` carry it.
+
     Example:
         >>> import jax.numpy as jnp
         >>> q = MultivariateNormal.from_loc_cov(jnp.zeros(2), jnp.diag(jnp.array([1., 4.])))
@@ -71,10 +80,27 @@ class MultivariateNormal(ExponentialFamily):
         [1.0, 4.0]
     """
 
+    layout: Optional[EventLayout] = None
+
     stat_names = ("x", "xxT")
     stat_event_ndims = {"x": 1, "xxT": 2}
     event_ndim = 1
     support = "real"
+
+    def with_layout(self, layout: Optional[EventLayout]) -> "MultivariateNormal":
+        """The same distribution whose values have ``layout.shape`` (see the class
+        docstring)."""
+        if layout is not None and (layout.batch_shape, layout.event_size) != (
+                tuple(jnp.shape(self.natural["x"])[:-1]), self.dim):
+            raise ValueError(f"layout {layout} does not match a MultivariateNormal of batch "
+                             f"shape {jnp.shape(self.natural['x'])[:-1]} and dimension {self.dim}")
+        return dataclasses.replace(self, layout=layout)
+
+    def _value(self, y: Array) -> Array:
+        return y if self.layout is None else self.layout.to_value(y)
+
+    def _flat(self, x: Array) -> Array:
+        return x if self.layout is None else self.layout.to_family(x)
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
@@ -195,14 +221,15 @@ class MultivariateNormal(ExponentialFamily):
         return self.cov
 
     def mean(self) -> Array:
-        return self.loc
+        return self._value(self.loc)
 
     def variance(self) -> Array:
         """Diagonal of the covariance."""
-        return _diag(self.cov)
+        return self._value(_diag(self.cov))
 
     # ------------------------------------------------------------ closed forms
     def log_prob(self, x: Array) -> Array:
+        x = self._flat(x)
         chol = self.precision_chol
         loc = _chol_solve_vec(chol, self.natural["x"])
         # (x - m)^T Lambda (x - m) = |L^T (x - m)|^2
@@ -235,7 +262,7 @@ class MultivariateNormal(ExponentialFamily):
         eps = jax.random.normal(key, shape, self.dtype)
         chol = jnp.broadcast_to(chol, shape + shape[-1:])
         z = solve_triangular(chol, eps[..., None], lower=True, trans="T")[..., 0]
-        return self.loc + z
+        return self._value(self.loc + z)
 
     # ------------------------------------------------------------ gradient path
     def to_unconstrained(self) -> dict[str, Array]:

@@ -494,7 +494,8 @@ def _run(cfg, u0, key, data, knobs, trace_len, factored=None):
 
     state = jax.lax.while_loop(cond, body, state)
     trace = jnp.where(jnp.arange(trace_len) <= state.it, state.trace, state.elbo)
-    posterior = {n: mf.family_class(be.y_infos[n])(state.natural[n]) for n in state.natural}
+    posterior = {n: mf.factor(be.y_infos[n], state.natural[n], validate=False)
+                 for n in state.natural}
     # degenerate components at the fit, from the statistics of the final E-step
     theta = cfg.theta(state.u)
     reg = (knobs.reg_covar if knobs.reg_covar is not None

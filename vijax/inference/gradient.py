@@ -29,7 +29,8 @@ import optax
 from vijax import _compat
 from vijax.conjugacy.compile import point_statistics
 from vijax.conjugacy.program import program_for
-from vijax.errors import FitDivergedError, ModelSpecError, UnsupportedPrimitiveError
+from vijax.errors import (FitDivergedError, ModelSpecError, NonConjugateError,
+                          UnsupportedPrimitiveError)
 from vijax.inference import checks
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
@@ -55,9 +56,10 @@ def _to_natural(infos, params):
 
 
 def _latent_value(inf, x):
-    """A sample of the q family reshaped to the latent's value shape."""
+    """A sample of the q family (its ``batch + (E,)`` layout for a dense Gaussian) in
+    the latent's declared value shape."""
     if inf.family == "MultivariateNormal":
-        return jnp.reshape(x, x.shape[:x.ndim - len(inf.batch_shape) - 1] + inf.support.shape)
+        return inf.layout.to_value(x)
     if inf.support.is_discrete:
         return x.astype(jnp.int32)
     return x
@@ -153,7 +155,9 @@ def _prepare(model, data, estimator):
     check_data(data)
     try:
         prog = program_for(model, data)  # analysed once per model and data shapes
-    except UnsupportedPrimitiveError:
+    except (UnsupportedPrimitiveError, NonConjugateError):
+        # the Monte Carlo path needs only a differentiable log joint, whatever the
+        # compiler makes of it
         if estimator == "exact":
             raise
         prog = None
@@ -265,7 +269,7 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     diag = {"max_decrease": jnp.zeros((), dtype), "nonfinite": state.bad_step >= 0,
             "invalid_latent": jnp.asarray(-1), "invalid_iter": state.bad_step,
             "estimator": estimator}
-    posterior = {n: fams[n].from_natural(natural[n]) for n in natural}
+    posterior = mf.posterior(infos, natural)
     result = FitResult(posterior, elbo, trace, state.step, converged,
                        {k: v for k, v in diag.items() if k != "estimator"}, natural)
     if not traced and not bool(converged):

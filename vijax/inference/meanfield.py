@@ -51,7 +51,7 @@ def variational_infos(model, compiled):
         if fam is None:
             raise ModelSpecError(f"latent '{n}': no variational family for support {sup}")
         base = inf if inf is not None else LatentInfo(n, sup)
-        out[n] = dataclasses.replace(base, family=fam, event_ndim=0)
+        out[n] = dataclasses.replace(base, family=fam, event_axes=())
     return out
 
 
@@ -72,10 +72,22 @@ def elbo(compiled, natural):
     return compiled.F(mu) + sum(ent.values())
 
 
+def factor(info, natural, validate=True):
+    """The family object of one latent from its natural parameters, in the latent's
+    declared shape: a dense Gaussian carries its event layout, so that its ``mean()``,
+    ``variance()`` and ``sample()`` have the declared shape (and a draw can be passed
+    to the log joint) whatever axes its event spans."""
+    cls = family_class(info)
+    q = cls.from_natural(natural) if validate else cls(natural)
+    if info.family == "MultivariateNormal":
+        q = q.with_layout(info.layout)
+    return q
+
+
 def posterior(compiled, natural):
-    """latent -> family object."""
-    fams = families_of(compiled)
-    return {n: fams[n].from_natural(natural[n]) for n in natural}
+    """latent -> family object (see :func:`factor`)."""
+    infos = _infos(compiled)
+    return {n: factor(infos[n], natural[n]) for n in natural}
 
 
 def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
