@@ -42,7 +42,12 @@ def _atom_elements(w, a: T.Atom):
         if a.idx is None:
             labels = a.labels[:-1]
             return np.arange(sup.size).reshape(sup.shape), labels
-        return np.asarray(a.idx) // K, a.labels
+        el = np.asarray(a.idx) // K
+        axes = [ax for ax in T._constant_axes(el)]  # category axes: the element is fixed
+        if axes:
+            el, labels = T._drop_axes(el, a.labels, axes)
+            return el, labels
+        return el, a.labels
     if a.idx is None:
         return np.arange(sup.size).reshape(sup.shape), a.labels
     return np.asarray(a.idx), a.labels
@@ -106,6 +111,69 @@ def element_map(w, s, z, shape):
     return emap
 
 
+def identity_axes(w, s, z, shape):
+    """The output axes that carry ``z``'s element axes, when every term of ``s``
+    (broadcast to ``shape``) reads ``z`` elementwise in order (``one_hot(z)[n, k]`` or
+    ``b[n]`` with no index array): position ``o`` then depends on element ``z[o[axes]]``.
+    None when the map is not of that form (the caller builds the explicit map).
+
+    This is the structural form of :func:`element_map`: no array of the data's size."""
+    sup = w.supports[z]
+    lead = len(shape) - len(s.shape)
+    axes = None
+    for t in s.terms:
+        zs = [a for a in t.atoms if a.latent == z]
+        if not zs:
+            continue
+        if len(zs) > 1 or zs[0].idx is not None or zs[0].power != 1.0:
+            return None
+        a = zs[0]
+        elab = a.labels[:-1] if a.stat == "onehot" else a.labels
+        if len(elab) != len(sup.shape) or any(l not in t.out for l in elab):
+            return None
+        ax = tuple(lead + t.out.index(l) for l in elab)
+        if len(set(ax)) != len(ax) or any(shape[x] != n for x, n in zip(ax, sup.shape)):
+            return None
+        if axes is None:
+            axes = ax
+        elif axes != ax:
+            return None
+    return axes
+
+
+def _gather_axes(w, eqn, ind, z):
+    """:func:`identity_axes` of a gather's output from its (z-dependent) indices."""
+    ishape = tuple(ind.shape)
+    ax = identity_axes(w, ind, z, ishape)
+    if ax is None or not ishape or len(ishape) - 1 in ax:
+        return None
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    offset = set(eqn.params["dimension_numbers"].offset_dims)
+    batch = [d for d in range(len(out_shape)) if d not in offset]
+    if len(batch) != len(ishape) - 1:
+        return None
+    return tuple(batch[i] for i in ax)
+
+
+def identity_indicator(w, z, k, axes, shape):
+    """Sym over ``shape``: ``[z_{o[axes]} = k]``, one statistic atom read in order (no
+    index array) times a delta over the categories."""
+    sup = w.supports[z]
+    q = w.space.fresh_many(shape)
+    elab = tuple(q[a] for a in axes)
+    if sup.kind == "binary":  # [b = 1] = b, [b = 0] = 1 - b
+        pos = T.Term((), (T.Atom(z, "x", elab),), q)
+        terms = (pos,) if k == 1 else (T.Term(((np.ones(()), ()),), (), q),
+                                       T.scale_term(pos, -1.0))
+        return T.Sym(shape, w.dtype, terms)
+    K = sup.num_categories
+    kk = w.space.fresh(K)
+    delta = np.zeros(K)
+    delta[k] = 1.0
+    return T.Sym(shape, w.dtype, (T.Term(((delta, (kk,)),), (T.Atom(z, "onehot", elab + (kk,)),),
+                                         q),))
+
+
 def _gather_map(w, eqn, ind, z):
     """Element map of a gather's output from its (z-dependent) indices."""
     ishape = tuple(ind.shape)
@@ -148,12 +216,21 @@ def substitute(w, v, z, k):
                 atoms.append(a)
                 continue
             val = _value_at(a, sup, k, w.space.sizes)
-            if T.is_concrete(val) and not np.any(val):
+            if a.idx is not None and T.is_concrete(val) and not np.any(val):
                 zero = True
                 break
             consts.append((val, a.labels))
-        if not zero:
-            terms.append(T.Term(tuple(consts), tuple(atoms), t.out, t.src))
+        if zero:
+            continue
+        # broadcast views lose their element axes; a delta [k' = k] times the substituted
+        # one-hot row fixes the category label, and the term vanishes when k' != k
+        t2 = T.Term(tuple(consts), tuple(atoms), t.out, t.src)
+        if any(a.latent == z and a.idx is None for a in t.atoms):
+            t2 = T.restrict_deltas(T.compress(t2, w.space.sizes, views_only=True),
+                                   w.space.sizes)
+        if t2 is not None and not any(T.is_concrete(c) and np.ndim(c) == 0 and not np.any(c)
+                                      for c, _ in t2.consts):
+            terms.append(t2)
     if not terms:
         return jnp.zeros(v.shape, v.dtype)
     return simplify_const(w, T.Sym(v.shape, v.dtype, tuple(terms)))
@@ -180,6 +257,25 @@ def indicator(w, z, k, emap):
     return T.Sym(shape, w.dtype, tuple(T.compress(t, w.space.sizes) for t in terms))
 
 
+def _tabulation_axes(w, eqn, invals, z, shape):
+    """Identity axes shared by every input that depends on ``z`` (None: use the
+    explicit element map)."""
+    if eqn.primitive.name == "gather" and isinstance(invals[1], T.Sym):
+        if isinstance(invals[0], T.Sym) and z in invals[0].latents():
+            return None
+        return _gather_axes(w, eqn, invals[1], z)
+    axes = None
+    for v in invals:
+        if isinstance(v, T.Sym) and z in v.latents():
+            if len(v.shape) > len(shape) or math.prod(v.shape) > math.prod(shape):
+                return None
+            ax = identity_axes(w, v, z, shape)
+            if ax is None or (axes is not None and ax != axes):
+                return None
+            axes = ax
+    return axes
+
+
 def tabulate(w, eqn, invals):
     """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly;
     a Poison (a reason on the latents, not an error) where an output position depends
@@ -201,7 +297,10 @@ def _tabulate(w, eqn, invals):
                          f"applied to a value of the discrete latent '{z}' (not expanded)")
                 for p in pts]
     shape = tuple(eqn.outvars[0].aval.shape)
-    if eqn.primitive.name == "gather" and isinstance(invals[1], T.Sym):
+    axes = _tabulation_axes(w, eqn, invals, z, shape)
+    if axes is not None:
+        emap = None
+    elif eqn.primitive.name == "gather" and isinstance(invals[1], T.Sym):
         if isinstance(invals[0], T.Sym) and z in invals[0].latents():
             _several(w, z)
         emap = _gather_map(w, eqn, invals[1], z)
@@ -227,7 +326,9 @@ def _tabulate(w, eqn, invals):
         if not isinstance(out_k, T.Sym):
             out_k = T.host(w.concrete(out_k))
             out_k = out_k.astype(np.float64) if T.is_concrete(out_k) else out_k.astype(w.dtype)
-        piece = mul_sym(w, indicator(w, z, k, emap), _operand(w, out_k, shape))
+        ind_k = identity_indicator(w, z, k, axes, shape) if axes is not None else \
+            indicator(w, z, k, emap)
+        piece = mul_sym(w, ind_k, _operand(w, out_k, shape))
         total = piece if total is None else T.Sym(shape, dtype, total.terms + piece.terms)
     if poisons:
         pts = [w.point(p) for p in poisons]

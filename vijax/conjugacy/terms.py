@@ -244,21 +244,27 @@ def _constant_axes(arr):
 
 
 def _drop_axes(arr, labels, axes):
-    arr = np.take(arr, 0, axis=axes[0]) if len(axes) == 1 else arr[
-        tuple(0 if i in axes else slice(None) for i in range(arr.ndim))]
+    arr = arr[tuple(0 if i in axes else slice(None) for i in range(arr.ndim))]  # a view
     return arr, tuple(l for i, l in enumerate(labels) if i not in axes)
 
 
-def compress(t: Term, sizes) -> Term:
+def compress(t: Term, sizes, views_only=False) -> Term:
     """Drop operand axes along which a concrete operand is constant (un-broadcast).
 
     A dropped label that then appears in no operand and not in the output was summed:
-    the term is scaled by its size.
+    the term is scaled by its size. ``views_only``: only the zero-stride axes of
+    constants (broadcast views: no pass over any array).
     """
     consts, atoms = [], []
     changed = False
     for c, ls in t.consts:
-        if is_concrete(c) and np.ndim(c) > 0:
+        if views_only:
+            axes = [ax for ax in range(np.ndim(c)) if isinstance(c, np.ndarray)
+                    and c.shape[ax] > 1 and c.strides[ax] == 0]
+            if axes:
+                c, ls = _drop_axes(c, ls, axes)
+                changed = True
+        elif is_concrete(c) and np.ndim(c) > 0:
             c = np.asarray(c)
             axes = _constant_axes(c)
             if axes:
@@ -266,7 +272,7 @@ def compress(t: Term, sizes) -> Term:
                 changed = True
         consts.append((c, ls))
     for a in t.atoms:
-        if a.idx is not None and is_concrete(a.idx) and np.ndim(a.idx) > 0:
+        if not views_only and a.idx is not None and is_concrete(a.idx) and np.ndim(a.idx) > 0:
             idx = np.asarray(a.idx)
             axes = _constant_axes(idx)
             if axes:
@@ -331,6 +337,7 @@ def restrict_deltas(t: Term, sizes) -> Term | None:
     for c, _ in t.consts:
         if is_concrete(c) and not np.any(np.asarray(c)):
             return None
+    t = _merge_diagonals(t)
     changed = True
     while changed:
         changed = False
@@ -349,6 +356,32 @@ def restrict_deltas(t: Term, sizes) -> Term | None:
                     break
             if changed:
                 break
+    for c, _ in t.consts:  # a label fixed where another constant vanishes
+        if is_concrete(c) and np.ndim(c) == 0 and not np.any(np.asarray(c)):
+            return None
+    return t
+
+
+def _merge_diagonals(t: Term) -> Term:
+    """A concrete square constant ``c[l1, l2]`` that is zero off its diagonal ties the two
+    labels: ``l2`` is renamed ``l1`` everywhere and ``c`` becomes its diagonal (so
+    ``[k = k'] mu[k] mu[k']`` reads ``mu[k]**2``, one element)."""
+    changed = True
+    while changed:
+        changed = False
+        for i, (c, ls) in enumerate(t.consts):
+            if not is_concrete(c) or np.ndim(c) != 2 or ls[0] == ls[1]:
+                continue
+            c = np.asarray(c)
+            if c.shape[0] != c.shape[1] or c.shape[0] < 2 or (ls[0] in t.out and ls[1] in t.out):
+                continue
+            if np.count_nonzero(c) > c.shape[0] or np.any(c - np.diag(np.diag(c))):
+                continue
+            keep, drop = (ls[1], ls[0]) if ls[0] not in t.out else (ls[0], ls[1])
+            rest = t.consts[:i] + ((np.diag(c).copy(), (keep,)),) + t.consts[i + 1:]
+            t = Term(rest, t.atoms, t.out, t.src).relabel({drop: keep})
+            changed = True
+            break
     return t
 
 
