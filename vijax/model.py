@@ -135,7 +135,7 @@ def _check_finite_constant(model, data, comp):
     from vijax.conjugacy.compile import locate_nonfinite, trace
     from vijax.conjugacy.program import data_spec
     closed = trace(model, data_spec(data))
-    density, line = locate_nonfinite(model, closed, data)
+    density, line, _ = locate_nonfinite(model, closed, data)
     raise DataError(nonfinite.message(const, density, line, data_dependent=True))
 
 

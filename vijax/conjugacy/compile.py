@@ -188,8 +188,8 @@ def canonical_latents(model):
 
 
 def locate_nonfinite(model, closed, data):
-    """(density, file:line) where the log joint's non-finite value arises at the
-    canonical point (data leaves that are traced count as unknown)."""
+    """(density, file:line, the non-finite value made there) where the log joint's
+    non-finite value arises at the canonical point (traced data count as unknown)."""
     from vijax.conjugacy import nonfinite
     jaxpr, consts = _compat.open_jaxpr(closed)
     args = jax.tree_util.tree_leaves((canonical_latents(model), data))
@@ -204,7 +204,7 @@ def _raise_if_nonfinite(model, closed, data, out, sizes):
     found = nonfinite.nonfinite_constant(out, sizes)
     if found is not None:
         bad, src = found
-        density, line = locate_nonfinite(model, closed, data)
+        density, line, _ = locate_nonfinite(model, closed, data)
         if src is not None and line != src:  # the term's own line; its density if known
             density = density if line is None else None
             line = src
@@ -238,7 +238,11 @@ def _compile(model, data, closed, timings=None) -> Compiled:
     for r in reasons:
         seen |= set(r.latents)
     unused = sorted(set(model.supports) - seen)
-    if unused:
+    if unused:  # -inf + f(z) folds to -inf: a non-finite part is the cause, if any
+        density, line, bad = locate_nonfinite(model, closed, data)
+        if bad is not None and line is not None:
+            from vijax.conjugacy import nonfinite
+            raise ModelSpecError(nonfinite.message(bad, density, line, data_dependent=False))
         raise ModelSpecError(
             f"latent(s) {unused} are declared in supports but the log joint does not depend "
             "on them. Remove them from supports, or use them in the log joint.")

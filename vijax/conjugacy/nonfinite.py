@@ -114,17 +114,20 @@ class _Eval:
             self._set(v, _UNKNOWN if outs is None else outs[i], eqn, outs is None and arith)
 
     def origin(self, outvar):
-        """(eqn making the tainted ``outvar`` from untainted inputs, its evaluation) or
-        (None, index of the jaxpr input it comes from)."""
-        todo, seen = [outvar], set()
+        """(eqn making the tainted ``outvar`` from untainted inputs, or consuming a
+        non-finite closed-over constant; this evaluation) or (None, index of the jaxpr
+        input it comes from)."""
+        todo, seen = [(outvar, None)], set()
         while todo:
-            v = todo.pop()
+            v, user = todo.pop()
             if _compat.is_literal(v):
                 continue
             eqn = self.producer.get(v)
             if eqn is None:
                 if v in self.jaxpr.invars:
                     return None, self.jaxpr.invars.index(v)
+                if user is not None:  # a closed-over constant (e.g. -inf) read by ``user``
+                    return user, self
                 continue
             if id(eqn) in seen:
                 continue
@@ -135,29 +138,34 @@ class _Eval:
                 if found is not None:
                     return found, where
                 if where is not None:
-                    todo.append(eqn.invars[where])
+                    if _compat.is_literal(eqn.invars[where]):  # a literal -inf passed in
+                        return eqn, self
+                    todo.append((eqn.invars[where], eqn))
                 continue
             ins = [u for u in eqn.invars if self.tainted(u)]
             if ins:
-                todo.extend(ins)
+                todo.extend((u, eqn) for u in ins)
                 continue
             return eqn, self
         return None, None
 
 
 def locate(jaxpr, consts, args):
-    """(density, user's file:line) of the equation where a non-finite output of
+    """(density, user's file:line, value) of the equation where a non-finite output of
     ``jaxpr`` arises from finite inputs, entering nested calls. ``args`` may be traced
     (abstract data): what is computed from them is unknown, and followed back only
     through arithmetic steps. Literal inputs (the ``-inf`` of a support guard) do not
-    count as non-finite inputs. ``(None, None)`` when the value cannot be traced back."""
+    count as non-finite inputs. ``(None, None, None)`` when the value cannot be traced
+    back."""
     ev = _Eval(jaxpr, consts, args)
     for v in jaxpr.outvars:
         if ev.tainted(v):
-            eqn, _ = ev.origin(v)
+            eqn, where = ev.origin(v)
             if eqn is not None:
-                return _describe(eqn)
-    return None, None
+                vals = [where.env.get(o) for o in eqn.outvars]
+                bad = next((np.asarray(x) for x in vals if _bad(x)), None)
+                return _describe(eqn) + (bad,)
+    return None, None, None
 
 
 def _describe(eqn):
