@@ -247,13 +247,16 @@ def reindex_sym(w, s: T.Sym, new_shape, index_arrays, mask=None) -> T.Sym:
 
 def split_constant(w, s: T.Sym):
     """(dense value of the atom-free terms, Sym of the rest or None)."""
-    const = np.zeros(s.shape)
+    const = None
     rest = []
     for t in s.terms:
         if t.atoms:
             rest.append(t)
         else:
-            const = const + T.const_value(t, w.space.sizes)
+            v = T.const_value(t, w.space.sizes)
+            const = v if const is None else const + v
+    if const is None:
+        const = np.broadcast_to(np.zeros(()), s.shape)  # a view: no pass over the shape
     return const, (T.Sym(s.shape, s.dtype, tuple(rest)) if rest else None)
 
 

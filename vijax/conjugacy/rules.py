@@ -206,13 +206,20 @@ def _gather(w, eqn, invals):
     params = dict(eqn.params)
     params.pop("fill_value", None)
     params["mode"] = jax.lax.GatherScatterMode.CLIP
+    if isinstance(ind, np.ndarray) and ind.ndim > 1:
+        # batch axes along which the indices are a broadcast view: gather once, broadcast
+        flat = [ax for ax in range(ind.ndim - 1) if ind.shape[ax] > 1 and ind.strides[ax] == 0]
+        if flat:
+            ind = ind[tuple(slice(0, 1) if ax in flat else slice(None)
+                            for ax in range(ind.ndim))]
+            params["slice_sizes"] = tuple(params["slice_sizes"])
     pos = jax.lax.gather(iota, ind, **params)
     if T.is_concrete(pos):
         pos = np.asarray(pos)
         idx = list(np.unravel_index(pos, shape)) if shape else []
     else:
         idx = list(jnp.unravel_index(pos, shape)) if shape else []
-    return reindex_sym(w, op, tuple(pos.shape), list(idx))
+    return reindex_sym(w, op, _shape(eqn), list(idx))  # size-1 axes of pos broadcast
 
 
 @register("select_n")
