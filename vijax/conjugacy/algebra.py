@@ -254,7 +254,7 @@ def split_constant(w, s: T.Sym):
             rest.append(t)
         else:
             v = T.const_value(t, w.space.sizes)
-            const = v if const is None else const + v
+            const = v if const is None else T.add_views(const, v)
     if const is None:
         const = np.broadcast_to(np.zeros(()), s.shape)  # a view: no pass over the shape
     return const, (T.Sym(s.shape, s.dtype, tuple(rest)) if rest else None)
@@ -264,7 +264,7 @@ def simplify_const(w, s):
     """A Sym without atoms becomes a concrete array."""
     if is_sym(s) and all(not t.atoms for t in s.terms):
         c = split_constant(w, s)[0]
-        return c.astype(s.dtype) if T.is_concrete(c) else c.astype(s.dtype)
+        return T.astype_view(c, s.dtype) if isinstance(c, np.ndarray) else c.astype(s.dtype)
     return s
 
 

@@ -231,8 +231,8 @@ def substitute(w, v, z, k):
         if t2 is not None and not any(T.is_concrete(c) and np.ndim(c) == 0 and not np.any(c)
                                       for c, _ in t2.consts):
             terms.append(t2)
-    if not terms:
-        return jnp.zeros(v.shape, v.dtype)
+    if not terms:  # a broadcast view of zero (no pass over the shape)
+        return np.broadcast_to(np.zeros((), np.dtype(v.dtype)), v.shape)
     return simplify_const(w, T.Sym(v.shape, v.dtype, tuple(terms)))
 
 
@@ -325,7 +325,8 @@ def _tabulate(w, eqn, invals):
             continue
         if not isinstance(out_k, T.Sym):
             out_k = T.host(w.concrete(out_k))
-            out_k = out_k.astype(np.float64) if T.is_concrete(out_k) else out_k.astype(w.dtype)
+            out_k = T.astype_view(np.asarray(out_k), np.float64) if T.is_concrete(out_k) \
+                else out_k.astype(w.dtype)
         ind_k = identity_indicator(w, z, k, axes, shape) if axes is not None else \
             indicator(w, z, k, emap)
         piece = mul_sym(w, ind_k, _operand(w, out_k, shape))

@@ -119,14 +119,18 @@ def const_term(space: Space, value, shape) -> Term:
     # align trailing axes (numpy broadcasting); size-1 axes are dropped from labels
     lead = len(shape) - nd
     labels, keep = [], []
+    views = isinstance(value, np.ndarray)
     for i in range(nd):
         if value.shape[i] == 1 and shape[lead + i] != 1:
             continue
+        if views and value.shape[i] > 1 and value.strides[i] == 0:  # broadcast: no label
+            continue
         keep.append(i)
         labels.append(out[lead + i])
-    squeeze = tuple(i for i in range(nd) if i not in keep)
-    if squeeze:
-        value = xp(value).squeeze(value, squeeze)
+    drop = tuple(i for i in range(nd) if i not in keep)
+    if drop:
+        value = value[tuple(0 if i in drop else slice(None) for i in range(nd))] if views \
+            else xp(value).squeeze(value, drop)
     return Term(((value, tuple(labels)),), (), out)
 
 
@@ -241,6 +245,28 @@ def _constant_axes(arr):
             if np.array_equal(arr, np.broadcast_to(first, arr.shape)):
                 out.append(ax)
     return out
+
+
+def astype_view(arr: np.ndarray, dtype):
+    """``arr.astype(dtype)``, keeping a broadcast view a view (converting only its base)."""
+    flat = tuple(ax for ax in range(arr.ndim) if arr.shape[ax] > 1 and arr.strides[ax] == 0)
+    if not flat:
+        return arr.astype(dtype)
+    base = arr[tuple(slice(0, 1) if ax in flat else slice(None) for ax in range(arr.ndim))]
+    return np.broadcast_to(base.astype(dtype), arr.shape)
+
+
+def add_views(a, b):
+    """``a + b`` for concrete arrays of one shape, keeping the axes along which both are
+    broadcast views unmaterialized."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape:
+        return a + b
+    flat = tuple(ax for ax in range(a.ndim) if a.shape[ax] > 1 and a.strides[ax] == 0
+                 and b.strides[ax] == 0)
+    if not flat:
+        return a + b
+    sl = tuple(slice(0, 1) if ax in flat else slice(None) for ax in range(a.ndim))
+    return np.broadcast_to(a[sl] + b[sl], a.shape)
 
 
 def _drop_axes(arr, labels, axes):

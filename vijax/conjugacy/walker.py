@@ -218,6 +218,10 @@ class Walker:
                     return Lazy(v.base, tuple(eqn.params["shape"]), tuple(dims[d] for d in v.dims))
                 return Lazy(v, tuple(eqn.params["shape"]), dims)
             vals = [self.concrete(v) for v in invals]
+            if name in ELEMENTWISE:
+                out = _on_broadcast_bases(eqn, vals)
+                if out is not None:
+                    return out
             return _compat.bind_eqn(eqn, vals)
         if any(isinstance(v, Poison) for v in invals):
             return self.eval_poisoned(eqn, invals)
@@ -295,6 +299,35 @@ def _rounds(eqn, v):
     new = eqn.params["new_dtype"]
     return bool(jnp.issubdtype(new, jnp.bool_) or (
         jnp.issubdtype(new, jnp.integer) and not jnp.issubdtype(v.dtype, jnp.integer)))
+
+
+#: primitives applied element by element (same-shape operands, or scalars)
+ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "max", "min", "pow", "integer_pow",
+               "square", "sqrt", "rsqrt", "exp", "log", "log1p", "expm1", "abs", "sign",
+               "floor", "ceil", "round", "eq", "ne", "lt", "le", "gt", "ge", "and", "or",
+               "not", "xor", "select_n", "convert_element_type", "is_finite", "rem",
+               "clamp", "lgamma", "digamma"}
+
+
+def _on_broadcast_bases(eqn, vals):
+    """An elementwise equation on host arrays that are all broadcast views along some
+    axes: evaluated on one slice along those axes and broadcast back (a view), so a
+    value that is constant along a data axis never costs a pass over that axis.
+    None when no axis qualifies (the caller evaluates as usual)."""
+    shape = tuple(eqn.outvars[0].aval.shape)
+    if not shape or len(eqn.outvars) != 1:
+        return None
+    arrays = [v for v in vals if np.ndim(v) > 0]
+    if not arrays or any(not isinstance(v, np.ndarray) or v.shape != shape for v in arrays):
+        return None
+    flat = [ax for ax in range(len(shape)) if shape[ax] > 1
+            and all(v.strides[ax] == 0 for v in arrays)]
+    if not flat:
+        return None
+    sl = tuple(slice(0, 1) if ax in flat else slice(None) for ax in range(len(shape)))
+    small = [v[sl] if np.ndim(v) > 0 else v for v in vals]
+    out = _compat.bind_eqn(eqn, small)
+    return np.broadcast_to(np.asarray(out), shape)
 
 
 def _out_shape(eqn):
