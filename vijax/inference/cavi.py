@@ -154,11 +154,16 @@ def step(compiled, state: CaviState, order, tol, damping=None, absolute=None):
     converges (runs every sweep)."""
     natural, mu, e, invalid = sweep(lambda m: (compiled, m), mf.families_of(compiled),
                                     state.natural, state.mu, order, damping)
-    if absolute is None:
-        absolute = stopping.abs_terms(compiled)
-    bound = stopping.rounding_bound(stopping.elbo_magnitude(absolute, compiled.sizes, mu),
-                                    e.dtype)
     drop = state.elbo - e
+
+    def magnitude_bound(m):
+        absolute_ = stopping.abs_terms(compiled) if absolute is None else absolute
+        return stopping.rounding_bound(
+            stopping.elbo_magnitude(absolute_, compiled.sizes, m), e.dtype)
+
+    # R_t is needed only when the ELBO did not increase (a pass over |F|): a branch
+    bound = jax.lax.cond(drop >= 0, magnitude_bound,
+                         lambda m: jnp.asarray(state.bound, e.dtype), mu)
     it = state.it + 1
     return CaviState(
         natural, mu, e, it, state.trace.at[state.it].set(e),
@@ -176,9 +181,9 @@ def _loop(compiled, natural0, tol, order, max_iters, damping):
     def cond(s):
         return (s.it < max_iters) & ~s.converged & (s.invalid_latent < 0) & jnp.isfinite(s.elbo)
 
-    absolute = stopping.abs_terms(compiled)  # |constants| once, outside the loop
-    state = jax.lax.while_loop(
-        cond, lambda s: step(compiled, s, order, tol, damping, absolute), state)
+    # |constants| are taken inside the rounding-bound branch, when it runs (no second
+    # copy of the data-sized constants on the device)
+    state = jax.lax.while_loop(cond, lambda s: step(compiled, s, order, tol, damping), state)
     trace = jnp.where(jnp.arange(max_iters) < state.it, state.trace, state.elbo)
     return state._replace(trace=trace)
 
@@ -233,7 +238,7 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     compiled = prog.materialize(data)
     dtype = jnp.zeros(()).dtype
     key = jax.random.key(0) if key is None else key
-    natural0 = mf.user_init(compiled, init, mf.default_init(compiled, key, dtype))
+    natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
     order = tuple(order) if order is not None else default_order(compiled)
     missing = set(compiled.infos) - set(order)
     if missing or set(order) - set(compiled.infos):
@@ -247,7 +252,7 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
             "invalid_latent": state.invalid_latent, "invalid_iter": state.invalid_iter,
             "excess_decrease": state.excess, "rounding_bound": state.bound,
             "analysis_s": jnp.asarray(prog.analysis_s, dtype)}
-    result = CaviResult(mf.posterior(compiled, state.natural), state.elbo, state.trace,
+    result = CaviResult(mf.posterior_jit(compiled, state.natural), state.elbo, state.trace,
                         state.it, state.converged, diag, state.natural)
     if not _compat.is_tracer(state.elbo):
         _raise_if_failed(result, order, strict, tol)

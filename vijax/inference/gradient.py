@@ -216,7 +216,7 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         optimizer = optax.sgd(0.5) if natural_gradient else optax.adam(1e-2)
     dtype = jnp.zeros(()).dtype
     k_init, k_run = jax.random.split(key)
-    natural0 = mf.user_init(infos, init, mf.default_init(infos, k_init, dtype))
+    natural0 = mf.user_init(infos, init, mf.default_init_jit(infos, k_init, dtype))
     fams = mf.families_of(infos)
     if natural_gradient:
         params0 = natural0
@@ -269,7 +269,7 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     diag = {"max_decrease": jnp.zeros((), dtype), "nonfinite": state.bad_step >= 0,
             "invalid_latent": jnp.asarray(-1), "invalid_iter": state.bad_step,
             "estimator": estimator}
-    posterior = mf.posterior(infos, natural)
+    posterior = mf.posterior_jit(infos, natural)
     result = FitResult(posterior, elbo, trace, state.step, converged,
                        {k: v for k, v in diag.items() if k != "estimator"}, natural)
     if not traced and not bool(converged):
