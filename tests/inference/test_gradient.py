@@ -127,7 +127,7 @@ def test_lbfgs_with_line_search_reaches_the_cavi_optimum():
     data = zm.make_data(jax.random.key(0))
     fit = vj.cavi(zm.model, data, tol=1e-14, max_iters=2000)
     g = vj.fit_gradient(zm.model, data, jax.random.key(2), optimizer=optax.lbfgs(),
-                        estimator="exact", num_steps=40, chunk=20, tol=1e-14)
+                        estimator="exact", num_steps=80, chunk=20, tol=1e-14)
     rep = vj.compare(fit, g, elbo_tol=1e-10, kl_tol=1e-8)
     assert rep.agree, str(rep)
 
