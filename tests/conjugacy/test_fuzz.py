@@ -341,10 +341,8 @@ def comp_mixture(draw, tag, n, rng, proper):
             sd = 1.0 / jnp.sqrt(z[tau][ci])
         return m, sd
 
-    # no scan: a discrete latent indexed by one scalar inside the body is refused (known
-    # compiler bug, test_scalar_index_of_discrete_latent below)
     lik, style = likelihood(draw, n, (x,), params,
-                            lambda p, r: stats.norm.logpdf(r[0], p[0], p[1]), proper, scan=False)
+                            lambda p, r: stats.norm.logpdf(r[0], p[0], p[1]), proper)
     terms.append(lik)
     desc = (f"mixture(K={K}, weights {wdesc}, mean {'one_hot@mu' if onehot else 'mu[c]'}, "
             f"precision {prec}, {style})")
@@ -452,7 +450,7 @@ def comp_switch(draw, tag, n, rng, proper):
             return jnp.where(q[0] == 1, on, off)
         return q[0] * on + (1 - q[0]) * off
 
-    lik, style = likelihood(draw, n, (x,), params, elem, proper, scan=False)  # as mixture
+    lik, style = likelihood(draw, n, (x,), params, elem, proper)
     terms.append(lik)
     desc = f"switch({'where' if use_where else 's*L1+(1-s)*L0'}, {style})"
     return Component(supports, terms, data, None, False, desc)
@@ -742,11 +740,6 @@ def _scalar_index_scan(z, d):
     return jax.lax.scan(body, 0.0, (jnp.arange(2), d))[0]
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="compiler bug found by this fuzzer: an element of a discrete latent "
-                          "picked by a scalar index (c[0]: slice, squeeze, then dynamic_slice "
-                          "of mu) is refused as 'two elements multiplied' / 'mixes several "
-                          "elements'; c[:1] and one_hot(c[0]) @ mu are accepted")
 @pytest.mark.parametrize("fn", [_scalar_index_square, _scalar_index_log, _scalar_index_scan])
 def test_scalar_index_of_discrete_latent(fn, rng):
     def lj(z, d):

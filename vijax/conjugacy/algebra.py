@@ -47,9 +47,16 @@ def drop_out(w, t: T.Term, labels):
     return T.scale_term(t, float(scale)) if scale != 1 else t
 
 
-def _same_element(a1: T.Atom, a2: T.Atom, extra: int) -> bool:
+def _same_element(a1: T.Atom, a2: T.Atom, extra: int, sizes=None) -> bool:
     if a1.labels != a2.labels:
-        return False
+        # one element each (every label of size 1, e.g. mu[c[0]] after a squeeze): the
+        # same element when their flat indices name it
+        if sizes is None or any(sizes[l] != 1 for l in a1.labels + a2.labels):
+            return False
+        if not all(a.idx is None or T.is_concrete(a.idx) for a in (a1, a2)):
+            return False
+        e1, e2 = (0 if a.idx is None else int(np.ravel(np.asarray(a.idx))[0]) for a in (a1, a2))
+        return e1 // extra == e2 // extra
     if a1.idx is None and a2.idx is None:
         return True
     if a1.idx is None or a2.idx is None:
@@ -88,7 +95,7 @@ def collapse(w, t: T.Term) -> T.Term | None:
                             consts = [(c, tuple(sub.get(l, l) for l in ls)) for c, ls in consts]
                         changed = True
                         break
-                    if _same_element(a, b, K) and a.idx is not None:
+                    if _same_element(a, b, K, w.space.sizes) and a.idx is not None:
                         mask = (np.asarray(a.idx) % K) == (np.asarray(b.idx) % K)
                         if not mask.any():
                             return None
@@ -98,7 +105,7 @@ def collapse(w, t: T.Term) -> T.Term | None:
                         changed = True
                         break
                     continue
-                if _same_element(a, b, 1):
+                if _same_element(a, b, 1, w.space.sizes):
                     p = 1.0 if sup.kind == "binary" else a.power + b.power
                     merged = T.Atom(a.latent, a.stat, a.labels, a.idx, p)
                     atoms = [x for k, x in enumerate(atoms) if k not in (i, j)]

@@ -96,6 +96,10 @@ def element_map(w, s, z, shape):
         if not T.is_concrete(a.idx):
             _several(w, z)
         el, labels = _atom_elements(w, a)
+        single = [i for i, l in enumerate(labels) if l not in t.out and w.space.sizes[l] == 1]
+        if single:  # a summed label of size 1 (a squeezed axis) names no other element
+            el = el.reshape([n for i, n in enumerate(el.shape) if i not in single])
+            labels = tuple(l for i, l in enumerate(labels) if i not in single)
         if not set(labels) <= set(t.out):
             _several(w, z)
         # arrange along the term's output axes
@@ -228,12 +232,24 @@ def substitute(w, v, z, k):
         if any(a.latent == z and a.idx is None for a in t.atoms):
             t2 = T.restrict_deltas(T.compress(t2, w.space.sizes, views_only=True),
                                    w.space.sizes)
+        if t2 is not None:  # substituted rows over a size-1 axis: squeeze it
+            t2 = t2.with_(consts=tuple(_squeeze_unit(c, ls, w.space.sizes) for c, ls in t2.consts))
         if t2 is not None and not any(T.is_concrete(c) and np.ndim(c) == 0 and not np.any(c)
                                       for c, _ in t2.consts):
             terms.append(t2)
     if not terms:  # a broadcast view of zero (no pass over the shape)
         return np.broadcast_to(np.zeros((), np.dtype(v.dtype)), v.shape)
     return simplify_const(w, T.Sym(v.shape, v.dtype, tuple(terms)))
+
+
+def _squeeze_unit(c, labels, sizes):
+    """A concrete constant without its size-1 axes (an einsum operand may drop them)."""
+    unit = [i for i, l in enumerate(labels) if sizes[l] == 1]
+    if not unit or not T.is_concrete(c):
+        return c, labels
+    c = np.asarray(c)
+    return c.reshape([n for i, n in enumerate(c.shape) if i not in unit]), \
+        tuple(l for i, l in enumerate(labels) if i not in unit)
 
 
 def indicator(w, z, k, emap):
