@@ -188,7 +188,10 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         num_steps: at most this many optimizer steps.
         tol: stop when the mean ELBO of a chunk changes by less than
             ``tol * max(|ELBO|, 1)`` from the previous chunk, plus (exact estimator, eager
-            calls) the ELBO's rounding bound in its dtype (:mod:`vijax.inference.stopping`).
+            calls) the ELBO's rounding bound in its dtype (:mod:`vijax.inference.stopping`),
+            or (Monte Carlo estimators) plus two standard errors of the difference of the
+            two chunk means: a change that the sampling noise explains is no progress.
+            ``tol=0`` runs every step.
             Default (None): ``max(1e-6, 8 eps)`` (1e-6 in float64 and float32).
         init: optional ``{latent: family object}`` starting factors.
         natural_gradient: natural-gradient steps on the natural parameters (exact only).
@@ -233,9 +236,11 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     prev = jnp.asarray(jnp.nan, dtype)
     traces = []
     if traced:
-        state, trace, converged, n_done = _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype)
+        state, trace, converged, n_done = _device_loop(run_chunk, state, n_chunks, chunk, tol,
+                                                       dtype, stochastic=estimator != "exact")
     else:
         converged = False
+        prev_se2 = 0.0
         for c in range(n_chunks):
             state, tr = _run_chunk_jit(state, compiled, data, cfg)
             traces.append(tr)
@@ -246,10 +251,13 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
                 print(f"[vijax] steps {int(state.step):6d}  ELBO {float(cur):.6g}", file=sys.stderr)
             bound = _exact_bound(compiled, infos, state.params, natural_gradient) \
                 if estimator == "exact" else 0.0
-            if c > 0 and abs(float(cur) - float(prev)) < tol * max(abs(float(cur)), 1.0) + bound:
+            se2 = _chunk_se2(tr) if estimator != "exact" else 0.0
+            noise = 2.0 * math.sqrt(se2 + prev_se2) if c > 0 and tol > 0 else 0.0
+            if c > 0 and abs(float(cur) - float(prev)) < (
+                    tol * max(abs(float(cur)), 1.0) + bound + noise):
                 converged = True
                 break
-            prev = cur
+            prev, prev_se2 = cur, se2
         trace = jnp.concatenate(traces)
         trace = jnp.concatenate([trace, jnp.full((n_chunks * chunk - trace.shape[0],), trace[-1])])
         converged = jnp.asarray(converged)
@@ -277,6 +285,13 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
                          "before the ELBO's chunk means converged; raise num_steps or tol, or "
                          "use a larger learning rate."], strict=False)
     return result
+
+
+def _chunk_se2(tr):
+    """Squared standard error of a chunk's mean Monte Carlo ELBO (steps taken as
+    independent draws)."""
+    tr = jnp.asarray(tr)
+    return float(jnp.var(tr)) / max(int(tr.shape[0]), 1)
 
 
 def _exact_bound(compiled, infos, params, natural_gradient):
@@ -363,24 +378,29 @@ def _all_finite(tree):
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)]))
 
 
-def _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype):
-    """All chunks inside ``lax.while_loop`` (used under jit/vmap)."""
+def _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype, stochastic=False):
+    """All chunks inside ``lax.while_loop`` (used under jit/vmap); the same stopping rule
+    as the eager loop (Monte Carlo estimators: plus two standard errors)."""
     trace0 = jnp.full((n_chunks * chunk,), jnp.nan, dtype)
 
     def cond(c):
-        i, st, tr, prev, conv = c
+        i, st, tr, prev, se2_prev, conv = c
         return (i < n_chunks) & ~conv & (st.bad_step < 0)
 
     def body(c):
-        i, st, tr, prev, conv = c
+        i, st, tr, prev, se2_prev, conv = c
         st, t = run_chunk(st)
         tr = jax.lax.dynamic_update_slice(tr, t.astype(dtype), (i * chunk,))
         cur = jnp.mean(t)
-        conv = (i > 0) & (jnp.abs(cur - prev) < tol * jnp.maximum(jnp.abs(cur), 1.0))
-        return i + 1, st, tr, cur, conv
+        se2 = jnp.var(t) / chunk if stochastic and tol > 0 else jnp.zeros((), dtype)
+        allow = tol * jnp.maximum(jnp.abs(cur), 1.0) + 2.0 * jnp.sqrt(se2 + se2_prev)
+        conv = (i > 0) & (jnp.abs(cur - prev) < allow)
+        return i + 1, st, tr, cur, se2.astype(dtype), conv
 
-    i, state, trace, _, conv = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), state, trace0, jnp.asarray(jnp.nan, dtype), jnp.asarray(False)))
+    zero = jnp.zeros((), dtype)
+    i, state, trace, _, _, conv = jax.lax.while_loop(
+        cond, body, (jnp.asarray(0), state, trace0, jnp.asarray(jnp.nan, dtype), zero,
+                     jnp.asarray(False)))
     last = trace[jnp.maximum(i * chunk - 1, 0)]
     trace = jnp.where(jnp.arange(n_chunks * chunk) < i * chunk, trace, last)
     return state, trace, conv, i
