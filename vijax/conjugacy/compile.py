@@ -22,6 +22,18 @@ from vijax.conjugacy.walker import Poison, Walker
 from vijax.errors import ModelSpecError, NonConjugateError
 
 
+def require_conjugate(infos, names=None):
+    """Raise :class:`NonConjugateError` for the first latent (of ``names``) without a
+    family, with the compiler's reason and source line."""
+    for n in (names or infos):
+        inf = infos[n]
+        if inf.family is None:
+            raise NonConjugateError(
+                f"latent '{n}' has no conjugate update: {inf.reason}. Use "
+                "vj.fit_gradient(model, data, key) for this model, or rewrite that term.",
+                latent=n, primitive=inf.primitive, source=inf.source)
+
+
 @dataclasses.dataclass
 class Compiled:
     """The result of the conjugacy compiler for one model and data set."""
@@ -36,13 +48,7 @@ class Compiled:
         return all(i.family is not None for i in self.infos.values())
 
     def require_conjugate(self, names=None):
-        for n in (names or self.infos):
-            inf = self.infos[n]
-            if inf.family is None:
-                raise NonConjugateError(
-                    f"latent '{n}' has no conjugate update: {inf.reason}. Use "
-                    "vj.fit_gradient(model, data, key) for this model, or rewrite that term.",
-                    latent=n, primitive=inf.primitive, source=inf.source)
+        require_conjugate(self.infos, names)
 
     def F(self, mean_params):
         """``E_q[log p]`` from the mean parameters ``{latent: {stat: array}}``."""

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.errors import NonConjugateError
 from vijax.supports import default_float
 
 
@@ -112,13 +111,8 @@ class Program:
 
     def require_conjugate(self, names=None):
         """Raise :class:`NonConjugateError` for the first latent without a family."""
-        for n in (names or self.infos):
-            inf = self.infos[n]
-            if inf.family is None:
-                raise NonConjugateError(
-                    f"latent '{n}' has no conjugate update: {inf.reason}. Use "
-                    "vj.fit_gradient(model, data, key) for this model, or rewrite that term.",
-                    latent=n, primitive=inf.primitive, source=inf.source)
+        from vijax.conjugacy.compile import require_conjugate
+        require_conjugate(self.infos, names)
 
     @property
     def analysis_s(self) -> float:
