@@ -243,7 +243,7 @@ def match(space, supports, value, reasons, all_latents):
         for name, entry in c.items():
             atoms.append(_final_atom(space.sizes, info[name], entry))
         final.append(T.compress(T.Term(t.consts, tuple(atoms), t.out, t.src), space.sizes))
-    merged = [_fold_consts(space, T.compress(t, space.sizes), final=True)
+    merged = [_fold_consts(space, T.compress(T._merge_diagonals(t), space.sizes), final=True)
               for t in merge_terms(space, final)]
     shapes = {n: {s: i.stat_shape(s) for s in i.stats} for n, i in info.items() if i.family}
     merged = [t.with_(atoms=tuple(T.as_identity(a, shapes[a.latent][a.stat], space)

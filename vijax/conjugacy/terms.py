@@ -364,6 +364,18 @@ def restrict_deltas(t: Term, sizes) -> Term | None:
         if is_concrete(c) and not np.any(np.asarray(c)):
             return None
     t = _merge_diagonals(t)
+    # the category label of a one-hot statistic read in order stays a label (with its
+    # delta constant): fixing it would need an index array the size of the latent, and
+    # like terms of the K categories merge into one once stacked (a diagonal constant)
+    keep = {a.labels[-1] for a in t.atoms if a.stat == "onehot" and a.idx is None}
+    for l in keep:  # deltas along a kept label: one product (zero: the term vanishes)
+        along = [i for i, (c, ls) in enumerate(t.consts) if ls == (l,) and is_concrete(c)]
+        if len(along) > 1:
+            prod = np.prod([np.asarray(t.consts[i][0]) for i in along], axis=0)
+            if not np.any(prod):
+                return None
+            rest = tuple(c for i, c in enumerate(t.consts) if i not in along)
+            t = Term(rest + ((prod, (l,)),), t.atoms, t.out, t.src)
     changed = True
     while changed:
         changed = False
@@ -372,7 +384,7 @@ def restrict_deltas(t: Term, sizes) -> Term | None:
                 continue
             c = np.asarray(c)
             for ax, l in enumerate(ls):
-                if l in t.out or c.shape[ax] == 1:
+                if l in t.out or c.shape[ax] == 1 or l in keep:
                     continue
                 nz = np.any(c != 0, axis=tuple(i for i in range(c.ndim) if i != ax))
                 where = np.flatnonzero(nz)
