@@ -309,8 +309,10 @@ def test_prepared_em_restarts_without_reanalysis(gmm_problem, gmm_fit):
     # a permuted start: the same fit up to the labelling
     perm = np.array([2, 0, 1])
     fit2 = prep.run({k: v[perm] for k, v in params.items()}, max_iters=1000, tol=1e-14)
+    # (both stop at a relative log-likelihood change of 1e-14, which pins the means to
+    # about 1e-7: EM's linear rate leaves the last digits to the path taken)
     np.testing.assert_allclose(np.asarray(fit2.params["means"]),
-                               np.asarray(gmm_fit.params["means"])[perm], atol=1e-8)
+                               np.asarray(gmm_fit.params["means"])[perm], atol=1e-6)
     with pytest.raises(ModelSpecError, match="structure"):
         prep.run({"weights": params["weights"]})
     with pytest.raises(ModelSpecError, match="shape"):
