@@ -103,27 +103,13 @@ def posterior_jit(compiled, natural):
     return _posterior_static(tuple(infos.items()), natural)
 
 
-def init_key(key):
-    """An ``rbg`` PRNG key derived from any JAX key (typed, or raw ``uint32`` data)."""
-    typed = jnp.issubdtype(getattr(key, "dtype", jnp.uint32), jax.dtypes.prng_key)
-    data = (jax.random.key_data(key) if typed else jnp.asarray(key)).astype(jnp.uint32)
-    data = jnp.resize(data.ravel(), (2,))
-    return jax.random.wrap_key_data(jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)]),
-                                    impl="rbg")
-
-
 def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
     """Natural parameters of a sensible starting q for every latent.
 
     Normal and dense Gaussian: unit variance around small random means; Gamma and
     inverse Gamma: mean 1; Beta, Dirichlet: uniform; Categorical and Bernoulli: random
     probabilities (symmetry breaking for mixtures); Poisson: rate 1.
-
-    The draws come from an ``rbg`` key derived from ``key`` (a deterministic function of
-    it, eager or traced alike): XLA compiles its generator in a fraction of threefry's
-    time, and a starting point needs no more than that.
     """
-    key = init_key(key)
     out = {}
     for n, inf in _infos(compiled).items():
         if inf.family is None:
