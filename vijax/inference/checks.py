@@ -217,7 +217,7 @@ def _batched(log_joint):
         fn = jax.jit(jax.vmap(log_joint, in_axes=(0, None)))
         try:
             _JITTED[log_joint] = fn
-        except TypeError:
+        except TypeError:  # not weakly referenceable (e.g. a builtin): jit per call
             pass
         return fn
 
