@@ -5,12 +5,13 @@ derives closed-form CAVI updates from its jaxpr, maximizes the same ELBO by grad
 and compares the two.
 """
 
-from vijax import errors, families, models
+from vijax import algorithms, errors, families, models
 from vijax.errors import (ConvergenceWarning, DataError, FitDivergedError,
                           InvalidParameterError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError, VijaxError)
 from vijax.compare import Comparison, compare
 from vijax.inference.cavi import CaviResult, cavi
+from vijax.inference.driver import Algorithm, Info, Run, run
 from vijax.inference.em import EMResult, PreparedEM, em
 from vijax.inference.em import prepare as prepare_em
 from vijax.inference.kl_projection import (ReverseKLFit, forward_kl_gaussian, forward_kl_samples,
@@ -31,7 +32,7 @@ __all__ = [
     "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
     "ReverseKLFit",
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
-    "errors", "families", "models",
+    "errors", "families", "models", "algorithms", "Algorithm", "Info", "Run", "run",
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
     "DataError", "InvalidParameterError", "FitDivergedError", "ConvergenceWarning",
 ]

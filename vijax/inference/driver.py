@@ -1,0 +1,268 @@
+"""One driver for every algorithm: ``init(...) -> State``, ``step(State) -> (State, Info)``.
+
+An algorithm (CAVI, a gradient ELBO, EM, Laplace's optimizer) is a pair of pure functions
+(:class:`Algorithm`). Its configuration and its data are captured by closure; the State is
+a NamedTuple of the arrays the next step needs. :func:`run` iterates ``step`` inside one
+``lax.while_loop`` and owns what every fit shares:
+
+- the **trace** of the objective (``Info.elbo`` after each step; fixed length
+  ``max_iters``, padded with the last value);
+- the **stopping rule** (one implementation, dtype-aware through ``Info.bound``):
+
+  * ``window == 1`` (deterministic steps): converged when
+    ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)``, or when the objective decreased by no
+    more than its rounding bound ``R_t = Info.bound`` (``-R_t <= L_t - L_{t-1} <= 0``;
+    :mod:`vijax.inference.stopping`);
+  * ``window = w > 1`` (noisy steps: Monte Carlo ELBOs): every ``w`` steps the mean of the
+    last ``w`` values ``m_c`` is compared with the previous window's mean:
+    ``|m_c - m_{c-1}| <= tol * max(|m_c|, 1) + R + 2 sqrt(se_c^2 + se_{c-1}^2)``, with
+    ``se_c^2 = var(window) / w`` when ``stochastic`` (a change that the sampling noise
+    explains is no progress);
+  * ``Info.stop`` (the algorithm's own fixed-point test, e.g. a step shorter than its
+    tolerance) ends the run as converged; ``tol = 0`` never converges by the rule;
+- the **failure report**: the first step whose ``Info.ok`` is false ends the run;
+  ``Run.failed_at`` is its index (-1: none). The step decides what State to hand back
+  (CAVI keeps the refused block's old parameters, the gradient path its last finite point);
+- **monotonicity bookkeeping**: the largest decrease of the objective, and the largest
+  decrease beyond the rounding bound (``> 0`` is a bug for an exact ascent algorithm);
+- **progress** between chunks of ``every`` steps: ``progress(step, elbo)`` is called on
+  the host (``jax.debug.callback``); :func:`progress_printer` gives a tqdm bar when tqdm is
+  installed, else lines on stderr.
+
+Under ``jax.vmap`` the loop runs until every lane has stopped, and a lane that stopped is
+frozen (JAX's batched while loop keeps a finished lane's carry), so each lane reports its
+own ``num_iters`` and ``converged``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vijax.inference import stopping
+
+
+class Info(NamedTuple):
+    """What every step reports.
+
+    Attributes:
+        elbo: the objective after the step (ELBO; EM's log likelihood or ELBO; a log
+            density for an optimizer).
+        ok: the step is valid (False ends the run as failed).
+        bound: the objective's absolute resolution (rounding bound), 0 if unknown.
+        stop: the algorithm's own convergence test passed (ends the run as converged).
+        extra: algorithm-specific diagnostics (a pytree; the last step's is returned).
+    """
+
+    elbo: Any
+    ok: Any = True
+    bound: Any = 0.0
+    stop: Any = False
+    extra: Any = ()
+
+
+class Algorithm(NamedTuple):
+    """``init(*args) -> State`` and ``step(State) -> (State, Info)``, both pure and jittable
+    (configuration and data captured by closure)."""
+
+    init: Callable[..., Any]
+    step: Callable[[Any], tuple]
+
+
+class Run(NamedTuple):
+    """The outcome of :func:`run` (a pytree).
+
+    Attributes:
+        state: the final State.
+        info: the Info of the last step taken (the initial one if none was).
+        trace: ``Info.elbo`` after each step, length ``max_iters``, padded with the last.
+        num_iters: steps taken.
+        converged: the stopping rule (or ``Info.stop``) ended the run.
+        failed_at: index of the first step with ``Info.ok`` false, -1 if none.
+        max_decrease: the largest decrease of the objective between two steps (>= 0).
+        excess_decrease: the largest decrease beyond the step's rounding bound
+            (``<= 0``: none; -inf before any step).
+    """
+
+    state: Any
+    info: Any
+    trace: Any
+    num_iters: Any
+    converged: Any
+    failed_at: Any
+    max_decrease: Any
+    excess_decrease: Any
+
+
+class _Carry(NamedTuple):
+    i: Any
+    state: Any
+    info: Any
+    trace: Any
+    converged: Any
+    failed_at: Any
+    max_decrease: Any
+    excess: Any
+    win_sum: Any
+    win_sq: Any
+    prev_mean: Any
+    prev_se2: Any
+
+
+def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int = 1,
+        stochastic: bool = False, progress: bool | Callable = False, every: int = 100,
+        info0: Info | None = None) -> Run:
+    """Iterate ``step`` from ``state`` in one ``lax.while_loop`` (see the module docstring).
+
+    Args:
+        step: ``State -> (State, Info)``.
+        state: the initial State.
+        max_iters: at most this many steps (static).
+        tol: relative tolerance of the stopping rule (may be traced); 0 runs every step.
+        elbo0: the objective at the initial state (the first step's change is measured
+            from it; NaN or None: the first step cannot converge).
+        window: 1 for the per-step rule, ``w > 1`` for the windowed means (static).
+        stochastic: add the windows' sampling noise to the allowance (static).
+        progress: optional host callback ``progress(step, elbo)``, every ``every`` steps;
+            ``True`` reports to the innermost :func:`reporting` context (so that a jitted
+            fitter needs no recompile per callback object).
+        info0: an Info for the initial state (its ``extra`` fixes the structure returned
+            when no step runs); default: the structure of the first step's Info.
+    """
+    max_iters = int(max_iters)
+    window = max(1, int(window))
+    if info0 is None:
+        info0 = jax.tree_util.tree_map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(lambda s: _as_info(step(s)[1]), state))
+    info0 = _as_info(info0)
+    dtype = jnp.result_type(info0.elbo)
+    elbo0 = jnp.asarray(jnp.nan if elbo0 is None else elbo0, dtype)
+    info0 = info0._replace(elbo=elbo0)
+    tol = jnp.asarray(tol, dtype)
+    zero = jnp.zeros((), dtype)
+    carry = _Carry(jnp.asarray(0), state, info0, jnp.full((max(max_iters, 1),), elbo0),
+                   jnp.asarray(False), jnp.asarray(-1), zero, jnp.full((), -jnp.inf, dtype),
+                   zero, zero, jnp.asarray(jnp.nan, dtype), zero)
+
+    def cond(c):
+        return (c.i < max_iters) & ~c.converged & (c.failed_at < 0)
+
+    def body(c):
+        new, info = step(c.state)
+        info = _as_info(info)
+        e = jnp.asarray(info.elbo, dtype)
+        bound = jnp.asarray(info.bound, dtype)
+        ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
+        drop = c.info.elbo - e
+        finite_drop = jnp.isfinite(drop)
+        if window == 1:
+            conv = stopping.converged(e - c.info.elbo, e, tol, bound) & (tol > 0)
+            win_sum, win_sq, prev_mean, prev_se2 = c.win_sum, c.win_sq, c.prev_mean, c.prev_se2
+        else:
+            win_sum, win_sq = c.win_sum + e, c.win_sq + e * e
+            end = (c.i + 1) % window == 0
+            mean = win_sum / window
+            se2 = (jnp.maximum(win_sq / window - mean * mean, 0.0) / window
+                   if stochastic else zero)
+            allow = (tol * jnp.maximum(jnp.abs(mean), 1.0) + bound
+                     + 2.0 * jnp.sqrt(se2 + c.prev_se2))
+            conv = end & (jnp.abs(mean - c.prev_mean) <= allow) & (tol > 0)
+            prev_mean = jnp.where(end, mean, c.prev_mean)
+            prev_se2 = jnp.where(end, se2, c.prev_se2)
+            win_sum, win_sq = jnp.where(end, zero, win_sum), jnp.where(end, zero, win_sq)
+        conv = (conv | jnp.asarray(info.stop, bool)) & ok
+        if progress:
+            sink = _dispatch if progress is True else progress
+            jax.lax.cond(((c.i + 1) % every == 0) | (c.i + 1 == max_iters) | conv | ~ok,
+                         lambda: jax.debug.callback(sink, c.i + 1, e),
+                         lambda: None)
+        return _Carry(c.i + 1, new, info._replace(elbo=e, bound=bound),
+                      c.trace.at[c.i].set(e), conv,
+                      jnp.where(ok, c.failed_at, c.i),
+                      jnp.maximum(c.max_decrease, jnp.where(finite_drop, drop, 0.0)),
+                      jnp.maximum(c.excess, jnp.where(finite_drop, drop - bound, -jnp.inf)),
+                      win_sum, win_sq, prev_mean, prev_se2)
+
+    c = jax.lax.while_loop(cond, body, carry) if max_iters > 0 else carry
+    n = c.trace.shape[0]
+    trace = jnp.where(jnp.arange(n) < c.i, c.trace, c.info.elbo)[:max_iters]
+    return Run(c.state, c.info, trace, c.i, c.converged, c.failed_at, c.max_decrease,
+               c.excess)
+
+
+def _as_info(info) -> Info:
+    if isinstance(info, Info):
+        return info
+    raise TypeError(f"an algorithm's step must return (State, vijax.Info), got {type(info)}")
+
+
+_SINKS: list = []
+
+
+def _dispatch(i, elbo):
+    if _SINKS:
+        _SINKS[-1](i, elbo)
+
+
+class reporting:
+    """``with reporting(callback): ...`` routes ``run(..., progress=True)`` reports to
+    ``callback`` (block on the result inside the block: the reports arrive while the
+    computation runs)."""
+
+    def __init__(self, callback: Callable):
+        self.callback = callback
+
+    def __enter__(self):
+        _SINKS.append(self.callback)
+        return self.callback
+
+    def __exit__(self, *exc):
+        _SINKS.remove(self.callback)
+        close = getattr(self.callback, "close", None)
+        if close is not None:
+            close()
+        return False
+
+
+def progress_printer(total: int, label: str = "vijax") -> Callable:
+    """A host callback for :func:`run`: a tqdm bar when tqdm is installed, else one line
+    per report on stderr. ``close()`` (an attribute of the returned callable) ends the
+    bar."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    state = {"bar": None, "last": 0}
+
+    def report(i, elbo):
+        i, elbo = int(i), float(elbo)
+        if tqdm is None:
+            print(f"[{label}] step {i:6d}  ELBO {elbo:.6g}", file=sys.stderr)
+            return
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, desc=label, leave=False)
+        state["bar"].update(i - state["last"])
+        state["last"] = i
+        state["bar"].set_postfix(elbo=f"{elbo:.6g}")
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    report.close = close
+    return report
+
+
+def wants_progress(progress, traced: bool, max_iters: int, threshold: int = 2000) -> bool:
+    """Resolve a fitter's ``progress`` option: ``True``/``False`` as given, ``None``
+    (the default) on for long fits (``max_iters >= threshold``) run interactively (stderr
+    is a terminal), and always off when the call is traced (``jit``/``vmap``)."""
+    if traced:
+        return False
+    if progress is None:
+        return max_iters >= threshold and sys.stderr.isatty()
+    return bool(progress)
