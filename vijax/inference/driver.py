@@ -114,7 +114,7 @@ class _Carry(NamedTuple):
 
 def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int = 1,
         stochastic: bool = False, progress: bool | Callable = False, every: int = 100,
-        info0: Info | None = None) -> Run:
+        info0: Info | None = None, length: int | None = None) -> Run:
     """Iterate ``step`` from ``state`` in one ``lax.while_loop`` (see the module docstring).
 
     Args:
@@ -131,8 +131,16 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
             fitter needs no recompile per callback object).
         info0: an Info for the initial state (its ``extra`` fixes the structure returned
             when no step runs); default: the structure of the first step's Info.
+        length: a static bound on ``max_iters``, which may then be traced (one compiled
+            loop for every ``max_iters <= length``); the trace then has ``length``
+            entries (padded with the last value). Default: ``max_iters`` is static.
     """
-    max_iters = int(max_iters)
+    if length is None:
+        max_iters = int(max_iters)
+        n = max(max_iters, 1)
+    else:
+        n = max(int(length), 1)
+        max_iters = jnp.minimum(jnp.asarray(max_iters), int(length))
     window = max(1, int(window))
     if info0 is None:
         info0 = jax.tree_util.tree_map(
@@ -144,7 +152,7 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
     info0 = info0._replace(elbo=elbo0)
     tol = jnp.asarray(tol, dtype)
     zero = jnp.zeros((), dtype)
-    carry = _Carry(jnp.asarray(0), state, info0, jnp.full((max(max_iters, 1),), elbo0),
+    carry = _Carry(jnp.asarray(0), state, info0, jnp.full((n,), elbo0),
                    jnp.asarray(False), jnp.asarray(-1), zero, jnp.full((), -jnp.inf, dtype),
                    zero, zero, jnp.asarray(jnp.nan, dtype), zero)
 
@@ -187,9 +195,10 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
                       jnp.maximum(c.excess, jnp.where(finite_drop, drop - bound, -jnp.inf)),
                       win_sum, win_sq, prev_mean, prev_se2)
 
-    c = jax.lax.while_loop(cond, body, carry) if max_iters > 0 else carry
-    n = c.trace.shape[0]
-    trace = jnp.where(jnp.arange(n) < c.i, c.trace, c.info.elbo)[:max_iters]
+    run_loop = length is not None or max_iters > 0
+    c = jax.lax.while_loop(cond, body, carry) if run_loop else carry
+    trace = jnp.where(jnp.arange(n) < c.i, c.trace, c.info.elbo)
+    trace = trace if length is not None else trace[:max_iters]
     return Run(c.state, c.info, trace, c.i, c.converged, c.failed_at, c.max_decrease,
                c.excess)
 
