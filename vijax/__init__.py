@@ -5,7 +5,7 @@ derives closed-form CAVI updates from its jaxpr, maximizes the same ELBO by grad
 and compares the two.
 """
 
-from vijax import algorithms, errors, families, models
+from vijax import algorithms, errors, families, models, results
 from vijax.errors import (ConvergenceWarning, DataError, FitDivergedError,
                           InvalidParameterError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError, VijaxError)
@@ -19,6 +19,7 @@ from vijax.inference.kl_projection import (ReverseKLFit, forward_kl_gaussian, fo
 from vijax.inference.laplace import LaplaceResult, laplace
 from vijax.inference.gradient import fit_gradient
 from vijax.inference.result import FitResult
+from vijax.results import load_result, posterior_predictive, save_result, summary, to_arviz
 from vijax.model import Analysis, Model, analyze
 from vijax.conjugacy.program import Program, compile
 from vijax.supports import (Support, binary, categorical, count, positive, real, simplex,
@@ -32,7 +33,8 @@ __all__ = [
     "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
     "ReverseKLFit",
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
-    "errors", "families", "models", "algorithms", "Algorithm", "Info", "Run", "run",
+    "errors", "families", "models", "results", "summary", "posterior_predictive", "to_arviz",
+    "save_result", "load_result", "algorithms", "Algorithm", "Info", "Run", "run",
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
     "DataError", "InvalidParameterError", "FitDivergedError", "ConvergenceWarning",
 ]
