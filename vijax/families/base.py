@@ -94,6 +94,26 @@ def _show(name: str, value: Any, ok: np.ndarray) -> str:
     return f"{name}={np.array2string(value, threshold=20, separator=', ')}"
 
 
+def format_array(x: Any) -> str:
+    """One line for an array: numbers to 4 significant digits, large arrays abbreviated
+    (first and last entries, then the shape); tracers as ``dtype[shape]``."""
+    if is_tracer(x) or isinstance(x, jax.ShapeDtypeStruct):
+        return f"{jnp.dtype(x.dtype).name}{list(jnp.shape(x))}"
+    a = np.asarray(x)
+    if a.ndim == 0:
+        return _number(a.item()) if np.issubdtype(a.dtype, np.floating) else repr(a.item())
+    text = np.array2string(a, separator=", ", threshold=8, edgeitems=2,
+                           max_line_width=10**6, formatter={"float_kind": _number})
+    text = " ".join(text.split())
+    return text + (f" (shape {a.shape})" if a.size > 8 else "")
+
+
+def _number(v: float) -> str:
+    """``v`` to 4 significant digits, always readable as a float (``1.0``, ``2.5e-07``)."""
+    text = f"{v:.4g}"
+    return text if any(c in text for c in ".enia") else text + ".0"
+
+
 def family(cls):
     """Class decorator: make ``cls`` a frozen dataclass and register it as a pytree.
 
@@ -101,7 +121,7 @@ def family(cls):
     through ``jit``, ``vmap``, ``grad`` and ``lax`` control flow unchanged; any other
     field (e.g. :class:`~vijax.families.MultivariateNormal`'s ``layout``) is static.
     """
-    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+    cls = dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
     meta = [f.name for f in dataclasses.fields(cls) if f.name != "natural"]
     jax.tree_util.register_dataclass(cls, data_fields=["natural"], meta_fields=meta)
     return cls
@@ -177,11 +197,37 @@ class ExponentialFamily:
         """Elementwise variance of a sample."""
         raise NotImplementedError
 
+    def quantile(self, q: Any) -> Array:
+        """Quantiles at probabilities ``q`` (elementwise; marginal for vector families),
+        of shape ``jnp.shape(q) + batch_shape + event_shape``."""
+        raise NotImplementedError(f"{type(self).__name__} has no quantile function")
+
+    def usual_params(self) -> dict[str, Array]:
+        """The usual parameters by name (what ``repr`` prints)."""
+        raise NotImplementedError
+
     def expected_log_base_measure(self) -> Array:
         """``E_q[log h(x)]`` (batch shape)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- generic
+    def std(self) -> Array:
+        """Elementwise standard deviation, ``sqrt(variance())``."""
+        return jnp.sqrt(self.variance())
+
+    def _quantile_shape(self, q: Any, event_shape: tuple[int, ...] = ()) -> Array:
+        """``q`` as a float array of shape ``jnp.shape(q) + (1,) * (batch + event)``,
+        ready to broadcast against per-element parameters."""
+        q = jnp.asarray(q, self.dtype)
+        return jnp.reshape(q, q.shape + (1,) * (len(self.batch_shape) + len(event_shape)))
+
+    def __repr__(self) -> str:
+        try:
+            params = self.usual_params()
+        except NotImplementedError:
+            params = self.natural
+        inner = ", ".join(f"{k}={format_array(v)}" for k, v in params.items())
+        return f"{type(self).__name__}({inner})"
     @classmethod
     def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
         """Mean parameters ``mu = E[T(x)] = grad A(eta)`` (autodiff; families override)."""

@@ -106,6 +106,16 @@ class Bernoulli(ExponentialFamily):
         eta = self.natural["x"]
         return jax.nn.sigmoid(eta) * jax.nn.sigmoid(-eta)
 
+    def quantile(self, q: Array) -> Array:
+        """0 where ``q <= 1 - p``, else 1 (the smallest x with ``CDF(x) >= q``); NaN
+        outside ``[0, 1]``."""
+        q = self._quantile_shape(q)
+        x = jnp.where(q <= jax.nn.sigmoid(-self.natural["x"]), 0.0, 1.0).astype(q.dtype)
+        return jnp.where((q >= 0) & (q <= 1), x, jnp.nan)
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"probs": self.probs}
+
     def expected_log_base_measure(self) -> Array:
         return self._constant(0.0)
 

@@ -11,6 +11,7 @@ from jax.scipy.special import digamma, gammaln, xlog1py, xlogy
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 from vijax.families.dirichlet import concentration_from_mean_log
+from vijax.families.quantiles import beta_quantile
 
 
 def _log_beta(a: Array, b: Array) -> Array:
@@ -108,6 +109,15 @@ class Beta(ExponentialFamily):
         a, b = self.concentration1, self.concentration0
         total = a + b
         return (a / total) * (b / total) / (total + 1.0)
+
+    def quantile(self, q: Array) -> Array:
+        """Inverse of the regularized incomplete beta function."""
+        return beta_quantile(self.concentration1, self.concentration0,
+                             self._quantile_shape(q))
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"concentration1": self.concentration1,
+                "concentration0": self.concentration0}
 
     def log_prob(self, x: Array) -> Array:
         a, b = self.concentration1, self.concentration0

@@ -129,6 +129,18 @@ class Categorical(ExponentialFamily):
         p = self.probs
         return p * (1.0 - p)
 
+    def quantile(self, q: Array) -> Array:
+        """The smallest class index ``k`` with ``p_0 + ... + p_k >= q`` (classes in
+        index order), as a float of the parameters' dtype; NaN outside ``[0, 1]``."""
+        q = self._quantile_shape(q)
+        cdf = jnp.cumsum(self.probs, -1)
+        k = jnp.sum(cdf < q[..., None], -1)
+        x = jnp.minimum(k, self.num_classes - 1).astype(q.dtype)
+        return jnp.where((q >= 0) & (q <= 1), x, jnp.nan)
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"probs": self.probs}
+
     def log_prob(self, x: Array) -> Array:
         """``log p[x]`` for integer indices ``x`` (shape ``sample + batch``)."""
         log_p = jax.nn.log_softmax(self.natural["onehot"], -1)

@@ -12,6 +12,7 @@ from jax.scipy.special import digamma, gammaln, xlogy
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 from vijax.families.gamma import trigamma
+from vijax.families.quantiles import beta_quantile
 
 _EULER = 0.5772156649015329
 # Offsets (in log total concentration) searched for a sign change before Newton.
@@ -196,6 +197,16 @@ class Dirichlet(ExponentialFamily):
         total = jnp.sum(alpha, -1, keepdims=True)
         p = alpha / total
         return p * (1.0 - p) / (total + 1.0)
+
+    def quantile(self, q: Array) -> Array:
+        """Per-coordinate quantiles of the marginals ``x_k ~ Beta(alpha_k, alpha_0 -
+        alpha_k)``, shape ``jnp.shape(q) + batch_shape + (K,)``."""
+        alpha = self.concentration
+        rest = jnp.sum(alpha, -1, keepdims=True) - alpha
+        return beta_quantile(alpha, rest, self._quantile_shape(q, alpha.shape[-1:]))
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"concentration": self.concentration}
 
     def log_prob(self, x: Array) -> Array:
         alpha = self.concentration

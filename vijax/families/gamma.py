@@ -13,6 +13,7 @@ from jax.scipy.special import digamma, gammaln, xlogy
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
+from vijax.families.quantiles import gamma_quantile
 
 _SERIES_FROM = 10.0  # use asymptotic series for shape >= this (cancellation-free)
 
@@ -181,6 +182,13 @@ class Gamma(ExponentialFamily):
 
     def variance(self) -> Array:
         return self.concentration / self.rate ** 2
+
+    def quantile(self, q: Array) -> Array:
+        """Inverse of the regularized incomplete gamma function, over the rate."""
+        return gamma_quantile(self.concentration, self._quantile_shape(q)) / self.rate
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"concentration": self.concentration, "rate": self.rate}
 
     def log_prob(self, x: Array) -> Array:
         a, b = self.concentration, self.rate

@@ -11,6 +11,7 @@ from jax.scipy.special import digamma, gammaln
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 from vijax.families.gamma import gamma_entropy_core, gamma_kl, gamma_shape_from_gap
+from vijax.families.quantiles import gamma_quantile
 
 
 @family
@@ -106,6 +107,14 @@ class InverseGamma(ExponentialFamily):
         ok = a > 2
         am1 = jnp.where(ok, a - 1.0, 2.0)
         return jnp.where(ok, b * b / (am1 * am1 * (am1 - 1.0)), jnp.inf)
+
+    def quantile(self, q: Array) -> Array:
+        """``scale / g`` with ``g`` the Gamma(a, 1) quantile of the upper tail ``q``."""
+        return self.scale / gamma_quantile(self.concentration, self._quantile_shape(q),
+                                           upper=True)
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"concentration": self.concentration, "scale": self.scale}
 
     def log_prob(self, x: Array) -> Array:
         a, b = self.concentration, self.scale

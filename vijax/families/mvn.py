@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.special import ndtri
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
@@ -226,6 +227,15 @@ class MultivariateNormal(ExponentialFamily):
     def variance(self) -> Array:
         """Diagonal of the covariance."""
         return self._value(_diag(self.cov))
+
+    def quantile(self, q: Array) -> Array:
+        """Per-coordinate quantiles of the marginal normals ``N(m_i, Sigma_ii)``, shape
+        ``jnp.shape(q)`` + the value shape."""
+        q = self._quantile_shape(q, (self.dim,))
+        return self._value(self.loc + jnp.sqrt(_diag(self.cov)) * ndtri(q))
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"loc": self.loc, "cov": self.cov}
 
     # ------------------------------------------------------------ closed forms
     def log_prob(self, x: Array) -> Array:

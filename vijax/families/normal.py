@@ -7,6 +7,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import ndtri
 
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
@@ -110,6 +111,13 @@ class Normal(ExponentialFamily):
 
     def variance(self) -> Array:
         return -0.5 / self.natural["x2"]
+
+    def quantile(self, q: Array) -> Array:
+        """``loc + scale * ndtri(q)``."""
+        return self.loc + self.scale * ndtri(self._quantile_shape(q))
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"loc": self.loc, "scale": self.scale}
 
     # ------------------------------------------------------------ closed forms
     def log_prob(self, x: Array) -> Array:

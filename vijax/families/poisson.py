@@ -12,6 +12,7 @@ from jax.scipy.special import digamma, gammaln, xlogy
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 from vijax.families.gamma import log_minus_digamma
+from vijax.families.quantiles import poisson_quantile
 
 # E[lgamma(x + 1)] = lgamma(rate + 1) + E[c(x - rate)] with the centered, cancellation-
 # free c of `_centered_lgamma`. E[c] is an exact sum over k = 0 .. _NUM_TERMS - 1 for
@@ -170,6 +171,14 @@ class Poisson(ExponentialFamily):
 
     def variance(self) -> Array:
         return self.rate
+
+    def quantile(self, q: Array) -> Array:
+        """The smallest count ``k`` with ``CDF(k) >= q`` (a float in the parameters'
+        dtype; ``inf`` at ``q = 1``)."""
+        return poisson_quantile(self.rate, self._quantile_shape(q))
+
+    def usual_params(self) -> dict[str, Array]:
+        return {"rate": self.rate}
 
     def expected_log_base_measure(self) -> Array:
         """``-E[lgamma(x + 1)]`` (see the module notes for the accuracy)."""
