@@ -253,16 +253,17 @@ class _QuadraticQ:
 
 
 def test_m_step_rejects_a_step_that_decreases_q():
-    from vijax.inference import em as em_mod
-    cfg = em_mod._Config(None, (), (vj.real((2,)),), None, optax.sgd(-0.1), None)
-    knobs = em_mod._Knobs(1, 0.0, 3, 0.0, 1)
+    from vijax.inference.em_params import Spec
+    from vijax.inference.em_steps import Knobs, m_step
+    spec = Spec(None, (), (vj.real((2,)),), None, ("t",), optax.sgd(-0.1), None)
+    knobs = Knobs(0.0, 3, 0.0)
     be = _QuadraticQ()
     u = [jnp.zeros(2)]
-    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, be, None, u, False))(u)
+    u_new, accept, _ = jax.jit(lambda u: m_step(spec, knobs, be, None, u, False))(u)
     assert not bool(accept)
     np.testing.assert_array_equal(np.asarray(u_new[0]), 0.0)
-    cfg = cfg.__class__(None, (), (vj.real((2,)),), None, optax.sgd(0.1), None)
-    u_new, accept, _ = jax.jit(lambda u: em_mod._m_step(cfg, knobs, be, None, u, False))(u)
+    spec = Spec(None, (), (vj.real((2,)),), None, ("t",), optax.sgd(0.1), None)
+    u_new, accept, _ = jax.jit(lambda u: m_step(spec, knobs, be, None, u, False))(u)
     assert bool(accept) and float(-jnp.sum((u_new[0] - 1) ** 2)) > -2.0
 
 

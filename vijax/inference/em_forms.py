@@ -8,6 +8,8 @@
   mode (:meth:`_Factored.modes`).
 - **direct**: the model recompiled with theta as data (``F`` is differentiable in theta
   through the compiler); each evaluation touches the data.
+
+Which one a fit uses, and why, is decided in :mod:`vijax.inference.em_choice`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ import jax.numpy as jnp
 from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.compile import compile_model, point_statistics
-from vijax.conjugacy.program import _spec_key, data_spec
-from vijax.conjugacy.program import build as build_program
-from vijax.supports import default_float
 from vijax.inference import meanfield as mf
 from vijax.model import Model
 
@@ -333,67 +332,3 @@ class _Direct:
         """Not analysed on this form (see :meth:`_Factored.degeneracy`): all False."""
         none = [jnp.zeros(jnp.shape(x), bool) for x in theta]
         return {"empty": none, "collapsed": list(none), "unbounded": list(none)}
-
-
-def _param_names(cfg):
-    """Latent names of the parameter leaves in the factored form."""
-    leaves = jax.tree_util.tree_flatten_with_path(
-        cfg.unflatten([None] * cfg.param_treedef.num_leaves),
-        is_leaf=lambda x: x is None)[0]
-    return [f"params{jax.tree_util.keystr(p)}" for p, _ in leaves]
-
-
-def factored_form(cfg, data):
-    """The model compiled with the parameters as latents, or None when that fails or some
-    parameter (or latent) then has no conjugate form. This path is only an optimization:
-    the direct path compiles the model as the user wrote it and reports its own errors.
-
-    The analysis reads only the data's shapes, and is cached per EM configuration and
-    data shapes, so a second ``vj.em`` call on new data of the same shapes (or a call
-    under ``jit``/``vmap``) does not analyse again."""
-    if cfg.force_direct:
-        return None
-    names = _param_names(cfg)
-    y_names = list(cfg.latent_supports)
-    if set(names) & set(y_names):
-        return None
-
-    def joint(z, d):
-        theta = cfg.unflatten([z[n] for n in names])
-        return cfg.log_joint(theta, {n: z[n] for n in y_names}, d)
-
-    sups = {**cfg.latent_supports, **dict(zip(names, cfg.param_supports))}
-    key = (cfg, _spec_key(data_spec(data)), str(default_float()))
-    if key not in _FACTORED:  # analysed once per EM problem and data shapes
-        try:
-            prog = build_program(Model(joint, sups), data)
-        except Exception:  # noqa: BLE001 - see the docstring
-            prog = None
-        _FACTORED[key] = prog if prog is not None and prog.conjugate else None
-    prog = _FACTORED[key]
-    return prog.materialize(data) if prog is not None else None
-
-
-#: (EM configuration, data shapes) -> the factored program, or None where there is none
-_FACTORED: dict = {}
-
-
-def _backend(cfg, data, theta0, factored=None):
-    if factored is None:
-        factored = factored_form(cfg, data)
-    if factored is not None:
-        return _Factored(cfg, factored, _param_names(cfg), list(cfg.latent_supports))
-    model = Model(lambda z, d: cfg.log_joint(cfg.unflatten(d[0]), z, d[1]),
-                  cfg.latent_supports)
-    compiled0 = compile_model(model, (list(theta0), data))
-    compiled0.require_conjugate()
-    return _Direct(cfg, data, compiled0)
-
-
-def _is_exact(be):
-    """Exact E-step: no term has statistics of two different latents Y."""
-    y = set(be.y_names)
-    for t in be.compiled.terms:
-        if len({a.latent for a in t.atoms} & y) > 1:
-            return False
-    return True
