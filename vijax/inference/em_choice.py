@@ -53,12 +53,11 @@ def _analyse(spec, data, names, y_names):
         prog = build_program(Model(joint, sups), data)
     except (NonConjugateError, UnsupportedPrimitiveError) as err:
         return None, f"direct: the parameters compiled as latents were refused: {err}"
-    for n in names + y_names:  # a parameter's refusal first: it is the cause
-        inf = prog.infos[n]
-        if inf.family is None:
-            what = "parameter" if n in names else "latent"
-            return None, (f"direct: with the parameters compiled as latents, {what} {n} "
-                          f"has no conjugate form: {inf.reason}")
+    refused = [f"{'parameter' if n in names else 'latent'} {n}: {prog.infos[n].reason}"
+               for n in names + y_names if prog.infos[n].family is None]
+    if refused:
+        return None, ("direct: with the parameters compiled as latents, no conjugate form "
+                      "for " + "; ".join(refused))
     stats = "; ".join(f"{n}: {', '.join(prog.infos[n].stats)}" for n in names)
     return prog, ("factored: every parameter enters the log joint through the statistics "
                   f"of a conjugate family ({stats})")

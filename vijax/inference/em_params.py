@@ -168,6 +168,11 @@ def flatten_params(params, param_supports):
 
 def start(spec, params):
     """The unconstrained leaves of initial parameters, checked against their supports."""
+    if isinstance(spec.log_joint, _Joined) and (
+            not isinstance(params, dict) or set(params) != set(spec.param_names)):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ModelSpecError(f"init must give a starting value for each parameter "
+                             f"{sorted(spec.param_names)} (a dict by name), got {got}")
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if treedef != spec.param_treedef:
         raise ModelSpecError(f"params must have the structure {spec.param_treedef} given "
