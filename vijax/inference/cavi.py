@@ -4,9 +4,11 @@ The update of block j is a gradient (DESIGN section 1):
 
     eta_j <- dF/dmu_j (mu_1, ..., mu_M),     mu_j <- grad A_j(eta_j),
 
-so no model-specific update code exists anywhere. ``init``/``sweep`` are the low-level
-pure functions; :func:`cavi` runs them in a ``lax.while_loop`` until the relative ELBO
-change falls below ``tol`` and returns a :class:`CaviResult`.
+so no model-specific update code exists anywhere. :func:`algorithm` is the pair
+``init(natural0) -> CaviState``, ``step(state) -> (state, Info)`` (one sweep per step;
+public as ``vj.algorithms.cavi``); :func:`cavi` runs it with :func:`vijax.run` until the
+relative ELBO change falls below ``tol`` and returns a :class:`CaviResult` whose ``elbo``
+is differentiable with respect to the data (:mod:`vijax.inference.envelope`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from vijax import _compat
 from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.program import program_for
-from vijax.errors import FitDivergedError
-from vijax.inference import checks
+from vijax.errors import FitDivergedError, ModelSpecError
+from vijax.inference import checks, driver, envelope
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
+from vijax.inference.driver import Algorithm, Info
 from vijax.inference.result import FitResult
 from vijax.model import check_data
 
@@ -32,26 +35,20 @@ CaviResult = FitResult
 
 
 class CaviState(NamedTuple):
+    """What the next sweep needs.
+
+    Attributes:
+        natural: ``{latent: {stat: array}}``, the factors' natural parameters.
+        mu: their mean parameters.
+        elbo: the ELBO of these factors.
+        bound: the ELBO's rounding bound at the last sweep whose ELBO did not increase
+            (:mod:`vijax.inference.stopping`; 0 before any).
+    """
+
     natural: dict
     mu: dict
     elbo: Any
-    it: Any
-    trace: Any
-    converged: Any
-    max_decrease: Any
-    invalid_latent: Any
-    invalid_iter: Any
-    excess: Any  # largest ELBO decrease beyond the rounding bound (<= 0: none)
-    bound: Any  # the rounding bound R of the last sweep (vijax.inference.stopping)
-
-
-def init(compiled, natural0, max_iters):
-    """The starting state (ELBO of the initial factors)."""
-    mu = mf.mean_params(compiled, natural0)
-    e = mf.elbo(compiled, natural0)
-    return CaviState(natural0, mu, e, jnp.asarray(0), jnp.full((max_iters,), e),
-                     jnp.asarray(False), jnp.zeros((), e.dtype), jnp.asarray(-1),
-                     jnp.asarray(-1), jnp.full((), -jnp.inf, e.dtype), jnp.zeros((), e.dtype))
+    bound: Any
 
 
 #: blocks with at least this many natural parameters are guarded by a branch (lax.cond)
@@ -145,50 +142,82 @@ def sweep(form, fams, natural, mu, order, damping=None):
     return natural, mu, elbo, invalid
 
 
-def step(compiled, state: CaviState, order, tol, damping=None, absolute=None):
-    """A sweep plus the ELBO and convergence bookkeeping.
+def algorithm(compiled, order=None, damping=None) -> Algorithm:
+    """CAVI as an ``init``/``step`` pair (public as ``vj.algorithms.cavi``).
 
-    Converged when ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1) + R_t`` with ``R_t`` the
-    ELBO's rounding bound (:mod:`vijax.inference.stopping`; ``absolute`` holds the
-    absolute values of F's constants, :func:`stopping.abs_terms`). ``tol = 0`` never
-    converges (runs every sweep)."""
-    natural, mu, e, invalid = sweep(lambda m: (compiled, m), mf.families_of(compiled),
-                                    state.natural, state.mu, order, damping)
-    drop = state.elbo - e
+    Args:
+        compiled: the compiled form ``F`` of a conjugate model for one data set
+            (``vj.compile(model, data).materialize(data)``); captured by closure.
+        order: update order (latent names); default :func:`default_order`.
+        damping: optional step size in (0, 1]: ``eta <- (1-d) eta + d eta*``.
 
-    def magnitude_bound(m):
-        absolute_ = stopping.abs_terms(compiled) if absolute is None else absolute
+    Returns:
+        :class:`~vijax.inference.driver.Algorithm` with
+
+        - ``init(natural0=None, key=None) -> CaviState``: the given natural parameters
+          (``{latent: {stat: array}}``), or the default start drawn with ``key``;
+        - ``step(state) -> (state, Info)``: one sweep over ``order``. ``Info.elbo`` is
+          the ELBO after the sweep, ``Info.ok`` that every update stayed in its family's
+          domain (a refused update keeps the block's old parameters), ``Info.bound`` the
+          ELBO's rounding bound (computed only when the ELBO did not increase: a pass
+          over ``|F|``), ``Info.extra`` the index in ``order`` of the first refused
+          update (-1: none).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, vijax as vj
+        >>> from jax.scipy import stats
+        >>> m = vj.Model(lambda z, x: stats.norm.logpdf(z["mu"]) +
+        ...              stats.norm.logpdf(x, z["mu"]).sum(), {"mu": vj.real()})
+        >>> x = jnp.array([1.0, 2.0, 3.0])
+        >>> alg = vj.algorithms.cavi(vj.compile(m, x).materialize(x))
+        >>> state, info = jax.jit(alg.step)(alg.init())
+        >>> round(float(state.natural["mu"]["x"]), 4)  # sum(x): the exact posterior
+        6.0
+        >>> out = vj.run(alg.step, alg.init(), max_iters=50, tol=1e-6)
+        >>> bool(out.converged), int(out.num_iters)
+        (True, 2)
+    """
+    order = default_order(compiled) if order is None else tuple(order)
+    fams = mf.families_of(compiled)
+
+    def init(natural0=None, key=None):
+        if natural0 is None:
+            key = jax.random.key(0) if key is None else key
+            natural0 = mf.default_init_jit(compiled, key, jnp.zeros(()).dtype)
+        e = mf.elbo(compiled, natural0)
+        return CaviState(natural0, mf.mean_params(compiled, natural0), e,
+                         jnp.zeros((), e.dtype))
+
+    def magnitude_bound(mu, dtype):
+        # |constants| are taken inside the branch, when it runs (no second copy of the
+        # data-sized constants on the device)
         return stopping.rounding_bound(
-            stopping.elbo_magnitude(absolute_, compiled.sizes, m), e.dtype)
+            stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes, mu), dtype)
 
-    # R_t is needed only when the ELBO did not increase (a pass over |F|): a branch
-    bound = jax.lax.cond(drop >= 0, magnitude_bound,
-                         lambda m: jnp.asarray(state.bound, e.dtype), mu)
-    it = state.it + 1
-    return CaviState(
-        natural, mu, e, it, state.trace.at[state.it].set(e),
-        stopping.converged(e - state.elbo, e, tol, bound) & (tol > 0),
-        jnp.maximum(state.max_decrease, jnp.where(jnp.isfinite(drop), drop, 0.0)),
-        jnp.where(state.invalid_latent >= 0, state.invalid_latent, invalid),
-        jnp.where((state.invalid_iter < 0) & (invalid >= 0), it, state.invalid_iter),
-        jnp.maximum(state.excess, jnp.where(jnp.isfinite(drop), drop - bound, -jnp.inf)),
-        bound)
+    def step(state):
+        natural, mu, e, invalid = sweep(lambda m: (compiled, m), fams, state.natural,
+                                        state.mu, order, damping)
+        # R_t is needed only when the ELBO did not increase (a pass over |F|): a branch
+        bound = jax.lax.cond(state.elbo - e >= 0, lambda m: magnitude_bound(m, e.dtype),
+                             lambda m: jnp.asarray(state.bound, e.dtype), mu)
+        return CaviState(natural, mu, e, bound), Info(e, invalid < 0, bound, False, invalid)
+
+    return Algorithm(init, step)
 
 
-def _loop(compiled, natural0, tol, order, max_iters, damping):
-    state = init(compiled, natural0, max_iters)
-
-    def cond(s):
-        return (s.it < max_iters) & ~s.converged & (s.invalid_latent < 0) & jnp.isfinite(s.elbo)
-
-    # |constants| are taken inside the rounding-bound branch, when it runs (no second
-    # copy of the data-sized constants on the device)
-    state = jax.lax.while_loop(cond, lambda s: step(compiled, s, order, tol, damping), state)
-    trace = jnp.where(jnp.arange(max_iters) < state.it, state.trace, state.elbo)
-    return state._replace(trace=trace)
+def _fit(compiled, natural0, tol, order, max_iters, damping, progress):
+    """The whole loop as one function of arrays (jitted below; ``tol`` traced)."""
+    alg = algorithm(compiled, order, damping)
+    state = alg.init(natural0)
+    info0 = Info(state.elbo, jnp.asarray(True), state.bound, jnp.asarray(False),
+                 jnp.asarray(-1))
+    return driver.run(alg.step, state, max_iters=max_iters, tol=tol, elbo0=state.elbo,
+                      progress=progress, every=max(1, max_iters // 100), info0=info0)
 
 
-_loop_jit = jax.jit(_loop, static_argnames=("order", "max_iters", "damping"))
+# cached by (compiled structure, order, max_iters, damping, progress): a second fit on new
+# data of the same shapes compiles nothing
+_fit_jit = jax.jit(_fit, static_argnames=("order", "max_iters", "damping", "progress"))
 
 
 def default_order(compiled):
@@ -200,7 +229,7 @@ def default_order(compiled):
 
 
 def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
-         damping=None, strict=False) -> CaviResult:
+         damping=None, strict=False, progress=None) -> CaviResult:
     """Fit the mean-field posterior by coordinate ascent with closed-form updates.
 
     Args:
@@ -217,6 +246,18 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
         order: update order (latent names); default continuous latents, then discrete.
         damping: optional step size in (0, 1]: ``eta <- (1-d) eta + d eta*``.
         strict: raise :class:`FitDivergedError` instead of warning.
+        progress: report the ELBO while the loop runs: ``True`` (a tqdm bar when tqdm is
+            installed, else lines on stderr), a callable ``progress(sweep, elbo)``, or
+            ``False``. Default (None): on for ``max_iters >= 2000`` when stderr is a
+            terminal. Always off under ``jit``/``vmap``/``grad``.
+
+    Differentiation:
+        ``elbo`` is differentiable with respect to the data pytree (data and
+        hyper-parameters passed in it), in reverse and forward mode: at the optimum the
+        ELBO's total derivative equals its partial derivative with q held fixed (envelope
+        theorem, :mod:`vijax.inference.envelope`), exact up to the convergence
+        tolerance. ``posterior``, ``natural`` and ``elbo_trace`` are constants under
+        differentiation (``stop_gradient``): their derivatives are not computed.
 
     Warns:
         ConvergenceWarning: (outside ``jit``/``vmap``) the fit reached ``max_iters``
@@ -242,23 +283,38 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     order = tuple(order) if order is not None else default_order(compiled)
     missing = set(compiled.infos) - set(order)
     if missing or set(order) - set(compiled.infos):
-        from vijax.errors import ModelSpecError
         raise ModelSpecError(f"order must list every latent once; missing {sorted(missing)}")
     if damping is not None and not 0 < damping <= 1:
-        from vijax.errors import ModelSpecError
         raise ModelSpecError(f"damping must be in (0, 1], got {damping}")
-    state = _loop_jit(compiled, natural0, tol, order, int(max_iters), damping)
-    diag = {"max_decrease": state.max_decrease, "nonfinite": ~jnp.isfinite(state.elbo),
-            "invalid_latent": state.invalid_latent, "invalid_iter": state.invalid_iter,
-            "excess_decrease": state.excess, "rounding_bound": state.bound,
+    max_iters = int(max_iters)
+    traced = any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(
+        (compiled, natural0, tol)))
+    show = driver.wants_progress(progress, traced, max_iters)
+    # the loop sees no tangents: its result is a constant under differentiation, and the
+    # ELBO's derivative comes from the envelope theorem below
+    args = jax.lax.stop_gradient((compiled, natural0, tol))
+    if show:
+        sink = progress if callable(progress) else driver.progress_printer(max_iters, "cavi")
+        with driver.reporting(sink):
+            out = jax.block_until_ready(_fit_jit(*args, order, max_iters, damping, True))
+    else:
+        out = _fit_jit(*args, order, max_iters, damping, False)
+    failed = out.failed_at >= 0
+    invalid = jnp.where(failed, out.info.extra, -1)
+    diag = {"max_decrease": out.max_decrease, "nonfinite": ~jnp.isfinite(out.info.elbo),
+            "invalid_latent": invalid,
+            "invalid_iter": jnp.where(invalid >= 0, out.failed_at + 1, -1),
+            "excess_decrease": out.excess_decrease, "rounding_bound": out.info.bound,
             "analysis_s": jnp.asarray(prog.analysis_s, dtype)}
-    result = CaviResult(mf.posterior_jit(compiled, state.natural), state.elbo, state.trace,
-                        state.it, state.converged, diag, state.natural)
-    if not _compat.is_tracer(state.elbo):
+    natural = out.state.natural
+    result = CaviResult(mf.posterior_jit(compiled, natural), out.info.elbo, out.trace,
+                        out.num_iters, out.converged, diag, natural)
+    if not _compat.is_tracer(out.info.elbo):
         _raise_if_failed(result, order, strict, tol)
     else:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
         result = checks.nan_if_failed(result, lambda nat: mf.posterior(compiled, nat))
-    return result
+    return result._replace(elbo=envelope.value(mf.elbo, (compiled, result.natural),
+                                               result.elbo))
 
 
 def _raise_if_failed(result, order, strict, tol=None):
