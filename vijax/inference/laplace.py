@@ -23,13 +23,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from vijax import _compat
 from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
-from vijax.inference.em import maximize
-from vijax.inference import checks
+from vijax.inference import checks, driver
+from vijax.inference.driver import Algorithm, Info
 from vijax.inference.fingerprint import Static
 from vijax.model import check_data
 
@@ -86,23 +87,115 @@ def _nan_like(tree):
                                   tree)
 
 
-def _core(model, data, u0, optimizer, num_steps, tol):
-    optimizer = optimizer.value  # a fingerprinted static: a fresh optax object reuses the compile
-    """Everything after initialization, as a pure function of arrays."""
-    flat0, unravel = ravel_pytree(u0)
-    sups = model.supports
+class LaplaceState(NamedTuple):
+    """The optimizer's position: ``u``, the flattened unconstrained latents (sorted-name
+    order, each in C order), and the optax state."""
 
-    def constrained(flat):
-        u = unravel(flat)
-        return {n: sups[n].from_unconstrained(u[n]) for n in u}
+    u: Any
+    opt_state: Any
+
+
+def _log_density(model, data, unravel):
+    sups = model.supports
 
     def log_density(flat):
         u = unravel(flat)
         z = {n: sups[n].from_unconstrained(u[n]) for n in u}
         ldj = sum(jnp.sum(sups[n].log_det_jacobian(u[n])) for n in u)
         return model.log_joint(z, data) + ldj
+    return log_density
 
-    u_star, g_star, steps = maximize(log_density, flat0, optimizer, num_steps, tol)
+
+def _tree_norm(t):
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(t)))
+
+
+def algorithm(model, data, optimizer="lbfgs", tol=1e-10) -> Algorithm:
+    """Laplace's optimizer as an ``init``/``step`` pair (public as
+    ``vj.algorithms.laplace``): ascent on the log density ``g(u)`` of the unconstrained
+    latents (module docstring).
+
+    Args:
+        model: a :class:`vijax.Model` with continuous latents; data: its data.
+        optimizer: ``"lbfgs"`` (``optax.lbfgs()``, whose linesearch's cached value and
+            gradient are reused) or any optax ``GradientTransformation`` (it minimizes
+            ``-g``).
+        tol: the step-size test: ``Info.stop`` once a step is shorter than
+            ``tol * (1 + |u|)`` (``tol`` raised to ``4 eps`` of the dtype), or the
+            gradient is zero, or the step reached a non-finite point (undone).
+
+    Returns:
+        :class:`~vijax.inference.driver.Algorithm`: ``init(u0=None) -> LaplaceState``
+        from ``{latent: unconstrained value}`` (default: each support's canonical point),
+        and ``step(state) -> (state, Info)``, ``Info.elbo`` the log density ``g`` after the
+        step. Run it with ``vj.run(..., tol=0)`` (only ``Info.stop`` ends it).
+
+    Example:
+        >>> import jax.numpy as jnp, vijax as vj
+        >>> from jax.scipy import stats
+        >>> m = vj.Model(lambda z, x: stats.norm.logpdf(z["mu"], 0.0, 1.0)
+        ...              + jnp.sum(stats.norm.logpdf(x, z["mu"], 1.0)), {"mu": vj.real()})
+        >>> alg = vj.algorithms.laplace(m, jnp.array([1.0, 2.0, 3.0]))
+        >>> out = vj.run(alg.step, alg.init(), max_iters=100, tol=0.0)
+        >>> round(float(out.state.u[0]), 5), bool(out.converged)
+        (1.5, True)
+    """
+    dtype = jnp.zeros(()).dtype
+    template = {n: s.to_unconstrained(s.canonical_point(dtype))
+                for n, s in model.supports.items()}
+    _, unravel = ravel_pytree(template)
+    log_density = _log_density(model, data, unravel)
+    if isinstance(optimizer, str):
+        if optimizer != "lbfgs":
+            raise ModelSpecError(f"optimizer must be 'lbfgs' or an optax "
+                                 f"GradientTransformation, got {optimizer!r}")
+        opt = optax.lbfgs()
+    else:
+        opt = optax.with_extra_args_support(optimizer)
+
+    def neg(x):
+        return -log_density(x)
+
+    def init(u0=None):
+        x = ravel_pytree(template if u0 is None else {**template, **u0})[0]
+        return LaplaceState(x, opt.init(x))
+
+    cached = optax.tree.get(jax.eval_shape(opt.init, ravel_pytree(template)[0]),
+                            "value") is not None
+    vg = optax.value_and_grad_from_state(neg) if cached else jax.value_and_grad(neg)
+
+    def step(state):
+        x, s = state
+        small_tol = jnp.maximum(jnp.asarray(tol, x.dtype), 4 * jnp.finfo(x.dtype).eps)
+        v, g = vg(x, state=s) if cached else vg(x)
+        upd, s2 = opt.update(g, s, x, value=v, grad=g, value_fn=neg)
+        x2 = optax.apply_updates(x, upd)
+        finite = jnp.all(jnp.isfinite(x2))
+        x2 = jnp.where(finite, x2, x)  # a step to a non-finite point is undone
+        stop = (_tree_norm(upd) <= small_tol * (1.0 + _tree_norm(x))) | (_tree_norm(g) == 0)
+        e = -optax.tree.get(s2, "value") if cached else log_density(x2)
+        e = jnp.where(finite & jnp.isfinite(e), e, -v)
+        return LaplaceState(x2, s2), Info(e, True, 0.0, stop | ~finite)
+
+    return Algorithm(init, step)
+
+
+def _core(model, data, u0, optimizer, num_steps, tol):
+    """Everything after initialization, as a pure function of arrays."""
+    optimizer = optimizer.value  # a fingerprinted static: a fresh optax object reuses the compile
+    sups = model.supports
+    flat0, unravel = ravel_pytree(u0)
+    log_density = _log_density(model, data, unravel)
+
+    def constrained(flat):
+        u = unravel(flat)
+        return {n: sups[n].from_unconstrained(u[n]) for n in u}
+
+    alg = algorithm(model, data, optimizer, tol)
+    out = driver.run(alg.step, alg.init(u0), max_iters=num_steps, tol=0.0,
+                     info0=Info(jnp.zeros((), flat0.dtype), True, 0.0, False))
+    u_star, steps = out.state.u, out.num_iters
+    g_star = log_density(u_star)
     grad = jax.grad(log_density)(u_star)
     hess = jax.hessian(log_density)(u_star)
     prec = -0.5 * (hess + hess.T)
