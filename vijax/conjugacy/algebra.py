@@ -1,15 +1,17 @@
 """Operations on symbolic values shared by the rules: products with same-element
-collapse, broadcasting, re-indexing (gathers, reshapes, slices), constant splitting."""
+collapse, broadcasting, re-indexing (gathers, reshapes, slices), constant splitting.
+
+Pure term algebra on :class:`~vijax.conjugacy.terms.Sym` values: no rule, no dispatch
+(``w`` is the walker, read for the latents' supports and the label space)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
-from vijax import _compat
-from vijax.conjugacy import discrete
 from vijax.conjugacy import terms as T
-from vijax.conjugacy.walker import Lazy, is_sym
+from vijax.conjugacy.values import is_sym
+from vijax.conjugacy.walker import Lazy
 
 
 def _shape(eqn, i=0):
@@ -18,16 +20,6 @@ def _shape(eqn, i=0):
 
 def _dtype(eqn, i=0):
     return eqn.outvars[i].aval.dtype
-
-
-def _nonlinear(w, eqn, invals, detail):
-    """Tabulate over a discrete latent, or poison the value (recording why)."""
-    if discrete.discrete_latents(w, invals):
-        return discrete.tabulate(w, eqn, invals)
-    out = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
-    if eqn.primitive.multiple_results:
-        return [w.poison(eqn.primitive.name, invals, o, detail) for o in out]
-    return w.poison(eqn.primitive.name, invals, out, detail)
 
 
 # ----------------------------------------------------------------- term surgery

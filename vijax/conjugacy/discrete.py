@@ -17,6 +17,8 @@ import numpy as np
 
 from vijax import _compat
 from vijax.conjugacy import terms as T
+from vijax.conjugacy.algebra import _operand, mul_sym, simplify_const
+from vijax.conjugacy.values import Poison
 
 
 def discrete_latents(w, invals):
@@ -208,7 +210,6 @@ def substitute(w, v, z, k):
     """``v`` with every statistic of ``z`` evaluated at ``z = k`` (all elements)."""
     if not isinstance(v, T.Sym) or z not in v.latents():
         return v
-    from vijax.conjugacy.algebra import simplify_const
     sup = w.supports[z]
     terms = []
     for t in v.terms:
@@ -292,6 +293,17 @@ def _tabulation_axes(w, eqn, invals, z, shape):
     return axes
 
 
+def nonlinear(w, eqn, invals, detail):
+    """A primitive with no multilinear form: tabulated over a discrete latent (exact),
+    else its output poisoned (``detail`` says why)."""
+    if discrete_latents(w, invals):
+        return tabulate(w, eqn, invals)
+    out = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
+    if eqn.primitive.multiple_results:
+        return [w.poison(eqn.primitive.name, invals, o, detail) for o in out]
+    return w.poison(eqn.primitive.name, invals, out, detail)
+
+
 def tabulate(w, eqn, invals):
     """Evaluate ``eqn`` once per value of one discrete latent and recombine exactly;
     a Poison (a reason on the latents, not an error) where an output position depends
@@ -303,8 +315,6 @@ def tabulate(w, eqn, invals):
 
 
 def _tabulate(w, eqn, invals):
-    from vijax.conjugacy.algebra import _operand, mul_sym
-    from vijax.conjugacy.walker import Poison
     z = sorted(discrete_latents(w, invals))[0]
     sup = w.supports[z]
     if eqn.primitive.multiple_results:

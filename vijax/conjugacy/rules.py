@@ -1,20 +1,15 @@
-"""The rule table: how each primitive acts on symbolic (latent-dependent) values.
+"""Structural, linear and multilinear rules: how these primitives act on Sym values.
 
-This module holds the structural and multilinear rules; ``rules_nonlinear`` (powers,
-quotients, logs, non-multilinear primitives) and ``rules_control`` (nested jaxprs)
-register the rest; ``algebra`` holds the operations on symbolic values they share.
-
-Categories (each registered with one helper where possible):
+One third of the conjugacy rule table (:mod:`vijax.conjugacy.table` assembles it with
+``rules_nonlinear``, ``rules_control`` and ``rules_poison``); the operations on
+symbolic values the rules share are in :mod:`vijax.conjugacy.algebra`.
 
 - structural ops act on every term's labels (broadcast, reshape, transpose, squeeze,
-  reduce_sum, convert, slice, rev, gather with constant indices, concatenate);
+  reduce_sum, convert, slice, rev, gather with constant indices, concatenate, stack);
 - multilinear ops expand products (mul, dot_general, triangular_solve with a constant
   matrix, neg/add/sub);
-- bespoke: div, integer_pow/square/sqrt/rsqrt/pow (monomials of positive latents),
-  log/log1p (log of a monomial, ``log(1 - p)``), select_n (support guards), nested
-  jaxprs (jit, custom_jvp/vjp, remat, scan, while, cond);
-- everything else that touches a latent is non-multilinear: discrete latents are
-  tabulated over their support (exact), continuous ones are poisoned (reported).
+- select_n takes the case a support guard picks (tabulated over a discrete predicate);
+- an index that depends on a latent is non-multilinear (tabulated or poisoned).
 """
 
 from __future__ import annotations
@@ -25,32 +20,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy import discrete, intervals
+from vijax.conjugacy import intervals
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.algebra import (
-    _dtype, _fresh_inner, _identity_index, _nonlinear, _operand, _shape, broadcast_sym,
-    collapse, concat_syms, drop_out, mul_sym, reindex_sym, scale_sym, split_constant)
-from vijax.conjugacy.walker import Lazy, is_sym, is_symbolic, register
+    _dtype, _fresh_inner, _identity_index, _operand, _shape, broadcast_sym, collapse,
+    concat_syms, drop_out, mul_sym, reindex_sym, scale_sym, split_constant)
+from vijax.conjugacy.discrete import discrete_latents, nonlinear, tabulate
+from vijax.conjugacy.rules_nonlinear import predicate
+from vijax.conjugacy.values import is_sym, is_symbolic
+from vijax.conjugacy.walker import Lazy, registrar
+
+RULES: dict = {}
+register = registrar(RULES)
 
 
 # ----------------------------------------------------------------- linear rules
 
 @register("add", "add_any", "sub")
-def _add(w, eqn, invals):
+def add(w, eqn, invals):
+    """Sum (difference for ``sub``) of two operands; an operand that is None or a
+    constant zero adds no terms (at least one must be a Sym)."""
     shape = _shape(eqn)
+    terms = ()
     for i, v in enumerate(invals):
-        if not is_symbolic(v) and _is_zero(w, v):
-            other = _operand(w, invals[1 - i], shape)
-            if i == 0 and eqn.primitive.name == "sub":
-                other = scale_sym(other, -1.0)
-            return T.Sym(shape, _dtype(eqn), other.terms)
-    a, b = (_operand(w, v, shape) for v in invals)
-    if eqn.primitive.name == "sub":
-        b = scale_sym(b, -1.0)
-    return T.Sym(shape, _dtype(eqn), a.terms + b.terms)
+        if v is None or _is_zero(v):
+            continue
+        s = _operand(w, v, shape)
+        if i == 1 and eqn.primitive.name == "sub":
+            s = scale_sym(s, -1.0)
+        terms += s.terms
+    return T.Sym(shape, _dtype(eqn), terms)
 
 
-def _is_zero(w, v):
+def _is_zero(v):
+    if is_symbolic(v):
+        return False
     v = v.base if isinstance(v, Lazy) else v
     if not T.is_concrete(v):
         return False
@@ -102,11 +106,16 @@ def _squeeze(w, eqn, invals):
 @register("convert_element_type")
 def _convert(w, eqn, invals):
     (s,) = invals
+    if rounds(eqn, s):
+        return predicate(w, eqn, invals)
+    return T.Sym(s.shape, eqn.params["new_dtype"], s.terms)
+
+
+def rounds(eqn, v):
+    """A conversion to bool, or from a float to an integer (not linear in its operand)."""
     new = eqn.params["new_dtype"]
-    if jnp.issubdtype(new, jnp.bool_) or (jnp.issubdtype(new, jnp.integer)
-                                          and not jnp.issubdtype(s.dtype, jnp.integer)):
-        return w.eval_predicate(eqn, invals)
-    return T.Sym(s.shape, new, s.terms)
+    return bool(jnp.issubdtype(new, jnp.bool_) or (
+        jnp.issubdtype(new, jnp.integer) and not jnp.issubdtype(v.dtype, jnp.integer)))
 
 
 @register("copy", "copy_p", "optimization_barrier")
@@ -164,7 +173,7 @@ def _rev(w, eqn, invals):
 def _dynamic_slice(w, eqn, invals):
     s, *starts = invals
     if any(is_symbolic(v) for v in starts):
-        return _nonlinear(w, eqn, invals, "index depends on a latent")
+        return nonlinear(w, eqn, invals, "index depends on a latent")
     if not is_sym(s):
         s = w.to_sym(w.concrete(s))
     new = _shape(eqn)
@@ -199,7 +208,7 @@ def _concatenate(w, eqn, invals):
 def _gather(w, eqn, invals):
     op, ind = invals
     if is_symbolic(ind):
-        return _nonlinear(w, eqn, invals, "index depends on a latent")
+        return nonlinear(w, eqn, invals, "index depends on a latent")
     ind = w.concrete(ind)
     shape = tuple(op.shape) if is_sym(op) else jnp.shape(w.concrete(op))
     iota = np.arange(int(math.prod(shape)), dtype=np.int32).reshape(shape)
@@ -226,11 +235,11 @@ def _gather(w, eqn, invals):
 def _select_n(w, eqn, invals):
     pred, *cases = invals
     if is_symbolic(pred):
-        if discrete.discrete_latents(w, [pred]):
-            return discrete.tabulate(w, eqn, invals)
+        if discrete_latents(w, [pred]):
+            return tabulate(w, eqn, invals)
         const = intervals.constant_index(w, pred)
         if const is None:  # the case taken varies over the support: not conjugate
-            return _nonlinear(w, eqn, invals, "select_n on a predicate that depends on the "
+            return nonlinear(w, eqn, invals, "select_n on a predicate that depends on the "
                               "value of a latent")
         pred = const
     pred = w.concrete(pred)
@@ -292,7 +301,7 @@ def _dot_general(w, eqn, invals):
 def _triangular_solve(w, eqn, invals):
     a, b = invals
     if is_symbolic(a):
-        return _nonlinear(w, eqn, invals, "matrix of a linear solve depends on a latent")
+        return nonlinear(w, eqn, invals, "matrix of a linear solve depends on a latent")
     a = w.concrete(a)
     p = dict(eqn.params)
     m = a.shape[-1]
@@ -306,7 +315,3 @@ def _triangular_solve(w, eqn, invals):
     if p["left_side"]:  # x = inv @ b
         return dot_syms(w, inv_s, b, (((nd - 1,), (nd - 2,)), (batch, batch)), _shape(eqn))
     return dot_syms(w, b, inv_s, (((nd - 1,), (nd - 2,)), (batch, batch)), _shape(eqn))
-
-
-# the other halves of the table register themselves on import
-from vijax.conjugacy import rules_control, rules_nonlinear  # noqa: E402,F401

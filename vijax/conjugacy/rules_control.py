@@ -1,4 +1,5 @@
-"""Rules for nested jaxprs: jit, custom_jvp/vjp, remat, cond, scan, while."""
+"""Rules for control flow: cond, scan and while (plain calls such as jit, custom_jvp
+and remat are walked through by :mod:`vijax.conjugacy.walker` itself)."""
 
 from __future__ import annotations
 
@@ -6,33 +7,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.conjugacy import discrete, intervals
+from vijax.conjugacy import intervals
 from vijax.conjugacy import terms as T
-from vijax.conjugacy.algebra import (_dtype, _identity_index, _nonlinear, _operand, _shape,
+from vijax.conjugacy.algebra import (_dtype, _identity_index, _operand, _shape,
                                      broadcast_sym, reindex_sym)
-from vijax.conjugacy.walker import Poison, is_sym, is_symbolic, register
+from vijax.conjugacy.discrete import discrete_latents, nonlinear, tabulate
+from vijax.conjugacy.values import Poison, is_sym, is_symbolic
+from vijax.conjugacy.walker import registrar
+from vijax.errors import UnsupportedPrimitiveError
 
-
-# ----------------------------------------------------------------- nested jaxprs
-
-@register("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint")
-def _call(w, eqn, invals):
-    jaxpr, consts = _compat.sub_jaxpr(eqn)
-    n_extra = len(invals) - len(jaxpr.invars)
-    outs = w.walk(jaxpr, consts, invals[n_extra:] if n_extra > 0 else invals)
-    return outs if eqn.primitive.multiple_results else outs[0]
+RULES: dict = {}
+register = registrar(RULES)
 
 
 @register("cond")
 def _cond(w, eqn, invals):
     index, *ops = invals
     if is_symbolic(index):
-        if discrete.discrete_latents(w, [index]):
-            return discrete.tabulate(w, eqn, invals)
+        if discrete_latents(w, [index]):
+            return tabulate(w, eqn, invals)
         const = intervals.constant_index(w, index)
         if const is None:  # the branch taken varies over the support: not conjugate
-            return _nonlinear(w, eqn, invals, "the branch of a cond depends on the value of "
+            return nonlinear(w, eqn, invals, "the branch of a cond depends on the value of "
                               "a latent; a branch on a continuous latent has no conjugate form")
         index = const
     index = w.concrete(index)
@@ -44,7 +40,6 @@ def _cond(w, eqn, invals):
 
 
 def _compat_error(eqn, what):
-    from vijax.errors import UnsupportedPrimitiveError
     return UnsupportedPrimitiveError(f"{what} is not supported on latent-dependent values",
                                      primitive=eqn.primitive.name,
                                      source=_compat.source_line(eqn))

@@ -1,15 +1,37 @@
-"""Rules for powers, quotients, logarithms and the non-multilinear primitives."""
+"""Rules for powers, quotients, logarithms, predicates and the non-multilinear
+primitives (one part of the table that :mod:`vijax.conjugacy.table` assembles)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy import discrete
+from vijax.conjugacy import intervals
 from vijax.conjugacy import terms as T
-from vijax.conjugacy.algebra import (_label_shape, _nonlinear, _operand, _shape, drop_out,
-                                     mul_sym, split_constant)
-from vijax.conjugacy.walker import Lazy, is_sym, is_symbolic, register
+from vijax.conjugacy.algebra import (_label_shape, _operand, _shape, drop_out, mul_sym,
+                                     split_constant)
+from vijax.conjugacy.discrete import discrete_latents, nonlinear, tabulate
+from vijax.conjugacy.values import is_sym, is_symbolic
+from vijax.conjugacy.walker import Lazy, registrar
+
+RULES: dict = {}
+register = registrar(RULES)
+
+#: predicates and piecewise-constant functions: resolved only when provably the same at
+#: every point of the declared support (vijax.conjugacy.intervals), else non-conjugate
+PREDICATES = ("eq", "ne", "lt", "le", "gt", "ge", "is_finite", "and", "or", "not", "xor",
+              "sign", "floor", "ceil", "round")
+
+
+# ----------------------------------------------------------------- predicates
+
+@register(*PREDICATES)
+def predicate(w, eqn, invals):
+    """Tabulated over a discrete latent; on continuous latents, its value where it is
+    the same over the whole support, else poisoned."""
+    if discrete_latents(w, invals):
+        return tabulate(w, eqn, invals)
+    return intervals.resolve_predicate(w, eqn, invals)
 
 
 # ----------------------------------------------------------------- monomials
@@ -52,7 +74,7 @@ def _power_rule(w, eqn, invals, p):
         return T.Sym(s.shape, s.dtype, out.terms)
     r = monomial_pow(w, s, p)
     if r is None:
-        return _nonlinear(w, eqn, invals, f"power {p} of a sum (only monomials of positive "
+        return nonlinear(w, eqn, invals, f"power {p} of a sum (only monomials of positive "
                                           "latents can be raised to non-integer or negative powers)")
     return r
 
@@ -81,12 +103,12 @@ def _rsqrt(w, eqn, invals):
 def _pow(w, eqn, invals):
     base, ex = invals
     if is_symbolic(ex):
-        return _nonlinear(w, eqn, invals, "exponent depends on a latent")
+        return nonlinear(w, eqn, invals, "exponent depends on a latent")
     ex = w.concrete(ex)
     if not T.is_concrete(ex) or np.unique(np.asarray(ex)).size != 1:
-        return _nonlinear(w, eqn, invals, "power with a non-uniform exponent")
+        return nonlinear(w, eqn, invals, "power with a non-uniform exponent")
     if not is_sym(base):
-        return _nonlinear(w, eqn, invals, "power of a latent-dependent value")
+        return nonlinear(w, eqn, invals, "power of a latent-dependent value")
     return _power_rule(w, eqn, [base], float(np.asarray(ex).reshape(-1)[0]))
 
 
@@ -103,7 +125,7 @@ def _div(w, eqn, invals):
         return mul_sym(w, _operand(w, a, shape), _operand(w, inv, shape))
     inv = monomial_pow(w, _operand(w, b, shape), -1.0)
     if inv is None:
-        return _nonlinear(w, eqn, invals, "division by a latent-dependent sum "
+        return nonlinear(w, eqn, invals, "division by a latent-dependent sum "
                                           "(only monomials of positive latents can divide)")
     return mul_sym(w, _operand(w, a, shape), inv, src=w.source())
 
@@ -149,23 +171,23 @@ def log_sym(w, s: T.Sym):
 @register("log")
 def _log(w, eqn, invals):
     (s,) = invals
-    if discrete.discrete_latents(w, invals):
-        return discrete.tabulate(w, eqn, invals)
+    if discrete_latents(w, invals):
+        return tabulate(w, eqn, invals)
     r = log_sym(w, s)
     if r is None:
-        return _nonlinear(w, eqn, invals, "log of a latent-dependent sum, or of a real latent")
+        return nonlinear(w, eqn, invals, "log of a latent-dependent sum, or of a real latent")
     return r
 
 
 @register("log1p")
 def _log1p(w, eqn, invals):
     (s,) = invals
-    if discrete.discrete_latents(w, invals):
-        return discrete.tabulate(w, eqn, invals)
+    if discrete_latents(w, invals):
+        return tabulate(w, eqn, invals)
     one_plus = T.Sym(s.shape, s.dtype, s.terms + (T.const_term(w.space, 1.0, s.shape),))
     r = log_sym(w, one_plus)
     if r is None:
-        return _nonlinear(w, eqn, invals, "log1p of a latent-dependent value")
+        return nonlinear(w, eqn, invals, "log1p of a latent-dependent value")
     return r
 
 
@@ -204,7 +226,6 @@ def _nonlinear_rule(w, eqn, invals):
     if name == "stop_gradient":
         return invals[0]
     if name == "abs" and is_sym(invals[0]):  # |s| = s or -s when s has one sign everywhere
-        from vijax.conjugacy import intervals
         r = intervals.value_range(w, invals[0])
         if not r.nan and r.lo >= 0:
             return invals[0]
@@ -212,8 +233,8 @@ def _nonlinear_rule(w, eqn, invals):
             return T.Sym(invals[0].shape, invals[0].dtype,
                          tuple(T.scale_term(t, -1.0) for t in invals[0].terms))
     if name == "max" or name == "min":
-        return _nonlinear(w, eqn, invals, f"{name} of a latent-dependent value")
-    return _nonlinear(w, eqn, invals, f"{name} of a latent-dependent value is not multilinear "
+        return nonlinear(w, eqn, invals, f"{name} of a latent-dependent value")
+    return nonlinear(w, eqn, invals, f"{name} of a latent-dependent value is not multilinear "
                                       "in any exponential-family statistic")
 
 

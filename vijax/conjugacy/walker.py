@@ -1,48 +1,82 @@
-"""The jaxpr walker: environment, constant folding, recursion, dispatch to rules.
+"""The jaxpr walker: a generic interpreter that takes its rule table as an argument.
 
-Values in the environment are one of
+The walker holds no knowledge of what it computes. It keeps the environment, recurses
+into nested jaxprs (the call primitives of :data:`CALL_PRIMITIVES`), folds constants and
+hands every other equation to a :class:`RuleTable`:
 
-- a concrete array (data, hyper-parameters; may be a tracer of an outer transform),
-- :class:`Lazy`, a constant ``broadcast_in_dim`` kept unmaterialized,
-- :class:`~vijax.conjugacy.terms.Sym`, a latent-dependent sum of einsum terms,
-- :class:`Poison`, a latent-dependent value with no multilinear form (the reason is
-  kept, with its value at the canonical point, carried along but never used to decide:
-  a predicate on a Poison is refused, see :mod:`vijax.conjugacy.intervals`).
+- an equation none of whose inputs the table calls symbolic is evaluated as JAX would
+  (constant folding; a constant ``broadcast_in_dim`` is kept unmaterialized as a
+  :class:`Lazy`, and elementwise operations on host arrays run in numpy, without an XLA
+  compile per operation and shape);
+- an equation with a symbolic input goes to the table's rule for its primitive;
+- a symbolic input and no rule raise :class:`~vijax.errors.UnsupportedPrimitiveError`
+  naming the primitive, the latents and the user's source line (no silent fallback).
 
-Equations whose inputs are all constant are evaluated as JAX would (constant folding).
-Equations with a latent input go to the rule registered for their primitive in
-:mod:`vijax.conjugacy.rules`; a missing rule raises :class:`UnsupportedPrimitiveError`.
+The conjugacy compiler's table is assembled in :mod:`vijax.conjugacy.table`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.conjugacy import terms as T
 from vijax.errors import UnsupportedPrimitiveError
 
-RULES: Dict[str, Callable] = {}
-# predicates and piecewise-constant functions: resolved only when provably the same at
-# every point of the declared support (vijax.conjugacy.intervals), else non-conjugate
-PREDICATES = {"eq", "ne", "lt", "le", "gt", "ge", "is_finite", "and", "or", "not", "xor",
-              "sign", "floor", "ceil", "round"}
-# linear in their (single symbolic) operand, applied to a Poison's parts separately
-PASS_THROUGH = {"neg", "reduce_sum", "convert_element_type", "reshape", "squeeze",
-                "broadcast_in_dim", "transpose", "copy", "copy_p", "expand_dims"}
+# Poison and Reason were defined here; intervals.py and nonfinite.py still import them
+# from this module (no rule knowledge: value types only). Import them from
+# vijax.conjugacy.values instead; this line goes when those two modules do.
+from vijax.conjugacy.values import Poison, Reason  # noqa: F401,E402
+
+#: primitives whose equation calls a nested jaxpr with the same inputs and outputs:
+#: walked through (the one list; extra leading operands of custom_vjp are skipped)
+CALL_PRIMITIVES = frozenset({
+    "pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+    "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint"})
+
+Rule = Callable[["Walker", Any, list], Any]
 
 
-def register(*names):
-    def deco(fn):
-        for n in names:
-            RULES[n] = fn
-        return fn
-    return deco
+def registrar(rules: dict):
+    """A decorator ``register(*names)`` that enters a rule into ``rules`` under each name."""
+    def register(*names):
+        def deco(fn):
+            for n in names:
+                rules[n] = fn
+            return fn
+        return deco
+    return register
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleTable:
+    """What a walk computes.
+
+    Attributes:
+        rules: primitive name -> ``rule(walker, eqn, invals)``, which returns the output
+            value (a list for a primitive with several results).
+        is_symbolic: whether a value is one the rules act on; an equation with no such
+            input is evaluated as JAX would.
+        latents: the names the symbolic values among ``invals`` depend on (reported by
+            the missing-rule error).
+        route: optional ``(eqn, invals) -> rule or None``, asked before ``rules`` (for
+            kinds of input that every primitive treats alike); None: look up ``rules``.
+    """
+
+    rules: Mapping[str, Rule]
+    is_symbolic: Callable[[Any], bool]
+    latents: Callable[[Sequence[Any]], Iterable[str]] = lambda invals: ()
+    route: Optional[Callable[[Any, list], Optional[Rule]]] = None
+
+    def rule_for(self, eqn, invals) -> Optional[Rule]:
+        if self.route is not None:
+            rule = self.route(eqn, invals)
+            if rule is not None:
+                return rule
+        return self.rules.get(eqn.primitive.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,48 +91,20 @@ class Lazy:
         return jax.lax.broadcast_in_dim(self.base, self.shape, self.dims)
 
 
-@dataclasses.dataclass(frozen=True)
-class Reason:
-    """Why a latent-dependent value has no multilinear form."""
-
-    latents: frozenset
-    primitive: str
-    source: str | None
-    detail: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Poison:
-    """Non-multilinear value: ``good`` (Sym or None) + a part known only at the point."""
-
-    shape: tuple
-    dtype: Any
-    good: Any
-    point: Any
-    reasons: tuple
-
-
-def is_sym(v):
-    return isinstance(v, T.Sym)
-
-
-def is_symbolic(v):
-    return isinstance(v, (T.Sym, Poison))
+def concrete(v):
+    """A constant as an array (a :class:`Lazy` materialized)."""
+    return v.materialize() if isinstance(v, Lazy) else v
 
 
 class Walker:
-    """Walks a jaxpr symbolically for one model (one set of latent supports)."""
+    """Walks jaxprs with one rule table; rules receive the walker as first argument."""
 
-    def __init__(self, supports, space: T.Space, dtype):
-        self.supports = supports
-        self.space = space
-        self.dtype = dtype
-        self.point_stats = {name: _base_stats(s, s.canonical_point(
-            None if s.is_discrete else dtype)) for name, s in supports.items()}
+    def __init__(self, table: RuleTable):
+        self.table = table
         self.eqn = None  # the equation being processed (for source lines)
         self.stack = []  # enclosing equations (nested jaxprs)
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ context
     def source(self, eqn=None):
         """The user's file:line of the equation, or of the nearest enclosing one."""
         for e in ([eqn] if eqn is not None else []) + [self.eqn] + self.stack[::-1]:
@@ -118,59 +124,7 @@ class Walker:
         return names
 
     def concrete(self, v):
-        if isinstance(v, Lazy):
-            return v.materialize()
-        return v
-
-    def point(self, v):
-        """Value at the canonical point of every latent (concrete array)."""
-        if isinstance(v, T.Sym):
-            return T.eval_sym(v, self.point_stats, self.space.sizes).astype(v.dtype)
-        if isinstance(v, Poison):
-            val = v.point
-            if v.good is not None:
-                val = val + self.point(v.good)
-            return val.astype(v.dtype)
-        return self.concrete(v)
-
-    def to_sym(self, v, shape=None):
-        """Any non-poison value as a Sym of ``shape`` (constants become one term)."""
-        if isinstance(v, T.Sym):
-            return v
-        if isinstance(v, Lazy):
-            out = self.space.fresh_many(v.shape)
-            base = T.host(v.base) if T.is_concrete(v.base) else v.base
-            base = np.asarray(base) if isinstance(base, (int, float, bool)) else base
-            labels, keep = [], []
-            for i, d in enumerate(v.dims):
-                if base.shape[i] == v.shape[d]:
-                    keep.append(i)
-                    labels.append(out[d])
-            squeeze = tuple(i for i in range(base.ndim) if i not in keep)
-            base = T.xp(base).squeeze(base, squeeze) if squeeze else base
-            return T.Sym(tuple(v.shape), base.dtype, (T.Term(((base, tuple(labels)),), (), out),))
-        v = T.host(v) if T.is_concrete(v) else jnp.asarray(v)
-        v = np.asarray(v) if isinstance(v, (int, float, bool)) else v
-        shape = tuple(np.shape(v)) if shape is None else tuple(shape)
-        return T.Sym(shape, v.dtype, (T.const_term(self.space, v, shape),))
-
-    def poison(self, prim, invals, outval_point, detail):
-        lats = set()
-        reasons = []
-        for v in invals:
-            if isinstance(v, T.Sym):
-                lats |= v.latents()
-            if isinstance(v, Poison):
-                reasons.extend(v.reasons)
-                if v.good is not None:
-                    lats |= v.good.latents()
-        if lats:
-            ctx = self.context()
-            if ctx:
-                detail = f"{detail} (inside {' > '.join(ctx)})"
-            reasons.append(Reason(frozenset(lats), prim, self.source(), detail))
-        pt = jnp.asarray(outval_point)
-        return Poison(tuple(pt.shape), pt.dtype, None, pt, tuple(reasons))
+        return concrete(v)
 
     # ------------------------------------------------------------------ walking
     def run(self, closed_jaxpr, args):
@@ -208,98 +162,47 @@ class Walker:
             self.stack.pop()
 
     def _eval_eqn(self, eqn, invals):
-        name = eqn.primitive.name
-        symbolic = [is_symbolic(v) for v in invals]
-        if not any(symbolic):
-            if name == "broadcast_in_dim" and len(invals) == 1:
-                dims = tuple(eqn.params["broadcast_dimensions"])
-                v = invals[0]
-                if isinstance(v, Lazy):  # compose: base axis j -> dims[v.dims[j]]
-                    return Lazy(v.base, tuple(eqn.params["shape"]), tuple(dims[d] for d in v.dims))
-                return Lazy(v, tuple(eqn.params["shape"]), dims)
-            vals = [self.concrete(v) for v in invals]
-            if name in ELEMENTWISE:
-                out = _on_broadcast_bases(eqn, vals)
-                if out is not None:
-                    return out
-            out = _on_host(eqn, vals)
-            return out if out is not None else _compat.bind_eqn(eqn, vals)
-        if any(isinstance(v, Poison) for v in invals):
-            return self.eval_poisoned(eqn, invals)
-        rule = RULES.get(name)
+        if not any(self.table.is_symbolic(v) for v in invals):
+            return fold(eqn, invals)
+        if eqn.primitive.name in CALL_PRIMITIVES:
+            jaxpr, consts = _compat.sub_jaxpr(eqn)
+            n_extra = len(invals) - len(jaxpr.invars)
+            outs = self.walk(jaxpr, consts, invals[n_extra:] if n_extra > 0 else invals)
+            return outs if eqn.primitive.multiple_results else outs[0]
+        rule = self.table.rule_for(eqn, invals)
         if rule is None:
-            if name in PREDICATES:
-                return self.eval_predicate(eqn, invals)
-            raise UnsupportedPrimitiveError(
-                f"the compiler has no rule for primitive '{name}', applied to a value that "
-                f"depends on latent(s) {sorted(_latents_of(invals))}"
-                + (f" at {self.source()}" if self.source() else "")
-                + ". Rewrite that step with supported jax.numpy operations, or fit this "
-                "model with vj.fit_gradient(..., estimator='reparam').",
-                primitive=name, source=self.source(),
-                latent=",".join(sorted(_latents_of(invals))))
+            raise self.missing_rule(eqn, invals)
         return rule(self, eqn, invals)
 
-    def eval_predicate(self, eqn, invals):
-        from vijax.conjugacy import discrete
-        from vijax.conjugacy import intervals
-        if discrete.discrete_latents(self, invals):
-            return discrete.tabulate(self, eqn, invals)
-        return intervals.resolve_predicate(self, eqn, invals)
-
-    def eval_poisoned(self, eqn, invals):
+    def missing_rule(self, eqn, invals):
         name = eqn.primitive.name
-        if name in PREDICATES or (name == "convert_element_type" and _rounds(eqn, invals[0])):
-            from vijax.conjugacy import intervals
-            return intervals.resolve_predicate(self, eqn, invals)
-        if name in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
-                    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"):
-            return RULES[name](self, eqn, invals)
-        n_sym = sum(is_symbolic(v) for v in invals)
-        if name in ("add", "sub", "add_any") or (name in PASS_THROUGH and n_sym == 1):
-            goods, points, reasons = [], [], []
-            for v in invals:
-                if isinstance(v, Poison):
-                    goods.append(v.good)
-                    points.append(v.point)
-                    reasons.extend(v.reasons)
-                elif isinstance(v, T.Sym):
-                    goods.append(v)
-                    points.append(jnp.zeros(v.shape, v.dtype))
-                else:
-                    goods.append(None)
-                    points.append(self.concrete(v))
-            if name in ("add", "sub", "add_any"):
-                # constants go to the good part so that the bad part stays centred
-                goods = [g if g is not None or isinstance(v, Poison) else self.to_sym(v)
-                         for g, v in zip(goods, invals)]
-                points = [p if isinstance(v, Poison) else jnp.zeros(jnp.shape(p), jnp.result_type(p))
-                          for p, v in zip(points, invals)]
-                present = [g for g in goods if g is not None]
-                if len(present) == 2:
-                    good = RULES[name](self, eqn, goods)
-                elif len(present) == 1:
-                    g = present[0]
-                    if name == "sub" and goods[1] is not None:
-                        g = RULES["neg"](self, eqn, [g])
-                    good = _broadcast_to(self, g, _out_shape(eqn))
-                else:
-                    good = None
-            else:
-                good = RULES[name](self, eqn, [g for g in goods]) if goods[0] is not None else None
-            pt = _compat.bind_eqn(eqn, points)
-            return Poison(tuple(jnp.shape(pt)), jnp.result_type(pt), good, pt, tuple(reasons))
-        point_out = _compat.bind_eqn(eqn, [self.point(v) for v in invals])
-        if eqn.primitive.multiple_results:
-            return [self.poison(name, invals, p, "non-multilinear") for p in point_out]
-        return self.poison(name, invals, point_out, "value depends on a non-conjugate term")
+        lats = sorted(self.table.latents(invals))
+        src = self.source()
+        return UnsupportedPrimitiveError(
+            f"the compiler has no rule for primitive '{name}', applied to a value that "
+            f"depends on latent(s) {lats}" + (f" at {src}" if src else "")
+            + ". Rewrite that step with supported jax.numpy operations, or fit this "
+            "model with vj.fit_gradient(..., estimator='reparam').",
+            primitive=name, source=src, latent=",".join(lats))
 
 
-def _rounds(eqn, v):
-    """A conversion to bool, or from a float to an integer (not linear in its operand)."""
-    new = eqn.params["new_dtype"]
-    return bool(jnp.issubdtype(new, jnp.bool_) or (
-        jnp.issubdtype(new, jnp.integer) and not jnp.issubdtype(v.dtype, jnp.integer)))
+# ---------------------------------------------------------------------- constant folding
+
+def fold(eqn, invals):
+    """An equation on constants, evaluated (a constant broadcast stays :class:`Lazy`)."""
+    if eqn.primitive.name == "broadcast_in_dim" and len(invals) == 1:
+        dims = tuple(eqn.params["broadcast_dimensions"])
+        v = invals[0]
+        if isinstance(v, Lazy):  # compose: base axis j -> dims[v.dims[j]]
+            return Lazy(v.base, tuple(eqn.params["shape"]), tuple(dims[d] for d in v.dims))
+        return Lazy(v, tuple(eqn.params["shape"]), dims)
+    vals = [concrete(v) for v in invals]
+    if eqn.primitive.name in ELEMENTWISE:
+        out = _on_broadcast_bases(eqn, vals)
+        if out is not None:
+            return out
+    out = _on_host(eqn, vals)
+    return out if out is not None else _compat.bind_eqn(eqn, vals)
 
 
 #: primitives applied element by element (same-shape operands, or scalars)
@@ -389,47 +292,3 @@ def _on_broadcast_bases(eqn, vals):
     out = _on_host(eqn, small, shape=tuple(1 if ax in flat else n for ax, n in enumerate(shape)))
     out = _compat.bind_eqn(eqn, small) if out is None else out
     return np.broadcast_to(np.asarray(out), shape)
-
-
-def _out_shape(eqn):
-    return tuple(eqn.outvars[0].aval.shape)
-
-
-def _broadcast_to(w, s, shape):
-    if s.shape == tuple(shape):
-        return s
-    from vijax.conjugacy.algebra import broadcast_sym
-    lead = len(shape) - len(s.shape)
-    return broadcast_sym(w, s, tuple(shape), tuple(range(lead, len(shape))))
-
-
-def _latents_of(invals):
-    out = set()
-    for v in invals:
-        if isinstance(v, T.Sym):
-            out |= v.latents()
-        elif isinstance(v, Poison):
-            for r in v.reasons:
-                out |= set(r.latents)
-            if v.good is not None:
-                out |= v.good.latents()
-    return out
-
-
-def _base_stats(support, point):
-    """Walk-time base statistics of a latent at a value."""
-    k = support.kind
-    point = np.asarray(point)
-    if k == "categorical":
-        return {"onehot": np.eye(support.num_categories)[point], "x": point}
-    if k in ("binary", "count"):
-        return {"x": point.astype(np.float64)}
-    out = {"x": point}
-    if k in ("positive", "unit_interval", "simplex"):
-        out["log"] = np.log(point)
-    if k == "unit_interval":
-        out["log1m"] = np.log1p(-point)
-    return out
-
-
-base_stats = _base_stats
