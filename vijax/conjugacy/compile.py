@@ -109,8 +109,28 @@ jax.tree_util.register_pytree_node(Compiled, _flatten, _unflatten)
 
 
 def point_statistics(inf: LatentInfo, z):
-    """Family statistics of one latent's value ``z`` (in the family's layout)."""
-    return inf.family_class.point_stats(inf.to_family(z), inf.support)
+    """Family statistics of one latent's value ``z``."""
+    sup = inf.support
+    fam = inf.family
+    dtype = jnp.zeros(()).dtype
+    if fam == "MultivariateNormal":
+        x = inf.layout.to_family(z)
+        return {"x": x, "xxT": x[..., :, None] * x[..., None, :]}
+    if fam == "Normal":
+        return {"x": z, "x2": z * z}
+    if fam == "Gamma":
+        return {"x": z, "log": jnp.log(z)}
+    if fam == "InverseGamma":
+        return {"inv": 1.0 / z, "log": jnp.log(z)}
+    if fam == "Beta":
+        return {"log": jnp.log(z), "log1m": jnp.log1p(-z)}
+    if fam == "Dirichlet":
+        return {"log": jnp.log(z)}
+    if fam == "Bernoulli":
+        return {"x": z.astype(dtype)}
+    if fam == "Categorical":
+        return {"onehot": jax.nn.one_hot(z, sup.num_categories, dtype=dtype)}
+    raise ValueError(fam)
 
 
 def _latent_value(space, name, sup):
