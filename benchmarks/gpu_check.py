@@ -19,9 +19,11 @@ a runner suite (:func:`benchmarks.run.run_suite`): one environment capture
 3. ``gradient`` and ``em`` at the largest size each suite declares for the profile
    (``gpu`` when it has one).
 
-The finding of the earlier CAVI probe (a ``lax.cond`` guard on large blocks against a
-select, swept over block sizes on an H100) is recorded in
-``benchmarks/results/gpu_h100/`` and fixed the sweep's choice; the probe is gone.
+The earlier CAVI probe's finding is recorded in
+``benchmarks/results/gpu_h100/cavi_probe.md``: on an H100 the guard on an update (a
+``lax.cond`` for large blocks, or a select) does not explain the 2.6x per-sweep gap to the
+hand-written CAVI (every one-block loop costs about 1 ms); the probe is gone, and a
+profiler run of this profile is the next look.
 """
 
 from __future__ import annotations
