@@ -110,7 +110,7 @@ class Analysis:
         infos = self.program.infos if self.program is not None else self.compiled.infos
         for n, inf in infos.items():
             fam = inf.family or "NOT CONJUGATE"
-            if inf.family == "MultivariateNormal":
+            if inf.dense:
                 fam += f"(event={inf.event_size}" + (
                     f", axes {inf.event_axes}" if not inf.layout.trailing else "") + ")"
             lines.append(f"{n:<13} {str(inf.support):<21} {fam:<20} "
@@ -156,7 +156,6 @@ def analyze(model: Model, data) -> Analysis:
             ``jax.scipy.stats.multinomial.logpmf`` of a batch of count vectors); names
             the density and line.
     """
-    from vijax import families
     from vijax.conjugacy.program import is_abstract, program_for
     abstract = is_abstract(data)
     if not abstract:
@@ -167,7 +166,7 @@ def analyze(model: Model, data) -> Analysis:
         _check_finite_constant(model, data, comp)
     fams, reasons, stats = {}, {}, {}
     for n, inf in prog.infos.items():
-        fams[n] = getattr(families, inf.family) if inf.family else None
+        fams[n] = inf.family_class
         if inf.reason:
             reasons[n] = inf.reason
         stats[n] = tuple(inf.stats)

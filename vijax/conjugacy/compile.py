@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
+from vijax.conjugacy import rules  # noqa: F401  (registers the rule table)
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.matching import LatentInfo, match
-from vijax.conjugacy.table import TABLE, SymbolicWalker
-from vijax.conjugacy.values import Poison
+from vijax.conjugacy.walker import Poison, Walker
 from vijax.errors import ModelSpecError, NonConjugateError
 
 
@@ -109,28 +109,8 @@ jax.tree_util.register_pytree_node(Compiled, _flatten, _unflatten)
 
 
 def point_statistics(inf: LatentInfo, z):
-    """Family statistics of one latent's value ``z``."""
-    sup = inf.support
-    fam = inf.family
-    dtype = jnp.zeros(()).dtype
-    if fam == "MultivariateNormal":
-        x = inf.layout.to_family(z)
-        return {"x": x, "xxT": x[..., :, None] * x[..., None, :]}
-    if fam == "Normal":
-        return {"x": z, "x2": z * z}
-    if fam == "Gamma":
-        return {"x": z, "log": jnp.log(z)}
-    if fam == "InverseGamma":
-        return {"inv": 1.0 / z, "log": jnp.log(z)}
-    if fam == "Beta":
-        return {"log": jnp.log(z), "log1m": jnp.log1p(-z)}
-    if fam == "Dirichlet":
-        return {"log": jnp.log(z)}
-    if fam == "Bernoulli":
-        return {"x": z.astype(dtype)}
-    if fam == "Categorical":
-        return {"onehot": jax.nn.one_hot(z, sup.num_categories, dtype=dtype)}
-    raise ValueError(fam)
+    """Family statistics of one latent's value ``z`` (in the family's layout)."""
+    return inf.family_class.point_stats(inf.to_family(z), inf.support)
 
 
 def _latent_value(space, name, sup):
@@ -227,7 +207,7 @@ def _compile(model, data, closed, timings=None) -> Compiled:
     space = T.Space()
     from vijax.supports import default_float
     dtype = default_float()
-    w = SymbolicWalker(TABLE, model.supports, space, dtype)
+    w = Walker(model.supports, space, dtype)
     lat_vals = {n: _latent_value(space, n, s) for n, s in model.supports.items()}
     args = jax.tree_util.tree_leaves((lat_vals, data), is_leaf=lambda x: isinstance(x, T.Sym))
     (out,) = w.run(closed, args)

@@ -154,36 +154,36 @@ def const_range(c) -> Range:
 
 
 def atom_range(support, atom: T.Atom) -> Range:
-    """Range of one statistic atom over the latent's declared support."""
-    kind, stat, p = support.kind, atom.stat, float(atom.power)
+    """Range of one statistic atom over the latent's declared support, from the
+    interval the support class declares for one entry (``support.interval``)."""
+    stat, p = atom.stat, float(atom.power)
     if p == 0:
         return point_range(1.0)
     if stat == "onehot":
         return Range(0.0, 1.0)
-    if stat in ("log", "log1m"):
-        if p != 1:
-            return UNKNOWN
-        if stat == "log" and kind == "positive":
-            return Range(-INF, INF, False, False)
-        if kind in ("unit_interval", "simplex"):
-            return Range(-INF, 0.0, False, False)
+    if support.interval is None:
         return UNKNOWN
+    lo, hi, lo_in, hi_in = support.interval
+    if stat in ("log", "log1m"):
+        if p != 1 or support.is_discrete:
+            return UNKNOWN
+        if stat == "log1m":  # the log of 1 - x
+            lo, hi, lo_in, hi_in = 1.0 - hi, 1.0 - lo, hi_in, lo_in
+        if lo != 0 or lo_in:  # values at or below 0: the log is -inf or NaN there
+            return UNKNOWN
+        return Range(-INF, math.log(hi) if hi < INF else INF, False, hi_in and hi < INF)
     if stat != "x":
         return UNKNOWN
-    integer = float(p).is_integer()
-    if kind == "real":
-        if integer and p > 0:
+    if lo < 0:  # the real line
+        if float(p).is_integer() and p > 0:
             return Range(-INF, INF, False, False) if int(p) % 2 else Range(0.0, INF, True, False)
         return UNKNOWN  # 1/mu, sqrt(mu): infinite or NaN somewhere on the real line
-    if kind == "positive":
-        return Range(0.0, INF, False, False)
-    if kind in ("unit_interval", "simplex"):
-        return Range(0.0, 1.0, False, False) if p > 0 else Range(1.0, INF, False, False)
-    if kind == "binary":
-        return Range(0.0, 1.0) if p > 0 else UNKNOWN
-    if kind == "count":
-        return Range(0.0, INF, True, False) if p > 0 else UNKNOWN
-    return UNKNOWN
+    if p > 0:  # increasing on [0, inf)
+        return Range(lo ** p, hi ** p, lo_in, hi_in)
+    if lo == 0 and lo_in:  # 1/0 is attained
+        return UNKNOWN
+    return Range(hi ** p if hi < INF else 0.0, lo ** p if lo > 0 else INF,
+                 hi_in and hi < INF, lo_in and lo > 0)
 
 
 def _simplex_sums(w, t: T.Term):
@@ -191,7 +191,7 @@ def _simplex_sums(w, t: T.Term):
     out = set()
     for i, a in enumerate(t.atoms):
         sup = w.supports[a.latent]
-        if sup.kind != "simplex" or a.stat != "x" or a.power != 1 or a.idx is not None:
+        if not sup.unit_sum_event or a.stat != "x" or a.power != 1 or a.idx is not None:
             continue
         k = a.labels[-1]
         if k in t.out or k in a.labels[:-1]:
@@ -377,8 +377,7 @@ def _integer_valued(w, v) -> bool:
             if not T.is_concrete(c) or not np.all(np.mod(np.asarray(c), 1) == 0):
                 return False
         for a in t.atoms:
-            kind = w.supports[a.latent].kind
-            if kind not in ("binary", "count", "categorical") or a.stat not in ("x", "onehot") \
+            if not w.supports[a.latent].integer_valued or a.stat not in ("x", "onehot") \
                     or not float(a.power).is_integer() or a.power < 0:
                 return False
     return True

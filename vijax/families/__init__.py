@@ -2,9 +2,12 @@
 
 Every family is a frozen dataclass registered as a JAX pytree whose only field is
 ``natural``, a dict of natural-parameter arrays keyed by statistic name (see
-:class:`~vijax.families.base.ExponentialFamily` for the shared protocol).
+:class:`~vijax.families.base.ExponentialFamily` for the shared protocol). The registry
+(:mod:`vijax.families.registry`) is where the rest of vijax finds them: a new family is
+one module plus one ``register`` line below.
 """
 
+from vijax.families import registry
 from vijax.families.base import ExponentialFamily
 from vijax.families.bernoulli import Bernoulli
 from vijax.families.beta import Beta
@@ -15,14 +18,21 @@ from vijax.families.inverse_gamma import InverseGamma
 from vijax.families.mvn import MultivariateNormal
 from vijax.families.normal import Normal
 from vijax.families.poisson import Poisson
+from vijax.families.registry import FAMILIES, register
 
-FAMILIES: dict[str, type[ExponentialFamily]] = {
-    cls.__name__: cls
-    for cls in (Normal, MultivariateNormal, Gamma, InverseGamma, Beta, Dirichlet,
-                Categorical, Bernoulli, Poisson)
-}
+# Registration order: the first family of a support is its default q; among the
+# conjugate ones the compiler picks the first that fits (see the registry).
+register(Normal)
+register(MultivariateNormal)
+register(Gamma)
+register(InverseGamma)
+register(Beta)
+register(Dirichlet)
+register(Categorical)
+register(Bernoulli)
+register(Poisson)
 
 __all__ = [
     "ExponentialFamily", "Normal", "MultivariateNormal", "Gamma", "InverseGamma", "Beta",
-    "Dirichlet", "Categorical", "Bernoulli", "Poisson", "FAMILIES",
+    "Dirichlet", "Categorical", "Bernoulli", "Poisson", "FAMILIES", "register", "registry",
 ]

@@ -149,6 +149,16 @@ class ExponentialFamily:
     support: ClassVar[str] = ""
     #: every finite natural parameter is valid (the domain of ``A`` is all of R^n)
     natural_domain_is_real: ClassVar[bool] = False
+    #: for the conjugacy compiler: ``(walk statistic, power) -> statistic`` of every way a
+    #: latent may appear in a log joint this family is conjugate to (e.g. the Gamma's
+    #: ``{("x", 1.0): "x", ("log", 1.0): "log"}``); empty: the compiler never picks it
+    walk_stats: ClassVar[Mapping[tuple[str, float], str]] = {}
+    #: the statistic holding a product ``x_i x_j`` of two first powers (None: such
+    #: products are not conjugate); without ``couples_elements`` only ``i == j``
+    pair_stat: ClassVar[str | None] = None
+    #: the family is one dense event over the coupled axes of its latent (the compiler
+    #: gives it an :class:`~vijax.families.layout.EventLayout`)
+    couples_elements: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- per family
     @classmethod
@@ -185,6 +195,13 @@ class ExponentialFamily:
         """Real-valued parameters for gradient-based fitting."""
         raise NotImplementedError
 
+    @classmethod
+    def default_start(cls, key: Array, info: Any, dtype: Any):
+        """A sensible starting member for a latent (``info`` has ``support``, and for
+        a dense family ``batch_shape`` and ``event_size``); ``key`` breaks symmetry
+        where that matters (mixtures)."""
+        raise NotImplementedError(f"{cls.__name__} has no default start")
+
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> Array:
         """Draw ``sample_shape + batch_shape + event_shape`` samples."""
         raise NotImplementedError
@@ -211,6 +228,31 @@ class ExponentialFamily:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- generic
+    @classmethod
+    def point_stats(cls, x: Array, support: Any) -> Natural:
+        """Statistics ``T(z)`` of a latent's value ``z`` in the family's layout
+        (``support`` is the latent's :class:`~vijax.supports.Support`)."""
+        return cls.stats(x)
+
+    @classmethod
+    def from_user_value(cls, value: Any):
+        """A member from what a user may pass as ``init`` besides a family instance
+        (probabilities for the discrete families); None when nothing else is accepted."""
+        return None
+
+    @classmethod
+    def factor_from_unconstrained(cls, u: Mapping[str, Array]):
+        """``(mean parameters, total entropy, sampler)`` of the member with unconstrained
+        parameters ``u`` (the gradient path); ``sampler(key, sample_shape)`` draws in the
+        family's layout. Families with a cheaper route (the dense Gaussian) override."""
+        q = cls.from_unconstrained(u)
+        return cls.mean_params(q.natural), jnp.sum(q.entropy()), q.sample
+
+    def with_layout(self, layout: Any):
+        """The same distribution with values in ``layout.shape`` (families that couple
+        elements override; others are unchanged)."""
+        return self
+
     def std(self) -> Array:
         """Elementwise standard deviation, ``sqrt(variance())``."""
         return jnp.sqrt(self.variance())

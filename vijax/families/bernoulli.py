@@ -46,11 +46,17 @@ class Bernoulli(ExponentialFamily):
     stat_event_ndims = {"x": 0}
     event_ndim = 0
     support = "binary"
+    walk_stats = {("x", 1.0): "x"}
     natural_domain_is_real = True
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
         return {"x": x}
+
+    @classmethod
+    def point_stats(cls, x: Array, support) -> Natural:
+        """``{"x": x}`` as floats of the default dtype."""
+        return {"x": jnp.asarray(x).astype(jnp.zeros(()).dtype)}
 
     @classmethod
     def log_base_measure(cls, x: Array) -> Array:
@@ -123,6 +129,16 @@ class Bernoulli(ExponentialFamily):
         """0.0/1.0 draws in the parameters' dtype (not reparameterizable)."""
         shape = tuple(sample_shape) + self.batch_shape
         return jax.random.bernoulli(key, self.probs, shape).astype(self.dtype)
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Bernoulli":
+        """Random probabilities in (0.2, 0.8) (symmetry breaking)."""
+        return cls.from_probs(jax.random.uniform(key, info.support.shape, dtype, 0.2, 0.8))
+
+    @classmethod
+    def from_user_value(cls, value) -> "Bernoulli":
+        """From probabilities ``P(x = 1)``."""
+        return cls.from_probs(jnp.asarray(value))
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"logit": eta}``."""

@@ -40,6 +40,7 @@ class Beta(ExponentialFamily):
     stat_event_ndims = {"log": 0, "log1m": 0}
     event_ndim = 0
     support = "unit_interval"
+    walk_stats = {("log", 1.0): "log", ("log1m", 1.0): "log1m"}
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
@@ -134,6 +135,12 @@ class Beta(ExponentialFamily):
         alpha = jnp.stack([self.concentration1, self.concentration0], -1)
         log_g = jax.random.loggamma(key, jnp.broadcast_to(alpha, shape), shape, self.dtype)
         return jax.nn.sigmoid(log_g[..., 0] - log_g[..., 1])
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Beta":
+        """Uniform: ``Beta(1, 1)``."""
+        ones = jnp.ones(info.support.shape, dtype)
+        return cls.from_concentrations(ones, ones)
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_concentration1": log a, "log_concentration0": log b}``."""

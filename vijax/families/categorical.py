@@ -41,6 +41,7 @@ class Categorical(ExponentialFamily):
     stat_event_ndims = {"onehot": 1}
     event_ndim = 0
     support = "categorical"
+    walk_stats = {("onehot", 1.0): "onehot"}
     natural_domain_is_real = True
 
     @classmethod
@@ -50,6 +51,12 @@ class Categorical(ExponentialFamily):
             raise ValueError("Categorical.stats needs num_classes (the number of classes "
                              "K), e.g. Categorical.stats(x, num_classes=q.num_classes).")
         return {"onehot": jax.nn.one_hot(_as_index(x), num_classes)}
+
+    @classmethod
+    def point_stats(cls, x: Array, support) -> Natural:
+        """One-hot over the support's ``num_categories`` classes."""
+        return {"onehot": jax.nn.one_hot(x, support.num_categories,
+                                         dtype=jnp.zeros(()).dtype)}
 
     @classmethod
     def log_base_measure(cls, x: Array) -> Array:
@@ -155,6 +162,20 @@ class Categorical(ExponentialFamily):
         reparameterizable)."""
         shape = tuple(sample_shape) + self.batch_shape
         return jax.random.categorical(key, self.natural["onehot"], -1, shape)
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Categorical":
+        """Random probabilities, ``Dirichlet(1, ..., 1)`` drawn as normalized ``Exp(1)``
+        draws (the Gamma sampler behind ``jax.random.dirichlet`` is slow for millions
+        of rows); symmetry breaking for mixtures."""
+        e = jax.random.exponential(key, info.support.value_shape
+                                   + (info.support.num_categories,), dtype)
+        return cls.from_probs(e / jnp.sum(e, -1, keepdims=True))
+
+    @classmethod
+    def from_user_value(cls, value) -> "Categorical":
+        """From probabilities ``[..., K]``."""
+        return cls.from_probs(jnp.asarray(value))
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"logits": logits}``."""

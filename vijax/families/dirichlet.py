@@ -132,6 +132,7 @@ class Dirichlet(ExponentialFamily):
     stat_event_ndims = {"log": 1}
     event_ndim = 1
     support = "simplex"
+    walk_stats = {("log", 1.0): "log"}
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
@@ -222,6 +223,11 @@ class Dirichlet(ExponentialFamily):
         shape = tuple(sample_shape) + alpha.shape
         log_g = jax.random.loggamma(key, jnp.broadcast_to(alpha, shape), shape, self.dtype)
         return jax.nn.softmax(log_g, -1)
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Dirichlet":
+        """Uniform: all concentrations 1."""
+        return cls.from_concentration(jnp.ones(info.support.value_shape, dtype))
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_concentration": log alpha}``."""

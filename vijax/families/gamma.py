@@ -118,6 +118,7 @@ class Gamma(ExponentialFamily):
     stat_event_ndims = {"x": 0, "log": 0}
     event_ndim = 0
     support = "positive"
+    walk_stats = {("x", 1.0): "x", ("log", 1.0): "log"}
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
@@ -209,6 +210,12 @@ class Gamma(ExponentialFamily):
         shape = tuple(sample_shape) + self.batch_shape
         a = jnp.broadcast_to(self.concentration, shape)
         return jax.random.gamma(key, a, shape, self.dtype) / self.rate
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Gamma":
+        """Shape 1, rate 1 (mean 1)."""
+        ones = jnp.ones(info.support.shape, dtype)
+        return cls.from_shape_rate(ones, ones)
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_concentration": log a, "log_mean": log(a / b)}``.

@@ -36,6 +36,7 @@ class InverseGamma(ExponentialFamily):
     stat_event_ndims = {"inv": 0, "log": 0}
     event_ndim = 0
     support = "positive"
+    walk_stats = {("x", -1.0): "inv", ("log", 1.0): "log"}
 
     @classmethod
     def stats(cls, x: Array) -> Natural:
@@ -137,6 +138,12 @@ class InverseGamma(ExponentialFamily):
         shape = tuple(sample_shape) + self.batch_shape
         a = jnp.broadcast_to(self.concentration, shape)
         return self.scale / jax.random.gamma(key, a, shape, self.dtype)
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "InverseGamma":
+        """Shape 2, scale 1 (mean 1)."""
+        shape = info.support.shape
+        return cls.from_shape_scale(jnp.full(shape, 2.0, dtype), jnp.ones(shape, dtype))
 
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_concentration": log a, "log_mean_inverse": log(a / b)}``: shape and

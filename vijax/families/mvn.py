@@ -87,6 +87,9 @@ class MultivariateNormal(ExponentialFamily):
     stat_event_ndims = {"x": 1, "xxT": 2}
     event_ndim = 1
     support = "real"
+    walk_stats = {("x", 1.0): "x", ("x", 2.0): "xxT"}
+    pair_stat = "xxT"
+    couples_elements = True
 
     def with_layout(self, layout: Optional[EventLayout]) -> "MultivariateNormal":
         """The same distribution whose values have ``layout.shape`` (see the class
@@ -273,6 +276,34 @@ class MultivariateNormal(ExponentialFamily):
         chol = jnp.broadcast_to(chol, shape + shape[-1:])
         z = solve_triangular(chol, eps[..., None], lower=True, trans="T")[..., 0]
         return self._value(self.loc + z)
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "MultivariateNormal":
+        """Identity covariance around small random means, in the ``info.batch_shape +
+        (info.event_size,)`` layout."""
+        size = info.event_size
+        loc = 0.1 * jax.random.normal(key, tuple(info.batch_shape) + (size,), dtype)
+        cov = jnp.broadcast_to(jnp.eye(size, dtype=dtype), loc.shape + (size,))
+        return cls.from_loc_cov(loc, cov)
+
+    @classmethod
+    def factor_from_unconstrained(cls, u: Mapping[str, Array]):
+        """Read off the scale factor ``S`` directly: ``E[x x^T] = S S^T + m m^T``,
+        ``H = sum log diag S + const``, ``x = m + S eps`` (no precision matrix and no
+        refactorization)."""
+        raw = u["scale_tril"]
+        d = jnp.exp(_diag(raw))
+        scale = scale_from_unconstrained(raw)
+        loc = jnp.broadcast_to(u["loc"], scale.shape[:-1])
+        mean = {"x": loc, "xxT": scale @ jnp.swapaxes(scale, -1, -2)
+                + loc[..., :, None] * loc[..., None, :]}
+        size = raw.shape[-1]
+        entropy = jnp.sum(jnp.log(d)) + 0.5 * size * (1.0 + _LOG_2PI) * (d.size // size)
+
+        def sample(key, shape):
+            eps = jax.random.normal(key, tuple(shape) + loc.shape, loc.dtype)
+            return loc + jnp.einsum("...ij,...j->...i", scale, eps)
+        return mean, entropy, sample
 
     # ------------------------------------------------------------ gradient path
     def to_unconstrained(self) -> dict[str, Array]:

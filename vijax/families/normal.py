@@ -36,6 +36,8 @@ class Normal(ExponentialFamily):
     stat_event_ndims = {"x": 0, "x2": 0}
     event_ndim = 0
     support = "real"
+    walk_stats = {("x", 1.0): "x", ("x", 2.0): "x2"}
+    pair_stat = "x2"
 
     # ------------------------------------------------------------ exp. family
     @classmethod
@@ -141,6 +143,13 @@ class Normal(ExponentialFamily):
         shape = tuple(sample_shape) + self.batch_shape
         eps = jax.random.normal(key, shape, self.dtype)
         return self.loc + self.scale * eps
+
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Normal":
+        """Unit variance around small random means."""
+        shape = info.support.shape
+        return cls.from_loc_scale(0.1 * jax.random.normal(key, shape, dtype),
+                                  jnp.ones(shape, dtype))
 
     # ------------------------------------------------------------ gradient path
     def to_unconstrained(self) -> dict[str, Array]:

@@ -195,6 +195,11 @@ class Poisson(ExponentialFamily):
         shape = tuple(sample_shape) + self.batch_shape
         return jax.random.poisson(key, self.rate, shape).astype(self.dtype)
 
+    @classmethod
+    def default_start(cls, key: Array, info, dtype) -> "Poisson":
+        """Rate 1."""
+        return cls.from_rate(jnp.ones(info.support.shape, dtype))
+
     def to_unconstrained(self) -> dict[str, Array]:
         """``{"log_rate": log lambda}``."""
         return {"log_rate": self.natural["x"]}

@@ -182,28 +182,10 @@ def trace_failure(model, data, exc):
 
 
 # ------------------------------------------------- the log joint on the data
-_POINTS = {"real": (0.3183, -1.2, 2.1, 0.05), "positive": (0.7071, 0.2, 3.3, 12.0),
-           "unit_interval": (0.4142, 0.1, 0.9, 0.63), "binary": (0, 1, 0, 1),
-           "categorical": (0, 1, 0, 1), "count": (1, 0, 3, 7)}
-
-
 def _support_points(supports):
-    """Four points of every latent's support, stacked on a leading axis."""
-    out = {}
-    for n, s in supports.items():
-        if s.kind == "simplex":
-            base = np.full(s.value_shape, 1.0 / s.num_categories)
-            first = np.zeros(s.value_shape)
-            first[..., 0] = 1.0
-            pts = [base, 0.5 * base + 0.5 * first, 0.9 * base + 0.1 * first,
-                   0.1 * base + 0.9 * first]
-        else:
-            vals = list(_POINTS[s.kind])
-            if s.kind == "categorical":
-                vals = [v % s.num_categories for v in vals]
-            pts = [np.full(s.shape, v) for v in vals]
-        out[n] = np.stack(pts).astype(s.dtype())
-    return out
+    """Four points of every latent's support, stacked on a leading axis
+    (:meth:`~vijax.supports.Support.probe_points`)."""
+    return {n: s.probe_points() for n, s in supports.items()}
 
 
 _JITTED = weakref.WeakKeyDictionary()

@@ -15,17 +15,11 @@ import jax.numpy as jnp
 
 from vijax import families as fam_mod
 from vijax.errors import ModelSpecError
-
-
-#: q family by support for latents the compiler gives no family (gradient path); a count
-#: latent gets a Poisson q (no reparameterization: score-function gradients)
-DEFAULT_FAMILY = {"real": "Normal", "positive": "Gamma", "unit_interval": "Beta",
-                  "simplex": "Dirichlet", "binary": "Bernoulli", "categorical": "Categorical",
-                  "count": "Poisson"}
+from vijax.families import registry
 
 
 def family_class(info):
-    return getattr(fam_mod, info.family)
+    return info.family_class
 
 
 def _infos(compiled_or_infos):
@@ -37,8 +31,10 @@ def families_of(compiled):
 
 
 def variational_infos(model, compiled):
-    """Per latent, the q family: the compiler's where conjugate, else a default by support
-    (Normal, Gamma, Beta, Dirichlet, Bernoulli, Categorical, Poisson)."""
+    """Per latent, the q family: the compiler's where conjugate, else the support's
+    default family from the registry (Normal, Gamma, Beta, Dirichlet, Bernoulli,
+    Categorical, Poisson; a count latent's Poisson q has no reparameterization:
+    score-function gradients)."""
     import dataclasses
     from vijax.conjugacy.matching import LatentInfo
     out = {}
@@ -47,11 +43,11 @@ def variational_infos(model, compiled):
         if inf is not None and inf.family is not None:
             out[n] = inf
             continue
-        fam = DEFAULT_FAMILY.get(sup.kind)
+        fam = registry.default_family(sup.kind)
         if fam is None:
             raise ModelSpecError(f"latent '{n}': no variational family for support {sup}")
         base = inf if inf is not None else LatentInfo(n, sup)
-        out[n] = dataclasses.replace(base, family=fam, event_axes=())
+        out[n] = dataclasses.replace(base, family=fam.__name__, event_axes=())
     return out
 
 
@@ -77,11 +73,9 @@ def factor(info, natural, validate=True):
     declared shape: a dense Gaussian carries its event layout, so that its ``mean()``,
     ``variance()`` and ``sample()`` have the declared shape (and a draw can be passed
     to the log joint) whatever axes its event spans."""
-    cls = family_class(info)
+    cls = info.family_class
     q = cls.from_natural(natural) if validate else cls(natural)
-    if info.family == "MultivariateNormal":
-        q = q.with_layout(info.layout)
-    return q
+    return q.with_layout(info.layout) if info.dense else q
 
 
 def posterior(compiled, natural):
@@ -103,49 +97,18 @@ def posterior_jit(compiled, natural):
     return _posterior_static(tuple(infos.items()), natural)
 
 
-def default_init(compiled, key, dtype):  # noqa: C901 - one branch per family
-    """Natural parameters of a sensible starting q for every latent.
-
-    Normal and dense Gaussian: unit variance around small random means; Gamma and
-    inverse Gamma: mean 1; Beta, Dirichlet: uniform; Categorical and Bernoulli: random
-    probabilities (symmetry breaking for mixtures); Poisson: rate 1.
-    """
+def default_init(compiled, key, dtype):
+    """Natural parameters of a sensible starting q for every latent: each family's
+    :meth:`~vijax.families.base.ExponentialFamily.default_start` (e.g. unit variance
+    around small random means for Gaussians, mean 1 for Gamma and inverse Gamma,
+    uniform Beta and Dirichlet, random probabilities for Categorical and Bernoulli:
+    symmetry breaking for mixtures; Poisson: rate 1)."""
     out = {}
     for n, inf in _infos(compiled).items():
         if inf.family is None:
             continue
         key, k = jax.random.split(key)
-        cls = family_class(inf)
-        shp = inf.support.shape
-        f = inf.family
-        if f == "Normal":
-            q = cls.from_loc_scale(0.1 * jax.random.normal(k, shp, dtype), jnp.ones(shp, dtype))
-        elif f == "MultivariateNormal":
-            E = inf.event_size
-            loc = 0.1 * jax.random.normal(k, inf.batch_shape + (E,), dtype)
-            q = cls.from_loc_cov(loc, jnp.broadcast_to(jnp.eye(E, dtype=dtype),
-                                                       inf.batch_shape + (E, E)))
-        elif f == "Gamma":
-            q = cls.from_shape_rate(jnp.ones(shp, dtype), jnp.ones(shp, dtype))
-        elif f == "InverseGamma":
-            q = cls.from_shape_scale(jnp.full(shp, 2.0, dtype), jnp.ones(shp, dtype))
-        elif f == "Beta":
-            q = cls.from_concentrations(jnp.ones(shp, dtype), jnp.ones(shp, dtype))
-        elif f == "Dirichlet":
-            q = cls.from_concentration(jnp.ones(inf.support.value_shape, dtype))
-        elif f == "Categorical":
-            K = inf.support.num_categories
-            # Dirichlet(1, ..., 1) as normalized Exp(1) draws (the Gamma sampler
-            # behind jax.random.dirichlet is slow for millions of rows)
-            e = jax.random.exponential(k, shp + (K,), dtype)
-            p = e / jnp.sum(e, -1, keepdims=True)
-            q = cls.from_probs(p)
-        elif f == "Bernoulli":
-            q = cls.from_probs(jax.random.uniform(k, shp, dtype, 0.2, 0.8))
-        elif f == "Poisson":
-            q = cls.from_rate(jnp.ones(shp, dtype))
-        else:  # pragma: no cover - the compiler only picks the families above
-            raise ModelSpecError(f"no default initialization for family {f}")
+        q = inf.family_class.default_start(k, inf, dtype)
         out[n] = {s: jnp.asarray(v, dtype) for s, v in q.natural.items()}
     return out
 
@@ -161,19 +124,18 @@ def user_init(compiled, init, base):
         if n not in infos:
             raise ModelSpecError(f"init names latent '{n}', which the model does not declare")
         inf = infos[n]
-        cls = family_class(inf)
+        cls = inf.family_class
         if isinstance(v, fam_mod.ExponentialFamily):
             if not isinstance(v, cls):
                 raise ModelSpecError(f"init for '{n}' is a {type(v).__name__}; the compiler "
                                      f"chose {cls.__name__} for this latent")
             nat = v.natural
-        elif inf.family == "Categorical":
-            nat = cls.from_probs(jnp.asarray(v)).natural
-        elif inf.family == "Bernoulli":
-            nat = cls.from_probs(jnp.asarray(v)).natural
         else:
-            raise ModelSpecError(f"init for '{n}' must be a {cls.__name__} instance (or "
-                                 "probabilities for a discrete latent)")
+            q = cls.from_user_value(v)
+            if q is None:
+                raise ModelSpecError(f"init for '{n}' must be a {cls.__name__} instance (or "
+                                     "probabilities for a discrete latent)")
+            nat = q.natural
         ref = base[n]
         for s in ref:
             if jnp.shape(nat[s]) != jnp.shape(ref[s]):
