@@ -96,8 +96,10 @@ def result_repr(result: Any, width: int = WIDTH) -> str:
     """The one-screen ``repr`` of a result (see the module docstring)."""
     cls = type(result).__name__
     if _is_traced(result):
-        shapes = jax.tree_util.tree_map(lambda x: getattr(x, "shape", ()), result.posterior)
-        return f"{cls}(<traced>, posterior shapes {shapes})"
+        post = result.posterior
+        names = (", ".join(f"{n}: {type(post[n]).__name__}" for n in sorted(post))
+                 if isinstance(post, Mapping) else type(post).__name__)
+        return f"{cls}(<traced>; posterior {names})"
     batch = _batch_shape(result)
     batched = bool(batch)
     parts = [cls]

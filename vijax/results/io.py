@@ -69,6 +69,9 @@ def _check_vijax(cls: type, what: str) -> None:
 def _encode(obj: Any, arrays: dict) -> Any:
     from vijax.families.base import ExponentialFamily
 
+    if type(obj) is not str and isinstance(obj, str):  # e.g. a label that is pytree structure
+        _check_vijax(type(obj), "str subclass")
+        return {"__str__": _class_path(type(obj)), "value": str(obj)}
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
@@ -124,6 +127,8 @@ def _decode(obj: Any, arrays: Any) -> Any:
     if "__namedtuple__" in obj:
         cls = _vijax_class(obj["__namedtuple__"])
         return cls(**{k: _decode(v, arrays) for k, v in obj["fields"].items()})
+    if "__str__" in obj:
+        return _vijax_class(obj["__str__"])(obj["value"])
     if "__dataclass__" in obj:
         cls = _vijax_class(obj["__dataclass__"])
         return cls(**{k: _decode(v, arrays) for k, v in obj["fields"].items()})
