@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.conjugacy import rules  # noqa: F401  (registers the rule table)
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.matching import LatentInfo, match
-from vijax.conjugacy.walker import Poison, Walker
+from vijax.conjugacy.table import TABLE, SymbolicWalker
+from vijax.conjugacy.values import Poison
 from vijax.errors import ModelSpecError, NonConjugateError
 
 
@@ -207,7 +207,7 @@ def _compile(model, data, closed, timings=None) -> Compiled:
     space = T.Space()
     from vijax.supports import default_float
     dtype = default_float()
-    w = Walker(model.supports, space, dtype)
+    w = SymbolicWalker(TABLE, model.supports, space, dtype)
     lat_vals = {n: _latent_value(space, n, s) for n, s in model.supports.items()}
     args = jax.tree_util.tree_leaves((lat_vals, data), is_leaf=lambda x: isinstance(x, T.Sym))
     (out,) = w.run(closed, args)
