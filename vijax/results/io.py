@@ -4,8 +4,9 @@ A result is a pytree of arrays held together by vijax classes (the result NamedT
 family dataclasses, an :class:`~vijax.families.layout.EventLayout`) and plain containers.
 :func:`save_result` writes every array as an entry of a NumPy ``.npz`` archive and the
 structure as a small JSON document (entry ``__structure__``): containers, Python scalars
-and strings inline, families by class name (looked up in
-:data:`vijax.families.FAMILIES` on load), other vijax classes by module and name.
+and strings inline, families by their name in the family registry
+(:data:`vijax.families.FAMILIES`; a family must be registered to be saved and loaded),
+other vijax classes by module and name.
 Nothing is pickled, and loading imports only ``vijax`` modules.
 
 :func:`load_result` rebuilds an equal result: the same classes, tree structure, dtypes
@@ -77,6 +78,12 @@ def _encode(obj: Any, arrays: dict) -> Any:
     if isinstance(obj, (int, float)) and not isinstance(obj, np.generic):
         return obj
     if isinstance(obj, ExponentialFamily):
+        from vijax.families import FAMILIES
+
+        if FAMILIES.get(type(obj).__name__) is not type(obj):
+            raise TypeError(f"save_result: the family {type(obj).__qualname__} is not in the "
+                            "family registry; register it (vijax.families.register) so that "
+                            "load_result can find it by name")
         fields = [f.name for f in dataclasses.fields(obj) if f.name != "natural"]
         return {"__family__": type(obj).__name__, "natural": _encode(obj.natural, arrays),
                 "meta": {f: _encode(getattr(obj, f), arrays) for f in fields}}
@@ -121,7 +128,9 @@ def _decode(obj: Any, arrays: Any) -> Any:
 
         name = obj["__family__"]
         if name not in FAMILIES:
-            raise ValueError(f"load_result: unknown family {name!r} (known: {sorted(FAMILIES)})")
+            raise ValueError(f"load_result: unknown family {name!r} (registered: "
+                             f"{sorted(FAMILIES)}); register it before loading "
+                             "(vijax.families.register)")
         meta = {k: _decode(v, arrays) for k, v in obj["meta"].items()}
         return FAMILIES[name](natural=_decode(obj["natural"], arrays), **meta)
     if "__namedtuple__" in obj:
