@@ -36,13 +36,14 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def _log_joint(p, z, x):
+def _log_joint(v, x):
+    """The parameters (weights, means, precisions) and the latent z in one dict."""
     from jax.scipy import stats
     import jax.numpy as jnp
-    c = z["z"]
-    lp = jnp.sum(jnp.log(p["weights"])[c])
-    return lp + jnp.sum(stats.norm.logpdf(x, p["means"][c],
-                                          1.0 / jnp.sqrt(p["precisions"][c])))
+    c = v["z"]
+    lp = jnp.sum(jnp.log(v["weights"])[c])
+    return lp + jnp.sum(stats.norm.logpdf(x, v["means"][c],
+                                          1.0 / jnp.sqrt(v["precisions"][c])))
 
 
 def make_problem(n, d, k, dtype, seed=0):
@@ -91,13 +92,14 @@ def run(n=100_000, d=10, k=10, iters=30, dtype="float64", seed=0, repeats=3) -> 
     x, init = make_problem(n, d, k, dtype, seed)
     xj = jnp.asarray(x)
     params = {name: jnp.asarray(v) for name, v in init.items()}
-    supports = {"z": vj.categorical(k, shape=(n,))}
-    psup = {"weights": vj.simplex(k), "means": vj.real(), "precisions": vj.positive()}
+    model = vj.Model(_log_joint, {"weights": vj.simplex(k), "means": vj.real((k, d)),
+                                  "precisions": vj.positive((k, d)),
+                                  "z": vj.categorical(k, shape=(n,))})
 
     # analysis (the compiler's walk over the log joint and data) once, as a user fitting
     # several starts would; reported apart, like the XLA compile
     t = time.perf_counter()
-    prep = vj.prepare_em(_log_joint, params, supports, xj, param_supports=psup)
+    prep = vj.prepare_em(model, xj, params=("weights", "means", "precisions"))
     analysis_s = time.perf_counter() - t
 
     def vj_fit(m):

@@ -114,14 +114,14 @@ def test_gmm_log_likelihood_never_decreases(gmm_fit):
 def test_second_call_does_not_recompile(gmm_problem, gmm_fit):
     """New data of the same shapes, other tol and max_iters in the same power-of-two
     bucket: the jitted EM loop is reused."""
-    from vijax.inference import em as em_mod
+    from vijax.inference import em_steps
     x, init = gmm_problem
-    before = em_mod._run_jit._cache_size()
+    before = em_steps.fit_jit._cache_size()
     shifted = {k: jnp.asarray(v) for k, v in init.items()}
     shifted["means"] = shifted["means"] + 0.25  # same problem, translated
     fit = em(gmm_log_joint, shifted, {"z": vj.categorical(K, shape=(N,))},
              jnp.asarray(x) + 0.25, param_supports=GMM_SUPPORTS, max_iters=700, tol=1e-13)
-    assert em_mod._run_jit._cache_size() == before
+    assert em_steps.fit_jit._cache_size() == before
     assert fit.trace.shape == (701,)
     np.testing.assert_allclose(np.asarray(fit.params["means"]),
                                np.asarray(gmm_fit.params["means"]) + 0.25, atol=1e-6)

@@ -107,9 +107,9 @@ def test_user_written_scan(x, wrapper_fit):
     final, elbos = jax.jit(lambda s: jax.lax.scan(body, s, None, length=10))(alg.init(INIT))
     np.testing.assert_allclose(np.asarray(elbos), np.asarray(wrapper_fit.trace[1:11]),
                                rtol=1e-12)
-    prep = vj.prepare_em(model(), x, params=PARAMS)
-    fitted = vj.inference.em.params_of(prep, final)
+    fitted = vj.prepare_em(model(), x, params=PARAMS).params(final)
     assert set(fitted) == set(PARAMS)
+    np.testing.assert_allclose(fitted["weights"].sum(), 1.0, rtol=1e-14)
 
 
 def test_vmap_over_restarts_and_datasets(x):

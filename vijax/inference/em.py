@@ -33,12 +33,12 @@ import optax
 from vijax import _compat
 from vijax.errors import ModelSpecError
 from vijax.inference import checks, driver
-from vijax.inference import meanfield as mf
 from vijax.inference import em_params as P
-from vijax.inference.driver import Algorithm, Info
+from vijax.inference.driver import Algorithm
 from vijax.inference.em_choice import backend, factored_program
-from vijax.inference.em_result import EMResult, Label, raise_if_failed, report_degenerate
-from vijax.inference.em_steps import EMState, Knobs, MStepInfo, build, maximize
+from vijax.inference.em_result import EMResult
+from vijax.inference.em_result import build as build_result
+from vijax.inference.em_steps import EMState, Knobs, MStepInfo, build, fit_jit, maximize
 from vijax.model import Model, check_data
 
 _DEFAULTS = dict(max_iters=200, tol=1e-8, m_steps=100, m_tol=1e-10, reg_covar=1e-6)
@@ -238,7 +238,12 @@ class PreparedEM:
                       "branch on a parameter's value?); refitted with the parameters as data")
             spec, path = dataclasses.replace(spec, force_direct=True), "direct"
             out = _fit(spec, args, length, None, show, max_iters)
-        return _result(spec, out, path, reason, reg, strict, int(max_iters))
+        return build_result(spec, out, path, reason, reg, strict, int(max_iters))
+
+    def params(self, state):
+        """The parameters of an :class:`EMState` (constrained, in the structure of the
+        initial ones: a dict by name in the model form)."""
+        return self._spec.unflatten(self._spec.theta(state.u))
 
     def algorithm(self, *, tol=1e-8, m_steps=100, m_tol=1e-10, reg_covar=1e-6) -> Algorithm:
         """This EM iteration as an ``init``/``step`` pair (see :func:`algorithm`)."""
@@ -273,19 +278,13 @@ def algorithm(model, data, params, **options) -> Algorithm:
       left its family's domain, ``Info.extra`` a :class:`MStepInfo`.
 
     ``vj.run(step, init(params0), max_iters=..., tol=..., elbo0=state.elbo)`` is the loop
-    of :func:`em`, and ``jit``, ``vmap`` and ``lax.scan`` apply to both functions.
-    ``params`` of the fitted state: ``{n: v for n, v in zip(sorted(params),
-    spec.theta(state.u))}``, or :func:`params_of`.
+    of :func:`em`, and ``jit``, ``vmap`` and ``lax.scan`` apply to both functions. The
+    state holds the parameters unconstrained; ``vj.prepare_em(model, data,
+    params=...).params(state)`` gives them constrained (the analysis is cached).
     """
     analysis = {k: options.pop(k) for k in ("m_step", "order", "e_step_iters")
                 if k in options}
     return prepare(model, data, params=params, **analysis).algorithm(**options)
-
-
-def params_of(prep_or_algorithm_spec, state):
-    """The constrained parameters of an :class:`EMState` of a :class:`PreparedEM`."""
-    spec = prep_or_algorithm_spec._spec
-    return spec.unflatten(spec.theta(state.u))
 
 
 def prepare(model, data, *legacy, params=None, param_supports=None, m_step="auto",
@@ -339,75 +338,14 @@ def prepare(model, data, *legacy, params=None, param_supports=None, m_step="auto
     return PreparedEM(spec, data, factored, reason)
 
 
-# ------------------------------------------------------------------------------- loop
-
-def _run(spec, u0, key, data, knobs, max_iters, factored, length, progress):
-    """One jitted EM fit: the first E-step, then :func:`vijax.run` over ``step``."""
-    be = backend(spec, data, spec.theta(u0), factored)
-    steps = build(spec, be, data, knobs)
-    state0, bad0, mismatch, check = steps.start(u0, key)
-
-    def step(carry):  # the EM step, plus the count of refused M-steps
-        state, rejected = carry
-        state, info = steps.step(state)
-        return (state, rejected + (~info.extra.accepted).astype(jnp.int32)), info
-
-    e0 = state0.elbo
-    info0 = Info(e0, extra=MStepInfo(jnp.asarray(True), jnp.asarray(0, jnp.int32), bad0))
-    # a failed start (or a form mismatch) runs no step
-    n = jnp.where(jnp.isfinite(e0), max_iters, 0)
-    run = driver.run(step, (state0, jnp.asarray(0, jnp.int32)), max_iters=n, length=length,
-                     tol=knobs.tol, elbo0=e0, info0=info0, progress=progress)
-    state, rejected = run.state
-    posterior = {k: mf.factor(be.y_infos[k], state.natural[k], validate=False)
-                 for k in state.natural}
-    theta = spec.theta(state.u)
-    reg = knobs.reg if knobs.reg is not None else [jnp.zeros((), e0.dtype)] * len(theta)
-    degenerate = be.degeneracy(be.reduce(state.mu), theta, reg, P.count_floor(e0.dtype))
-    invalid = jnp.where(bad0 >= 0, bad0, jnp.where(run.failed_at >= 0,
-                                                   run.info.extra.invalid_latent, -1))
-    trace = jnp.concatenate([e0[None], run.trace])
-    return (state, run, trace, rejected, invalid, posterior, degenerate,
-            jnp.asarray(steps.exact), jnp.asarray(steps.modes), check, mismatch)
-
-
-_run_jit = jax.jit(_run, static_argnames=("spec", "length", "progress"))
-
-
 def _fit(spec, args, length, factored, show, max_iters):
     u0, key, data, knobs, n = args
     if not show:
-        return _run_jit(spec, u0, key, data, knobs, n, factored, length, False)
+        return fit_jit(spec, u0, key, data, knobs, n, factored, length, False)
     with driver.reporting(driver.progress_printer(max_iters, "vj.em")):
-        out = _run_jit(spec, u0, key, data, knobs, n, factored, length, True)
+        out = fit_jit(spec, u0, key, data, knobs, n, factored, length, True)
         return jax.block_until_ready(out)
 
 
-def _result(spec, out, path, reason, reg, strict, max_iters):
-    """The :class:`EMResult` of :func:`_run`, checked and reported outside ``jit``."""
-    (state, run, trace, rejected, invalid, posterior, degen, exact, modes, _,
-     mismatch) = out
-    elbo = jnp.where(mismatch, jnp.nan, run.info.elbo)
-    trace = trace[:max_iters + 1]
-    diag = {"path": Label(path), "form_reason": Label(reason),
-            "m_step": (Label("modes" if bool(modes) else "optimizer")
-                       if not _compat.is_tracer(modes) else modes),
-            "m_rejected": rejected, "m_iters": run.info.extra.m_iters,
-            "max_decrease": run.max_decrease, "invalid": invalid >= 0,
-            "invalid_latent": invalid, "form_mismatch": mismatch,
-            **{k: spec.unflatten(v) for k, v in degen.items()}}
-    any_degenerate = jnp.asarray(False)
-    for v in degen.values():
-        for m in v:
-            any_degenerate = any_degenerate | jnp.any(m)
-    diag["degenerate"] = any_degenerate
-    result = EMResult(spec.unflatten(spec.theta(state.u)), posterior, elbo, trace,
-                      run.num_iters, run.converged & ~mismatch, exact, diag, state.natural)
-    if not _compat.is_tracer(elbo):
-        raise_if_failed(result, strict, list(spec.latent_supports))
-        report_degenerate(spec, degen, reg, strict, result)
-    return result
-
-
 __all__ = ["em", "prepare", "PreparedEM", "EMResult", "EMState", "MStepInfo", "algorithm",
-           "params_of", "maximize"]
+           "maximize"]

@@ -254,7 +254,7 @@ class _Factored:
                 eta = {s: eta[s] + (shifts[i] or {}).get(s, 0.0) for s in fams[i].stat_names}
                 x, valid = fams[i].mode(eta)
                 info = self.compiled.infos[self.p_names[i]]
-                if info.family == "MultivariateNormal":  # to the declared shape
+                if info.dense:  # a dense event: to the declared shape
                     x, valid = info.layout.to_value(x), info.layout.to_value(valid)
                 theta[i] = jnp.where(valid, x.astype(theta[i].dtype), theta[i])
             return theta

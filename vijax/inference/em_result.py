@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _compat
 from vijax.errors import ConvergenceWarning, FitDivergedError
 
 
@@ -64,7 +65,7 @@ class EMResult(NamedTuple):
 
     def __repr__(self):
         """One screen: the objective, iterations, form, and each parameter."""
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(self)):
+        if any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(self)):
             return "EMResult(<traced>)"
         d = self.diagnostics
         batched = np.ndim(self.elbo) > 0
@@ -77,7 +78,8 @@ class EMResult(NamedTuple):
         leaves = jax.tree_util.tree_flatten_with_path(self.params)[0]
         for path, v in leaves:
             lines.append(f"  params{jax.tree_util.keystr(path)}: {_fmt(v)}")
-        lines.append(f"  latents: {', '.join(f'{n} ({type(q).__name__})' for n, q in self.posterior.items())}")
+        latents = ", ".join(f"{n} ({type(q).__name__})" for n, q in self.posterior.items())
+        lines.append(f"  latents: {latents}")
         return "\n".join(lines)
 
 
@@ -161,3 +163,30 @@ def raise_if_failed(result, strict, names):
     if strict and drop > 1e-9 * max(1.0, abs(float(result.elbo))):
         raise FitDivergedError(f"the EM trace decreased by {drop:.3g} (strict=True)",
                                step=int(result.num_iters), last_state=result.natural)
+
+
+def build(spec, out, path, reason, reg, strict, max_iters):
+    """The :class:`EMResult` of :func:`vijax.inference.em_steps.fit`, checked and
+    reported outside ``jit``."""
+    (state, run, trace, rejected, invalid, posterior, degen, exact, modes, _,
+     mismatch) = out
+    elbo = jnp.where(mismatch, jnp.nan, run.info.elbo)
+    trace = trace[:max_iters + 1]
+    diag = {"path": Label(path), "form_reason": Label(reason),
+            "m_step": (Label("modes" if bool(modes) else "optimizer")
+                       if not _compat.is_tracer(modes) else modes),
+            "m_rejected": rejected, "m_iters": run.info.extra.m_iters,
+            "max_decrease": run.max_decrease, "invalid": invalid >= 0,
+            "invalid_latent": invalid, "form_mismatch": mismatch,
+            **{k: spec.unflatten(v) for k, v in degen.items()}}
+    any_degenerate = jnp.asarray(False)
+    for v in degen.values():
+        for m in v:
+            any_degenerate = any_degenerate | jnp.any(m)
+    diag["degenerate"] = any_degenerate
+    result = EMResult(spec.unflatten(spec.theta(state.u)), posterior, elbo, trace,
+                      run.num_iters, run.converged & ~mismatch, exact, diag, state.natural)
+    if not _compat.is_tracer(elbo):
+        raise_if_failed(result, strict, list(spec.latent_supports))
+        report_degenerate(spec, degen, reg, strict, result)
+    return result

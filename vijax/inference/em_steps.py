@@ -16,7 +16,7 @@ from vijax.errors import ModelSpecError
 from vijax.inference import cavi, driver
 from vijax.inference import meanfield as mf
 from vijax.inference.driver import Info
-from vijax.inference.em_choice import agree, is_exact, oracle
+from vijax.inference.em_choice import agree, backend, is_exact, oracle
 from vijax.inference.em_params import count_floor
 
 
@@ -24,8 +24,8 @@ class EMState(NamedTuple):
     """What the next EM iteration needs.
 
     Attributes:
-        u: the parameters, unconstrained (a list of arrays, one per parameter leaf;
-            ``Spec.theta(u)`` constrains them).
+        u: the parameters, unconstrained (one array per parameter leaf; the constrained
+            ones: :meth:`vijax.PreparedEM.params`).
         natural: ``{latent: {stat: array}}``, the natural parameters of q(Y).
         mu: their mean parameters.
         elbo: the objective at this state (the log likelihood for an exact E-step, else
@@ -245,14 +245,51 @@ def build(spec, be, data, knobs) -> Steps:
         nat, mu, e, bad = e_step(be, theta0, nat0, mu0, order, exact, knobs.tol,
                                  spec.e_step_iters)
         e = jnp.where(mismatch | (bad >= 0), jnp.nan, e)
-        return EMState(list(u0), nat, mu, e), jnp.asarray(bad, jnp.int32), mismatch, check
+        state = EMState(list(u0), nat, mu, e)
+        return state, jnp.asarray(bad, jnp.int32), mismatch, check
 
     def step(state):
         u, accept, steps = m_step(spec, knobs, be, state.mu, state.u, modes)
-        nat, mu, e, bad = e_step(be, spec.theta(u), state.natural, state.mu, order, exact,
+        theta = spec.theta(u)
+        nat, mu, e, bad = e_step(be, theta, state.natural, state.mu, order, exact,
                                  knobs.tol, spec.e_step_iters)
         ok = (bad < 0) & jnp.isfinite(state.elbo)
         extra = MStepInfo(accept, jnp.asarray(steps, jnp.int32), jnp.asarray(bad, jnp.int32))
         return EMState(u, nat, mu, e), Info(e, ok=ok, extra=extra)
 
     return Steps(start, step, exact, modes)
+
+
+# ------------------------------------------------------------------------ the fit loop
+
+def fit(spec, u0, key, data, knobs, max_iters, factored, length, progress):
+    """One jitted EM fit: the first E-step, then :func:`vijax.run` over ``step``."""
+    be = backend(spec, data, spec.theta(u0), factored)
+    steps = build(spec, be, data, knobs)
+    state0, bad0, mismatch, check = steps.start(u0, key)
+
+    def step(carry):  # the EM step, plus the count of refused M-steps
+        state, rejected = carry
+        state, info = steps.step(state)
+        return (state, rejected + (~info.extra.accepted).astype(jnp.int32)), info
+
+    e0 = state0.elbo
+    info0 = Info(e0, extra=MStepInfo(jnp.asarray(True), jnp.asarray(0, jnp.int32), bad0))
+    # a failed start (or a form mismatch) runs no step
+    n = jnp.where(jnp.isfinite(e0), max_iters, 0)
+    run = driver.run(step, (state0, jnp.asarray(0, jnp.int32)), max_iters=n, length=length,
+                     tol=knobs.tol, elbo0=e0, info0=info0, progress=progress)
+    state, rejected = run.state
+    posterior = {k: mf.factor(be.y_infos[k], state.natural[k], validate=False)
+                 for k in state.natural}
+    theta = spec.theta(state.u)
+    reg = knobs.reg if knobs.reg is not None else [jnp.zeros((), e0.dtype)] * len(theta)
+    degenerate = be.degeneracy(be.reduce(state.mu), theta, reg, count_floor(e0.dtype))
+    invalid = jnp.where(bad0 >= 0, bad0, jnp.where(run.failed_at >= 0,
+                                                   run.info.extra.invalid_latent, -1))
+    trace = jnp.concatenate([e0[None], run.trace])
+    return (state, run, trace, rejected, invalid, posterior, degenerate,
+            jnp.asarray(steps.exact), jnp.asarray(steps.modes), check, mismatch)
+
+
+fit_jit = jax.jit(fit, static_argnames=("spec", "length", "progress"))
