@@ -3,8 +3,9 @@
 Bayesian linear regression (``w ~ N(0, 1/alpha)``, ``y ~ N(X w, 1/beta)``, alpha, beta
 ~ Gamma(1, 1)), the zoo's model at N=10000, D=50:
 
-- steps per second of a jitted step loop (``lax.scan`` over ``chunk`` steps, the
-  loop ``vj.fit_gradient`` runs), for vijax ``exact`` and ``reparam`` and for NumPyro
+- steps per second of a jitted step loop (``lax.scan`` over ``chunk`` steps of the
+  public ``vj.algorithms.gradient`` step, the one ``vj.fit_gradient`` runs), for vijax
+  ``exact`` and ``reparam`` (adam on the unconstrained parameters) and for NumPyro
   SVI (``AutoNormal`` guide, ``Trace_ELBO``), same optax ``adam``; interleaved, ratios;
 - steps to reach within 1e-3 (relative) of the optimal ELBO, taken as CAVI's converged
   ELBO; vijax's ELBO is evaluated exactly (F + entropies) after every chunk, NumPyro's
@@ -23,8 +24,6 @@ import optax
 import vijax as vj
 from benchmarks import harness as H
 from benchmarks import problems as P
-from vijax.inference import gradient as G
-from vijax.inference import meanfield as mf
 
 SIZES = {
     "tiny": {"n": 200, "d": 4, "chunk": 25, "max_steps": 100, "repeats": 2,
@@ -48,28 +47,33 @@ def optimizer():
 # --------------------------------------------------------------------------- vijax
 
 def vijax_method(model, data, estimator, num_samples, chunk, dtype, opt):
-    """(chunk executable, its arguments, exact-ELBO-of-state fn, compile timings).
+    """(chunk executable, initial state, exact-ELBO-of-state fn, compile timings).
 
-    Built the way ``vj.fit_gradient`` builds its loop (``_prepare``, the initial
-    ``GradState``, the jitted ``_run_chunk`` with the compiled form and the data as
-    arguments and the configuration static), so the timed loop is the library's own."""
-    compiled, infos, est = G._prepare(model, data, estimator)
-    fams = mf.families_of(infos)
-    k_init, k_run = jax.random.split(jax.random.key(SEED + 1))
-    natural0 = mf.default_init(infos, k_init, dtype)
-    params0 = {n: fams[n].from_natural(natural0[n]).to_unconstrained() for n in natural0}
-    state0 = G.GradState(params0, opt.init(params0), k_run, jnp.asarray(0), params0,
-                         jnp.asarray(-1))
-    # the optimizer travels as a fingerprinted static (what vj.fit_gradient passes)
-    cfg = (model, tuple(infos.items()), est, num_samples, G.Static(opt), chunk, False)
-    exe, comp = H.aot_compile(G._run_chunk_jit, state0, compiled, data,
-                              static_kwargs={"cfg": cfg})
-    elbo_of = jax.jit(lambda p: mf.elbo(compiled, G._to_natural(infos, p)))
+    Built from the public ``init``/``step`` pair (``vj.algorithms.gradient``, the
+    algorithm ``vj.fit_gradient`` runs): the timed chunk is a ``lax.scan`` of ``chunk``
+    steps with the data an argument (not a constant folded into the program)."""
+    def algorithm(d, est=estimator):
+        return vj.algorithms.gradient(model, d, optimizer=opt, estimator=est,
+                                      num_samples=num_samples)
 
-    def progress(state):
-        return state, float(elbo_of(state.params)), int(state.bad_step)
+    state0 = algorithm(data).init(jax.random.key(SEED + 1))
 
-    return (lambda st: exe(st, compiled, data)), state0, progress, comp
+    def run_chunk(state, d):
+        step = algorithm(d).step
+        state, info = jax.lax.scan(lambda s, _: step(s), state, None, length=chunk)
+        return state, (info.elbo, info.ok)
+
+    exe, comp = H.aot_compile(run_chunk, state0, data)
+    # the exact ELBO at a state: Info.elbo of the exact estimator's step there (same
+    # family and unconstrained parameters for every estimator of a conjugate model)
+    elbo_of = jax.jit(lambda st, d: algorithm(d, "exact").step(st)[1].elbo)
+
+    def progress(state, out, steps):
+        ok = np.asarray(out[1])
+        bad = steps - chunk + int(np.argmin(ok)) if not ok.all() else -1
+        return state, float(elbo_of(state, data)), bad
+
+    return (lambda st: exe(st, data)), state0, progress, comp
 
 
 # --------------------------------------------------------------------------- numpyro
@@ -123,7 +127,7 @@ def converge(exe, state0, evaluate, chunk, max_steps, target, kind):
         state, out = exe(state)
         steps += chunk
         if kind == "vijax":
-            _, e, bad = evaluate(state)
+            _, e, bad = evaluate(state, out, steps)
             if bad >= 0:
                 diverged = bad
         else:
@@ -237,9 +241,9 @@ def _run(size, dtype, cfg, dt):
         "diagonal Normal over w, Normal in log space for alpha and beta), a different "
         "family whose optimum is at or below the mean-field optimum; numpyro_mean_neg_loss "
         "is the mean of the optimizer's own one-sample -loss over the chunk ending there.",
-        "diverged_at_step: vijax's loop stops updating at the first non-finite ELBO "
-        "(fit_gradient raises FitDivergedError there); the run ends and its last ELBO is "
-        "reported. (float32 reparam runs: q(w)'s precision, rebuilt from the scale_tril "
+        "diverged_at_step: the first step whose Info.ok is false (a non-finite ELBO or "
+        "update; fit_gradient raises FitDivergedError there); the run ends and its last "
+        "ELBO is reported. (float32 reparam runs: q(w)'s precision, rebuilt from the scale_tril "
         "parameter as S^-T S^-1 and factorized again, becomes numerically singular.)",
         "Initial factors differ (vijax default_init vs AutoNormal's init_to_median with "
         "scale 0.1), so step counts compare optimizers end to end, not from one start.",

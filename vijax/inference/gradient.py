@@ -1,8 +1,8 @@
 """Maximize the ELBO by gradient, with any optax optimizer.
 
 The variational family is the one CAVI uses (the compiler's choice per conjugate
-latent; a default by support for the others), parameterized without constraints
-(``family.to_unconstrained``). Estimators of ``L(q) = E_q[log p(x, z)] + H[q]``:
+latent; a default by support for the others). Estimators of
+``L(q) = E_q[log p(x, z)] + H[q]`` (:mod:`vijax.inference.gradient_estimators`):
 
 - ``"exact"``: ``F(mu) + H`` (deterministic; every latent conjugate);
 - ``"reparam"``: Monte Carlo with reparameterized samples of the continuous latents;
@@ -11,15 +11,19 @@ latent; a default by support for the others), parameterized without constraints
   baseline;
 - ``"auto"``: exact where the compiler allows, else reparam.
 
-``natural_gradient=True`` (exact estimator) optimizes the natural parameters with the
-natural gradient ``dF/dmu - eta`` instead: with ``optax.sgd(1.0)`` on a one-block model
-a step is exactly the CAVI update.
+Two parameterizations: the optimizer acts on the unconstrained parameters
+(``family.to_unconstrained``), or, with ``natural_gradient=True`` (exact estimator), on
+the natural parameters along the natural gradient ``dF/dmu - eta``: a step of size
+``rho`` is ``eta <- (1 - rho) eta + rho dF/dmu``, so a step of 1 on a one-block model is
+exactly its CAVI update, and every step of size ``rho <= 1`` stays inside the families'
+(convex) natural domains.
+
+:func:`algorithm` is the ``init``/``step`` pair (:class:`vijax.Algorithm`);
+:func:`fit_gradient` runs it with :func:`vijax.run` in one compiled program.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -27,14 +31,15 @@ import jax.numpy as jnp
 import optax
 
 from vijax import _compat
-from vijax.conjugacy.compile import point_statistics
 from vijax.conjugacy.program import program_for
 from vijax.errors import (FitDivergedError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError)
-from vijax.inference import checks
+from vijax.inference import checks, driver
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
+from vijax.inference.driver import Algorithm, Info
 from vijax.inference.fingerprint import Static
+from vijax.inference.gradient_estimators import Objective, exact_elbo, natural_parts
 from vijax.inference.result import FitResult
 from vijax.model import check_data
 
@@ -42,114 +47,54 @@ ESTIMATORS = ("auto", "exact", "reparam")
 
 
 class GradState(NamedTuple):
+    """The carry of a gradient fit.
+
+    Attributes:
+        params: per latent, unconstrained parameters (``{latent: {name: array}}``), or
+            natural parameters with the natural gradient.
+        opt_state: the optax optimizer's state.
+        key: PRNG key of the Monte Carlo draws (split at every step).
+        previous: the parameters before the last step (the last point whose ELBO was
+            finite; what a failed step hands back).
+        elbo: the ELBO evaluated by the last step (at ``previous``; NaN before any).
+    """
+
     params: Any
     opt_state: Any
     key: Any
-    step: Any
-    last_good: Any
-    bad_step: Any
+    previous: Any
+    elbo: Any
 
 
-def _to_natural(infos, params):
-    fams = mf.families_of(infos)
-    return {n: fams[n].from_unconstrained(params[n]).natural for n in params}
+class _Label(str):
+    """A string in a result pytree that is structure, not data (no leaves), so that the
+    result can be returned from ``jit`` and ``vmap``."""
 
 
-def _latent_value(inf, x):
-    """A sample of the q family (its ``batch + (E,)`` layout for a dense Gaussian) in
-    the latent's declared value shape."""
-    if inf.family == "MultivariateNormal":
-        return inf.layout.to_value(x)
-    if inf.support.is_discrete:
-        return x.astype(jnp.int32)
-    return x
+jax.tree_util.register_pytree_node(_Label, lambda s: ((), str(s)), lambda aux, _: _Label(aux))
 
 
-def _dense_gaussian_factor(u):
-    from vijax.families.mvn import scale_from_unconstrained
-    raw = u["scale_tril"]
-    d = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
-    scale = scale_from_unconstrained(raw)
-    loc = jnp.broadcast_to(u["loc"], scale.shape[:-1])
-    mean = {"x": loc, "xxT": scale @ jnp.swapaxes(scale, -1, -2) + loc[..., :, None] * loc[..., None, :]}
-    E = raw.shape[-1]
-    entropy = jnp.sum(jnp.log(d)) + 0.5 * E * (1.0 + jnp.log(2 * jnp.pi)) * (d.size // E)
+def default_optimizer(natural_gradient: bool):
+    """The optimizer used when none is given.
 
-    def sample(key, shape):
-        eps = jax.random.normal(key, tuple(shape) + loc.shape, loc.dtype)
-        return loc + jnp.einsum("...ij,...j->...i", scale, eps)
-    return mean, entropy, sample
-
-
-class Objective:
-    """The negative ELBO estimator for one model, data set and estimator choice."""
-
-    def __init__(self, model, data, compiled, infos, estimator, num_samples):
-        self.model, self.data, self.compiled, self.infos = model, data, compiled, infos
-        self.estimator, self.num_samples = estimator, num_samples
-        self.discrete = [n for n, i in infos.items() if i.support.is_discrete]
-        self.continuous = [n for n in infos if n not in self.discrete]
-        # discrete latents summed out exactly when F exists for every latent
-        self.enumerate = compiled is not None and compiled.conjugate
-
-    def factors(self, params):
-        """Per latent: (mean parameters, entropy, sampler) from the unconstrained
-        parameters. Dense Gaussians are read off their scale factor S directly
-        (E[x x^T] = S S^T + m m^T, H = sum log diag S + const, x = m + S eps), with no
-        precision matrix and no refactorization; other families go through their
-        natural parameters."""
-        fams = mf.families_of(self.infos)
-        out = {}
-        for n, u in params.items():
-            if self.infos[n].family == "MultivariateNormal":
-                out[n] = _dense_gaussian_factor(u)
-            else:
-                q = fams[n].from_unconstrained(u)
-                out[n] = (fams[n].mean_params(q.natural), jnp.sum(q.entropy()), q.sample)
-        return out
-
-    def surrogate(self, params, key):
-        """(surrogate objective whose gradient estimates grad ELBO, ELBO estimate)."""
-        fac = self.factors(params)
-        entropy = sum(f[1] for f in fac.values())
-        if self.estimator == "exact":
-            e = self.compiled.F({n: f[0] for n, f in fac.items()}) + entropy
-            return e, e
-        fams = mf.families_of(self.infos)
-        S = self.num_samples
-        keys = dict(zip(self.infos, jax.random.split(key, len(self.infos))))
-        samples = {n: fac[n][2](keys[n], (S,)) for n in self.continuous}
-        if self.enumerate:
-            mu_disc = {n: fac[n][0] for n in self.discrete}
-
-            def one(i):
-                st = {n: point_statistics(self.infos[n], _latent_value(self.infos[n], samples[n][i]))
-                      for n in self.continuous}
-                return self.compiled.F({**st, **mu_disc})
-            logp = jax.vmap(one)(jnp.arange(S))
-            e = jnp.mean(logp) + entropy
-            return e, e
-        qs = {n: fams[n].from_unconstrained(params[n]) for n in self.discrete}
-        dsamples = {n: jax.lax.stop_gradient(qs[n].sample(keys[n], (S,))) for n in self.discrete}
-
-        def logp_at(i):
-            z = {n: _latent_value(self.infos[n], samples[n][i]) for n in self.continuous}
-            z.update({n: _latent_value(self.infos[n], dsamples[n][i]) for n in self.discrete})
-            return self.model.log_joint(z, self.data)
-        logp = jax.vmap(logp_at)(jnp.arange(S))
-        e = jnp.mean(logp) + entropy
-        if not self.discrete:
-            return e, e
-        # score-function term for the discrete latents, leave-one-out baseline
-        logq = sum(jnp.sum(jax.vmap(qs[n].log_prob)(dsamples[n]).reshape(S, -1), axis=1)
-                   for n in self.discrete)
-        f = jax.lax.stop_gradient(logp - logq)
-        base = (jnp.sum(f) - f) / max(S - 1, 1)
-        score = jnp.mean((f - base) * logq)
-        return e + score - jax.lax.stop_gradient(score), e
+    Natural gradient: ``sgd(1.0)`` under an Armijo backtracking line search
+    (``optax.scale_by_backtracking_linesearch``, steps ``rho <= 1`` halved until the ELBO
+    rises by ``1e-4 rho`` times its slope, the next search starting from ``2 rho``). A
+    full step is a simultaneous CAVI update of every block (exact for one block); on
+    coupled blocks the search shortens it, so the ELBO increases at every step and the
+    iterates converge to a fixed point of CAVI (a monotone ascent bounded by
+    ``log p(x)``). Otherwise ``adam(1e-2)`` on the unconstrained parameters.
+    """
+    if natural_gradient:
+        return optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=30, decrease_factor=0.5, increase_factor=2.0,
+            max_learning_rate=1.0))
+    return optax.adam(1e-2)
 
 
-def _prepare(model, data, estimator):
+def prepare(model, data, estimator):
+    """``(compiled form or None, q family per latent, estimator)`` with ``"auto"``
+    resolved: ``"exact"`` when every latent is conjugate, else ``"reparam"``."""
     if estimator not in ESTIMATORS:
         raise ModelSpecError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     check_data(data)
@@ -166,186 +111,107 @@ def _prepare(model, data, estimator):
     compiled = prog.materialize(data) if prog is not None else None
     if estimator == "auto":
         estimator = "exact" if compiled is not None and compiled.conjugate else "reparam"
-    infos = mf.variational_infos(model, compiled)
-    return compiled, infos, estimator
+    return compiled, mf.variational_infos(model, compiled), estimator
 
 
-def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples=16,
-                 num_steps=2000, tol=None, init=None, natural_gradient=False, chunk=100,
-                 progress=False) -> FitResult:
-    """Maximize the ELBO with an optax optimizer.
-
-    Args:
-        model: a :class:`vijax.Model` (conjugate or not).
-        data: data pytree.
-        key: PRNG key (initialization and Monte Carlo samples).
-        optimizer: any ``optax.GradientTransformation`` (default ``optax.adam(1e-2)``;
-            with ``natural_gradient=True`` default ``optax.sgd(0.5)``). Optimizers that
-            take extra arguments (``optax.lbfgs``) get ``value``, ``grad`` and
-            ``value_fn`` (the negative ELBO estimate at the step's samples).
-        estimator: ``"auto"``, ``"exact"`` or ``"reparam"``.
-        num_samples: Monte Carlo samples per step (reparam).
-        num_steps: at most this many optimizer steps.
-        tol: stop when the mean ELBO of a chunk changes by less than
-            ``tol * max(|ELBO|, 1)`` from the previous chunk, plus (exact estimator, eager
-            calls) the ELBO's rounding bound in its dtype (:mod:`vijax.inference.stopping`),
-            or (Monte Carlo estimators) plus two standard errors of the difference of the
-            two chunk means: a change that the sampling noise explains is no progress.
-            ``tol=0`` runs every step.
-            Default (None): ``max(1e-6, 8 eps)`` (1e-6 in float64 and float32).
-        init: optional ``{latent: family object}`` starting factors.
-        natural_gradient: natural-gradient steps on the natural parameters (exact only).
-        chunk: steps per ``lax.scan`` chunk (the convergence test runs between chunks).
-        progress: print the ELBO after each chunk (eager calls only).
-
-    Returns:
-        A :class:`FitResult`; ``elbo`` is exact when the compiler gives F, else a Monte
-        Carlo estimate with 10x ``num_samples``.
-
-    Raises:
-        FitDivergedError: the ELBO became non-finite; carries the last finite state.
-
-    Warns:
-        ConvergenceWarning: (eager calls) ``num_steps`` ran out before the chunk means
-            converged.
-    """
-    tol = stopping.default_gradient_tol(jnp.zeros(()).dtype) if tol is None else tol
-    checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol, chunk)
-    compiled, infos, estimator = _prepare(model, data, estimator)
+def _resolve_natural(natural_gradient, estimator, optimizer):
+    if natural_gradient is None:  # the default: natural steps where F gives them
+        return estimator == "exact" and optimizer is None
     if natural_gradient and estimator != "exact":
         raise ModelSpecError("natural_gradient=True needs the exact estimator (every latent "
                              "conjugate)")
+    return bool(natural_gradient)
+
+
+def algorithm(model, data, *, optimizer=None, estimator="auto", num_samples=16,
+              natural_gradient=None, tol=None) -> Algorithm:
+    """One optimizer step on the ELBO as an ``init``/``step`` pair.
+
+    ``init(key, natural0=None) -> GradState``: the factors ``natural0`` (natural
+    parameters ``{latent: {stat: array}}``, e.g. a fit's ``.natural``) or, by default,
+    those ``vj.cavi(..., key=key)`` starts from; the Monte Carlo draws use
+    ``fold_in(key, 1)``. ``step(state) -> (state, Info)``: ``Info.elbo`` is the ELBO (or
+    its Monte Carlo estimate) at the state's parameters before the step, ``Info.ok``
+    that it and the step are finite, ``Info.bound`` the exact ELBO's rounding bound
+    (computed when it did not increase; 0 otherwise and for Monte Carlo estimators),
+    ``Info.extra`` ``{"grad_norm", "slope"}`` (the ELBO's directional derivative along
+    the raw step). With the natural gradient ``Info.stop`` is its own fixed-point test:
+    ``slope <= tol * max(|L|, 1)`` (the full natural step can gain about ``slope / 2``),
+    or a decrease within the rounding bound (:mod:`vijax.inference.stopping`).
+
+    Arguments are those of :func:`fit_gradient`; ``natural_gradient=None`` means natural
+    steps when the estimator is exact and no optimizer is given.
+    """
+    compiled, infos, estimator = prepare(model, data, estimator)
+    natural_gradient = _resolve_natural(natural_gradient, estimator, optimizer)
     if optimizer is None:
-        optimizer = optax.sgd(0.5) if natural_gradient else optax.adam(1e-2)
-    dtype = jnp.zeros(()).dtype
-    k_init, k_run = jax.random.split(key)
-    natural0 = mf.user_init(infos, init, mf.default_init_jit(infos, k_init, dtype))
+        optimizer = default_optimizer(natural_gradient)
+    tol = stopping.default_tol(jnp.zeros(()).dtype) if tol is None else tol
+    return _build(model, data, compiled, infos, estimator, num_samples, optimizer,
+                  natural_gradient, tol)
+
+
+def _to_natural(fams, params):
+    return {n: fams[n].from_unconstrained(params[n]).natural for n in params}
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)]))
+
+
+def _vdot(a, b):
+    return sum(jnp.sum(x * y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                              jax.tree_util.tree_leaves(b)))
+
+
+def _build(model, data, compiled, infos, estimator, num_samples, optimizer, natural_gradient,
+           tol):
+    """The Algorithm for resolved choices (``compiled`` and ``data`` may be traced)."""
     fams = mf.families_of(infos)
-    if natural_gradient:
-        params0 = natural0
-    else:
-        params0 = {n: fams[n].from_natural(natural0[n]).to_unconstrained() for n in natural0}
-    n_chunks = max(1, math.ceil(num_steps / chunk))
-    state = GradState(params0, optimizer.init(params0), k_run, jnp.asarray(0), params0,
-                      jnp.asarray(-1))
-    # the optimizer by fingerprint: a freshly built optax.adam(1e-2) reuses the compile
-    cfg = (model, tuple(infos.items()), estimator, num_samples, Static(optimizer), chunk,
-           natural_gradient)
-    run_chunk = lambda st: _run_chunk(st, compiled, data, cfg)  # noqa: E731
-    traced = _compat.is_tracer(key) or any(_compat.is_tracer(l) for l in jax.tree_util.tree_leaves(data))
-    prev = jnp.asarray(jnp.nan, dtype)
-    traces = []
-    if traced:
-        state, trace, converged, n_done = _device_loop(run_chunk, state, n_chunks, chunk, tol,
-                                                       dtype, stochastic=estimator != "exact")
-    else:
-        converged = False
-        prev_se2 = 0.0
-        for c in range(n_chunks):
-            state, tr = _run_chunk_jit(state, compiled, data, cfg)
-            traces.append(tr)
-            if int(state.bad_step) >= 0:
-                break
-            cur = jnp.mean(tr)
-            if progress:
-                print(f"[vijax] steps {int(state.step):6d}  ELBO {float(cur):.6g}", file=sys.stderr)
-            bound = _exact_bound(compiled, infos, state.params, natural_gradient) \
-                if estimator == "exact" else 0.0
-            se2 = _chunk_se2(tr) if estimator != "exact" else 0.0
-            noise = 2.0 * math.sqrt(se2 + prev_se2) if c > 0 and tol > 0 else 0.0
-            if c > 0 and abs(float(cur) - float(prev)) < (
-                    tol * max(abs(float(cur)), 1.0) + bound + noise):
-                converged = True
-                break
-            prev, prev_se2 = cur, se2
-        trace = jnp.concatenate(traces)
-        trace = jnp.concatenate([trace, jnp.full((n_chunks * chunk - trace.shape[0],), trace[-1])])
-        converged = jnp.asarray(converged)
-    if not traced and int(state.bad_step) >= 0:
-        good = state.params if natural_gradient else _to_natural(infos, state.params)
-        raise FitDivergedError(
-            f"the ELBO became non-finite at step {int(state.bad_step)} of the gradient fit "
-            f"(estimator={estimator!r}); lower the learning rate or check the priors. The last "
-            "finite state is in .last_state.", step=int(state.bad_step), last_state=good)
-    natural = state.params if natural_gradient else _to_natural(infos, state.params)
-    if compiled is not None and compiled.conjugate:
-        elbo = mf.elbo(compiled, natural)
-    else:
-        big = Objective(model, data, compiled, infos, "reparam", 10 * num_samples)
-        elbo = big.surrogate(state.params if not natural_gradient else state.params,
-                             jax.random.fold_in(k_run, 1))[1]
-    diag = {"max_decrease": jnp.zeros((), dtype), "nonfinite": state.bad_step >= 0,
-            "invalid_latent": jnp.asarray(-1), "invalid_iter": state.bad_step,
-            "estimator": estimator}
-    posterior = mf.posterior_jit(infos, natural)
-    result = FitResult(posterior, elbo, trace, state.step, converged,
-                       {k: v for k, v in diag.items() if k != "estimator"}, natural)
-    if not traced and not bool(converged):
-        stopping.report([f"The gradient fit stopped after {int(state.step)} steps (num_steps) "
-                         "before the ELBO's chunk means converged; raise num_steps or tol, or "
-                         "use a larger learning rate."], strict=False)
-    return result
-
-
-def _chunk_se2(tr):
-    """Squared standard error of a chunk's mean Monte Carlo ELBO (steps taken as
-    independent draws)."""
-    tr = jnp.asarray(tr)
-    return float(jnp.var(tr)) / max(int(tr.shape[0]), 1)
-
-
-def _exact_bound(compiled, infos, params, natural_gradient):
-    """The exact ELBO's rounding bound at ``params`` (a float; see ``stopping``)."""
-    return float(_exact_bound_jit(compiled, tuple(infos.items()), params, natural_gradient))
-
-
-def _exact_bound_impl(compiled, infos, params, natural_gradient):
-    natural = params if natural_gradient else _to_natural(dict(infos), params)
-    mu = mf.mean_params(dict(infos), natural)
-    magnitude = stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes, mu)
-    return stopping.rounding_bound(magnitude, magnitude.dtype)
-
-
-_exact_bound_jit = jax.jit(_exact_bound_impl, static_argnames=("infos", "natural_gradient"))
-
-
-def _run_chunk(state, compiled, data, cfg):
-    """``chunk`` steps; arrays are arguments and the configuration is static, so a second
-    fit of the same model (an optimizer of the same kind and hyper-parameters) with new
-    data of the same shapes reuses the compilation."""
-    model, infos, estimator, num_samples, optimizer, chunk, natural_gradient = cfg
-    optimizer = optimizer.value
-    infos = dict(infos)
     obj = Objective(model, data, compiled, infos, estimator, num_samples)
-    return _chunk_fn(obj, optimizer, chunk, natural_gradient, mf.families_of(infos))(state)
+    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    dtype = jnp.zeros(()).dtype
 
+    def init(key, natural0=None):
+        if natural0 is None:
+            natural0 = mf.default_init_jit(infos, key, dtype)
+        params = natural0 if natural_gradient else {
+            n: fams[n].from_natural(natural0[n]).to_unconstrained() for n in natural0}
+        return GradState(params, optimizer.init(params), jax.random.fold_in(key, 1), params,
+                         jnp.asarray(jnp.nan, dtype))
 
-_run_chunk_jit = jax.jit(_run_chunk, static_argnames=("cfg",))
-
-
-def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
-    """``chunk`` optimizer steps under ``lax.scan``; stops updating after a non-finite ELBO."""
-
-    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs) and not natural_gradient
-
-    def loss_and_grad(params, key):
+    def evaluate(params, key):
+        """(ELBO, descent direction of -L, Armijo's gradient, value_fn, slope)."""
         if natural_gradient:
-            mu = {n: fams[n].mean_params(params[n]) for n in params}
-            e = obj.compiled.F(mu)
-            dF = jax.grad(obj.compiled.F)(mu)
-            e = e + sum(jnp.sum(fams[n].from_natural(params[n]).entropy()) for n in params)
-            grads = {n: {s: -(dF[n][s] - params[n][s]) for s in params[n]} for n in params}
-            return e, grads
+            e, natgrad, euclid = natural_parts(compiled, fams, params)
+            neg = lambda t: jax.tree_util.tree_map(jnp.negative, t)  # noqa: E731
+            return (e, neg(natgrad), neg(euclid),
+                    lambda p: -exact_elbo(compiled, fams, p), _vdot(natgrad, euclid))
         (_, e), g = jax.value_and_grad(lambda p: obj.surrogate(p, key), has_aux=True)(params)
-        return e, jax.tree_util.tree_map(jnp.negative, g)
+        g = jax.tree_util.tree_map(jnp.negative, g)
+        return e, g, g, lambda p: -obj.surrogate(p, key)[1], _vdot(g, g)
 
-    def one(state, _):
+    def mean_params(params):
+        if natural_gradient:
+            return {n: fams[n].mean_params(params[n]) for n in params}
+        return {n: f[0] for n, f in obj.factors(params).items()}
+
+    def rounding_bound(params, e, previous_elbo):
+        if estimator != "exact":
+            return jnp.zeros((), e.dtype)
+
+        def bound(p):  # a pass over |F|: only when the ELBO did not increase
+            magnitude = stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes,
+                                                mean_params(p))
+            return stopping.rounding_bound(magnitude, e.dtype)
+        return jax.lax.cond(e <= previous_elbo, bound, lambda p: jnp.zeros((), e.dtype), params)
+
+    def step(state):
         key, sub = jax.random.split(state.key)
-        e, grads = loss_and_grad(state.params, sub)
-        if extra_args:  # e.g. optax.lbfgs: line search on the same (fixed-key) objective
-            updates, opt_state = optimizer.update(
-                grads, state.opt_state, state.params, value=-e, grad=grads,
-                value_fn=lambda p: -obj.surrogate(p, sub)[1])
+        e, grads, slope_grad, value_fn, slope = evaluate(state.params, sub)
+        if extra_args:  # e.g. a line search, or optax.lbfgs, on the same (fixed-key) objective
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                                  value=-e, grad=slope_grad, value_fn=value_fn)
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -354,53 +220,142 @@ def _chunk_fn(obj, optimizer, chunk, natural_gradient, fams):
         if natural_gradient:
             p_ok = p_ok & jnp.all(jnp.asarray(
                 [jnp.all(fams[n].is_valid_natural(params[n])) for n in params]))
-        running = state.bad_step < 0
-        ok = running & e_ok & p_ok
-        # a non-finite ELBO at the current point sends the fit back to the last good one
-        back = running & ~e_ok
-        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), a, b)
-        kept = jax.tree_util.tree_map(lambda g, p: jnp.where(back, g, p), state.last_good,
-                                      state.params)
-        new = GradState(pick(params, kept), pick(opt_state, state.opt_state), key,
-                        state.step + jnp.where(ok, 1, 0),
-                        jax.tree_util.tree_map(lambda p, g: jnp.where(ok, p, g), state.params,
-                                               state.last_good),
-                        jnp.where(running & ~(e_ok & p_ok), state.step, state.bad_step))
-        return new, jnp.where(jnp.isfinite(e), e, jnp.nan)
+        ok = e_ok & p_ok
+        # a failed step hands back the last point whose ELBO was finite
+        keep = jax.tree_util.tree_map(lambda p, q: jnp.where(e_ok, p, q), state.params,
+                                      state.previous)
+        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
+        new = GradState(pick(params, keep), pick(opt_state, state.opt_state), key, keep,
+                        jnp.where(e_ok, e, state.elbo))
+        bound = rounding_bound(state.params, e, state.elbo)
+        stop = jnp.asarray(False)
+        if natural_gradient:
+            change = e - state.elbo
+            stop = (tol > 0) & ((slope <= tol * jnp.maximum(jnp.abs(e), 1.0))
+                                | ((change <= 0) & (change >= -bound)))
+        extra = {"grad_norm": optax.tree.norm(grads), "slope": slope}
+        return new, Info(e, ok, bound, stop, extra)
 
-    def run_chunk(state):
-        return jax.lax.scan(one, state, None, length=chunk)
-
-    return run_chunk
-
-
-def _all_finite(tree):
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)]))
+    return Algorithm(init, step)
 
 
-def _device_loop(run_chunk, state, n_chunks, chunk, tol, dtype, stochastic=False):
-    """All chunks inside ``lax.while_loop`` (used under jit/vmap); the same stopping rule
-    as the eager loop (Monte Carlo estimators: plus two standard errors)."""
-    trace0 = jnp.full((n_chunks * chunk,), jnp.nan, dtype)
+def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples=16,
+                 num_steps=2000, tol=None, init=None, natural_gradient=None, chunk=100,
+                 progress=None) -> FitResult:
+    """Maximize the ELBO with an optax optimizer (:func:`algorithm` run by
+    :func:`vijax.run`, in one compiled program).
 
-    def cond(c):
-        i, st, tr, prev, se2_prev, conv = c
-        return (i < n_chunks) & ~conv & (st.bad_step < 0)
+    Args:
+        model: a :class:`vijax.Model` (conjugate or not).
+        data: data pytree.
+        key: PRNG key (initialization and Monte Carlo samples); the default initial
+            factors are those of ``vj.cavi`` with the same key.
+        optimizer: any ``optax.GradientTransformation``. Optimizers that take extra
+            arguments (``optax.lbfgs``, a line search) get ``value``, ``grad`` and
+            ``value_fn`` (the negative ELBO estimate at the step's samples). Default:
+            natural-gradient steps under a backtracking line search when the estimator
+            is exact (see :func:`default_optimizer`), else ``optax.adam(1e-2)``.
+        estimator: ``"auto"``, ``"exact"`` or ``"reparam"``.
+        num_samples: Monte Carlo samples per step (reparam).
+        num_steps: at most this many optimizer steps.
+        tol: the stopping rule's relative tolerance; ``tol=0`` runs every step.
+            Natural gradient: stop when the ELBO's slope along the full natural step is
+            at most ``tol * max(|L|, 1)`` or the ELBO decreased within its rounding
+            bound; default ``max(1e-8, eps)`` (as CAVI). Other optimizers: the means of
+            consecutive windows of ``chunk`` steps differ by at most
+            ``tol * max(|mean|, 1)`` plus the rounding bound (exact) or two standard
+            errors of the difference (Monte Carlo: a change that the sampling noise
+            explains is no progress); default ``max(1e-6, 8 eps)``.
+        init: optional ``{latent: family object}`` starting factors.
+        natural_gradient: natural-gradient steps on the natural parameters (exact only);
+            default (None): when the estimator is exact and ``optimizer`` is None.
+        chunk: steps per window of the windowed stopping rule, and between progress
+            reports.
+        progress: report the ELBO every ``chunk`` steps: ``True`` for a tqdm bar when
+            tqdm is installed (else lines on stderr), or a callable ``progress(step,
+            elbo)``; default (None) on for fits of 2000 steps or more run from a
+            terminal; always off under ``jit``/``vmap``.
 
-    def body(c):
-        i, st, tr, prev, se2_prev, conv = c
-        st, t = run_chunk(st)
-        tr = jax.lax.dynamic_update_slice(tr, t.astype(dtype), (i * chunk,))
-        cur = jnp.mean(t)
-        se2 = jnp.var(t) / chunk if stochastic and tol > 0 else jnp.zeros((), dtype)
-        allow = tol * jnp.maximum(jnp.abs(cur), 1.0) + 2.0 * jnp.sqrt(se2 + se2_prev)
-        conv = (i > 0) & (jnp.abs(cur - prev) < allow)
-        return i + 1, st, tr, cur, se2.astype(dtype), conv
+    Returns:
+        A :class:`FitResult`; ``elbo`` is exact when the compiler gives F, else a Monte
+        Carlo estimate with 10x ``num_samples``. ``diagnostics["estimator"]`` is the
+        estimator used (``"exact"`` or ``"reparam"``, ``"auto"`` resolved; a string that
+        is structure, not data, in the pytree), ``diagnostics["natural_gradient"]``
+        whether natural steps were taken.
 
-    zero = jnp.zeros((), dtype)
-    i, state, trace, _, _, conv = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), state, trace0, jnp.asarray(jnp.nan, dtype), zero,
-                     jnp.asarray(False)))
-    last = trace[jnp.maximum(i * chunk - 1, 0)]
-    trace = jnp.where(jnp.arange(n_chunks * chunk) < i * chunk, trace, last)
-    return state, trace, conv, i
+    Raises:
+        FitDivergedError: the ELBO became non-finite; carries the last finite state.
+
+    Warns:
+        ConvergenceWarning: (eager calls, ``tol > 0``) ``num_steps`` ran out before the
+            stopping rule was met.
+    """
+    dtype = jnp.zeros(()).dtype
+    checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps,
+                               0.0 if tol is None else tol, chunk)
+    compiled, infos, estimator = prepare(model, data, estimator)
+    natural_gradient = _resolve_natural(natural_gradient, estimator, optimizer)
+    if tol is None:
+        tol = (stopping.default_tol if natural_gradient else stopping.default_gradient_tol)(dtype)
+    if optimizer is None:
+        optimizer = default_optimizer(natural_gradient)
+    natural0 = (mf.user_init(infos, init, mf.default_init_jit(infos, key, dtype))
+                if init else None)
+    leaves = jax.tree_util.tree_leaves((key, data, natural0, tol))
+    traced = any(_compat.is_tracer(l) for l in leaves)
+    show = driver.wants_progress(progress, traced, num_steps)
+    # the optimizer by fingerprint: a freshly built optax.adam(1e-2) reuses the compile
+    cfg = (model, tuple(infos.items()), estimator, int(num_samples), Static(optimizer),
+           natural_gradient, int(num_steps), int(chunk), show)
+    if show:
+        sink = progress if callable(progress) else driver.progress_printer(
+            num_steps, "vijax fit_gradient")
+        with driver.reporting(sink):
+            result = jax.block_until_ready(_fit_jit(compiled, data, key, natural0, tol, cfg))
+    else:
+        result = _fit_jit(compiled, data, key, natural0, tol, cfg)
+    if traced:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
+        return checks.nan_if_failed(result, lambda nat: mf.posterior(infos, nat))
+    bad = int(result.diagnostics["invalid_iter"])
+    if bad >= 0:
+        raise FitDivergedError(
+            f"the ELBO became non-finite at step {bad} of the gradient fit "
+            f"(estimator={estimator!r}); lower the learning rate or check the priors. The last "
+            "finite state is in .last_state.", step=bad, last_state=result.natural)
+    if not bool(result.converged) and float(tol) > 0:
+        stopping.report([f"The gradient fit stopped after {int(result.num_iters)} steps "
+                         "(num_steps) before its stopping rule was met; raise num_steps or "
+                         "tol, or use a larger learning rate."], strict=False)
+    return result
+
+
+def _fit(compiled, data, key, natural0, tol, cfg):
+    """The whole fit (init, the driver's loop, result); arrays are arguments and the
+    configuration is static, so a second fit of the same model (an optimizer of the same
+    kind and hyper-parameters) with new data of the same shapes reuses the compile."""
+    model, infos, estimator, num_samples, optimizer, natural_gradient, num_steps, chunk, \
+        show = cfg
+    infos = dict(infos)
+    fams = mf.families_of(infos)
+    alg = _build(model, data, compiled, infos, estimator, num_samples, optimizer.value,
+                 natural_gradient, tol)
+    state = alg.init(key, natural0)
+    # natural gradient: its own fixed-point test (Info.stop); otherwise windowed means
+    run = driver.run(alg.step, state, max_iters=num_steps, tol=0.0 if natural_gradient else tol,
+                     window=1 if natural_gradient else chunk,
+                     stochastic=estimator != "exact", progress=show, every=chunk)
+    params = run.state.params
+    natural = params if natural_gradient else _to_natural(fams, params)
+    if compiled is not None and compiled.conjugate:
+        elbo = mf.elbo(compiled, natural)
+    else:
+        big = Objective(model, data, compiled, infos, "reparam", 10 * num_samples)
+        elbo = big.surrogate(params, jax.random.fold_in(key, 2))[1]
+    diag = {"max_decrease": run.max_decrease, "nonfinite": run.failed_at >= 0,
+            "invalid_latent": jnp.asarray(-1), "invalid_iter": run.failed_at,
+            "estimator": _Label(estimator), "natural_gradient": jnp.asarray(natural_gradient)}
+    return FitResult(mf.posterior(infos, natural), elbo, run.trace, run.num_iters,
+                     run.converged, diag, natural)
+
+
+_fit_jit = jax.jit(_fit, static_argnames=("cfg",))
