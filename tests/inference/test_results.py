@@ -305,6 +305,9 @@ def test_laplace_draws_need_supports_and_respect_them(zoo, lap_fit):
     # tau = exp(u): the log-normal's moments
     m, s2 = float(lap.map_unconstrained["tau"]), float(lap.posterior.covariance()[1, 1])
     _check_moments(d["tau"], np.exp(m + s2 / 2), (np.exp(s2) - 1) * np.exp(2 * m + s2))
+    lines = vj.results.result_repr(lap).splitlines()
+    assert lines[0].startswith("LaplaceResult  log evidence") and "ok True" in lines[0]
+    assert len(lines) == 4 and lines[2].split()[:2] == ["mu", "()"]
     table = vj.summary(lap, supports=case.model, pandas=False)
     assert table.method == {"mu": "monte carlo", "tau": "monte carlo"}
     np.testing.assert_allclose(table.row("tau")["50%"], np.exp(m), rtol=0.02)

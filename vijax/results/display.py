@@ -134,7 +134,7 @@ def result_repr(result: Any, width: int = WIDTH) -> str:
             else:
                 sd = np.sqrt(np.asarray(result.variance[n]))
                 body = f"{shape}  mean={abbreviate(m)}, sd={abbreviate(sd)}"
-            lines.append(_one_line(f"  {n.ljust(wn)}  {body}", width))
+            lines.append(f"  {n.ljust(wn)}  " + _one_line(body, width - wn - 4))
     else:
         lines.append(f"  posterior: {_one_line(repr(posterior), width - 13)}")
     return "\n".join(lines)
