@@ -58,3 +58,69 @@ def test_bad_declarations_raise():
         vj.Support("complex")
     with pytest.raises(vj.ModelSpecError):
         vj.binary().from_unconstrained(jnp.zeros(()))
+
+
+# ------------------------------------------------------------ the support classes
+ALL = CONTINUOUS + [vj.binary((2,)), vj.categorical(3, (2,)), vj.count((2,))]
+
+
+@pytest.mark.parametrize("sup", ALL, ids=lambda s: s.kind)
+def test_support_kind_builds_its_class_and_round_trips(sup):
+    import copy
+    import dataclasses
+    import pickle
+    from vijax.supports import SUPPORTS
+    assert type(sup) is SUPPORTS[sup.kind] and sup.kind == type(sup).name
+    again = vj.Support(sup.kind, sup.shape, sup.num_categories)
+    assert again == sup and hash(again) == hash(sup) and type(again) is type(sup)
+    assert pickle.loads(pickle.dumps(sup)) == sup and copy.deepcopy(sup) == sup
+    assert type(dataclasses.replace(sup, shape=(5,))) is type(sup)
+    pts = sup.probe_points()
+    assert pts.shape == (4,) + sup.value_shape and pts.dtype == sup.dtype()
+    assert bool(jnp.all(sup.contains(pts)))
+
+
+def test_base_stats_per_kind():
+    stats = {s.kind: s.base_stats(s.canonical_point()) for s in ALL}
+    assert set(stats["real"]) == {"x"} and set(stats["binary"]) == {"x"}
+    assert set(stats["positive"]) == {"x", "log"} and set(stats["simplex"]) == {"x", "log"}
+    assert set(stats["unit_interval"]) == {"x", "log", "log1m"}
+    np.testing.assert_allclose(stats["unit_interval"]["log1m"], np.log(1 - 0.4142))
+    assert stats["count"]["x"].dtype == np.float64
+    np.testing.assert_array_equal(stats["categorical"]["onehot"], [[1, 0, 0], [1, 0, 0]])
+
+
+def _atom(stat, power):
+    from vijax.conjugacy import terms as T
+    return T.Atom("z", stat, (), None, power)
+
+
+INF = float("inf")
+# (support, statistic, power) -> (lo, hi, lo included, hi included), None: unknown
+RANGES = [
+    (vj.real(), "x", 1.0, (-INF, INF, False, False)),
+    (vj.real(), "x", 2.0, (0.0, INF, True, False)),
+    (vj.real(), "x", -1.0, None),
+    (vj.real(), "log", 1.0, None),
+    (vj.positive(), "x", -1.0, (0.0, INF, False, False)),
+    (vj.positive(), "x", 0.5, (0.0, INF, False, False)),
+    (vj.positive(), "log", 1.0, (-INF, INF, False, False)),
+    (vj.positive(), "log1m", 1.0, None),
+    (vj.unit_interval(), "x", 2.0, (0.0, 1.0, False, False)),
+    (vj.unit_interval(), "x", -1.0, (1.0, INF, False, False)),
+    (vj.unit_interval(), "log1m", 1.0, (-INF, 0.0, False, False)),
+    (vj.simplex(3), "log", 1.0, (-INF, 0.0, False, False)),
+    (vj.binary(), "x", 1.0, (0.0, 1.0, True, True)),
+    (vj.binary(), "x", -1.0, None),
+    (vj.count(), "x", 1.0, (0.0, INF, True, False)),
+    (vj.count(), "log", 1.0, None),
+    (vj.categorical(3), "onehot", 1.0, (0.0, 1.0, True, True)),
+    (vj.categorical(3), "x", 1.0, None),
+]
+
+
+@pytest.mark.parametrize("sup,stat,power,expected", RANGES)
+def test_atom_range_follows_the_declared_interval(sup, stat, power, expected):
+    from vijax.conjugacy.intervals import UNKNOWN, Range, atom_range
+    got = atom_range(sup, _atom(stat, power))
+    assert got == (UNKNOWN if expected is None else Range(*expected))

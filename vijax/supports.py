@@ -1,8 +1,8 @@
 """Support declarations for latent variables.
 
-A support says where a latent lives and how it is shaped: ``vj.real(shape=(3,))`` is a
-vector of three reals, ``vj.simplex(4, shape=(2,))`` two probability vectors of length 4
-(value shape ``(2, 4)``). Each kind of support is a small class that knows
+A support says where a latent lives and how it is shaped: ``vj.simplex(4, shape=(2,))``
+is two probability vectors of length 4 (value shape ``(2, 4)``). Each kind is a small
+class that knows
 
 - membership (:meth:`Support.contains`) and the interval its values lie in,
 - a canonical interior point (the compiler resolves support guards there) and a few
@@ -145,26 +145,24 @@ class Support:
         return {"x": np.asarray(point)}
 
     # ---------------------------------------------------------------- bijection
-    def _need_continuous(self, what):
+    def _no_bijection(self, what):
         if self.is_discrete:
             raise ModelSpecError(
                 f"{self.kind} support has no bijection to unconstrained space ({what}); "
                 "discrete latents are handled by enumeration or by CAVI")
+        raise NotImplementedError(f"{type(self).__name__}.{what}")
 
     def from_unconstrained(self, u):
         """x = f(u)."""
-        self._need_continuous("from_unconstrained")
-        raise NotImplementedError
+        self._no_bijection("from_unconstrained")
 
     def to_unconstrained(self, x):
         """u = f^{-1}(x)."""
-        self._need_continuous("to_unconstrained")
-        raise NotImplementedError
+        self._no_bijection("to_unconstrained")
 
     def log_det_jacobian(self, u):
         """log |det df/du| summed over each element's event (shape ``shape``)."""
-        self._need_continuous("log_det_jacobian")
-        raise NotImplementedError
+        self._no_bijection("log_det_jacobian")
 
     def __repr__(self):
         extra = f"{self.num_categories}, " if self.num_categories is not None else ""
@@ -310,6 +308,8 @@ class Simplex(Support):
 
 
 class _Discrete(Support):
+    """Integer values: no bijection (enumeration or CAVI)."""
+
     is_discrete = True
     integer_valued = True
 
