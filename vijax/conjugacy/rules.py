@@ -242,6 +242,9 @@ def _select_n(w, eqn, invals):
             return nonlinear(w, eqn, invals, "select_n on a predicate that depends on the "
                               "value of a latent")
         pred = const
+    guarded = _zero_guarded_product(w, pred, cases)
+    if guarded is not None:
+        return guarded
     pred = w.concrete(pred)
     shape = _shape(eqn)
     if T.is_concrete(pred):
@@ -262,6 +265,54 @@ def _select_n(w, eqn, invals):
             terms.extend(reindex_sym(w, rest, shape, _identity_index(shape), mask=mask).terms)
     const = jax.lax.select_n(pred, *[d.astype(_dtype(eqn)) for d in dense])
     return T.Sym(shape, _dtype(eqn), tuple(terms) + (T.const_term(w.space, const, shape),))
+
+
+def _zeros(w, v):
+    if is_sym(v):
+        return False
+    c = v.base if isinstance(v, Lazy) else v
+    return T.is_concrete(c) and not np.any(np.asarray(c))
+
+
+def _nonzero_tests(w, pred):
+    """The values ``e`` such that ``pred`` false implies ``e == 0``: ``pred`` is built from
+    ``e != 0`` through ``or`` (false only if every operand is) and bool conversions."""
+    out = []
+    o = w.origin(pred)
+    if o is None:
+        return out
+    name, ins = o
+    if name == "convert_element_type":
+        return _nonzero_tests(w, ins[0])
+    if name == "or":
+        return [e for v in ins for e in _nonzero_tests(w, v)]
+    if name == "ne":
+        a, b = ins
+        if _zeros(w, b) and not is_sym(a):
+            out.append(a)
+        elif _zeros(w, a) and not is_sym(b):
+            out.append(b)
+    return out
+
+
+def _zero_guarded_product(w, pred, cases):
+    """``where(e != 0, e * s, 0)`` (jax.scipy's ``xlogy``, ``xlog1py``) with data ``e`` is
+    ``e * s`` for every value when ``s`` is finite over the supports: where the guard
+    fails, ``e == 0`` and ``e * s == 0``. Returning the product (no mask) keeps the
+    value and gives the derivative in ``e`` of the guarded function's own JVP (the mask
+    would give 0 at ``e == 0``). Returns None when the pattern does not hold."""
+    if len(cases) != 2 or not _zeros(w, cases[0]) or not is_sym(cases[1]):
+        return None
+    tests = _nonzero_tests(w, pred)
+    o = w.origin(cases[1])
+    if not tests or o is None or o[0] != "mul":
+        return None
+    a, b = o[1]
+    for e, s in ((a, b), (b, a)):
+        if any(e is t for t in tests) and is_sym(s) and intervals.value_range(w, s).finite():
+            if tuple(jnp.shape(cases[1])) == _shape(w.eqn):
+                return cases[1]
+    return None
 
 
 # ----------------------------------------------------------------- multilinear rules

@@ -103,6 +103,10 @@ class Walker:
         self.table = table
         self.eqn = None  # the equation being processed (for source lines)
         self.stack = []  # enclosing equations (nested jaxprs)
+        # provenance: id(value) -> (value, eqn, invals) of the equation that produced it
+        # (across nested jaxprs, since values pass into them unchanged); rules may read
+        # it through :meth:`origin` to see how an operand was built
+        self._origin = {}
 
     # ------------------------------------------------------------------ context
     def source(self, eqn=None):
@@ -150,7 +154,16 @@ class Walker:
                 outs = [outs]
             for var, val in zip(eqn.outvars, outs):
                 env[var] = val
+                self._origin[id(val)] = (val, eqn, invals)
         return [read(v) for v in jaxpr.outvars]
+
+    def origin(self, value):
+        """``(primitive name, invals)`` of the equation that produced ``value`` in this
+        walk, or None (an input, a literal, or a value made by a rule)."""
+        rec = self._origin.get(id(value))
+        if rec is None or rec[0] is not value:
+            return None
+        return rec[1].primitive.name, rec[2]
 
     def eval_eqn(self, eqn, invals):
         prev, self.eqn = self.eqn, eqn
