@@ -224,7 +224,8 @@ def term_range(w, t: T.Term) -> Range:
 
 def value_range(w, v) -> Range:
     """Range over the supports of any walker value (Sym, constant, Lazy; Poison: UNKNOWN)."""
-    from vijax.conjugacy.walker import Lazy, Poison
+    from vijax.conjugacy.values import Poison
+    from vijax.conjugacy.walker import Lazy
     if isinstance(v, Poison):
         return UNKNOWN
     if isinstance(v, Lazy):
@@ -398,7 +399,7 @@ def constant_index(w, v):
 
 def refusal_detail(w, eqn, invals) -> str:
     """Why a predicate on latents is refused (for the Poison's reason)."""
-    from vijax.conjugacy.walker import Poison
+    from vijax.conjugacy.values import Poison
     name = eqn.primitive.name
     if any(isinstance(v, Poison) for v in invals):
         return (f"'{name}' tests a value that is already non-conjugate; its result is not "

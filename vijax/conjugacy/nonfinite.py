@@ -39,7 +39,8 @@ def nonfinite_constant(value, sizes=None):
     constraint, not an error), nor is a Poison's value at the canonical point (a
     non-conjugate part may be singular there only), nor traced constants (data seen as
     abstract values)."""
-    from vijax.conjugacy.walker import Lazy, Poison
+    from vijax.conjugacy.values import Poison
+    from vijax.conjugacy.walker import Lazy
     if isinstance(value, Poison):
         return nonfinite_constant(value.good, sizes) if value.good is not None else None
     if isinstance(value, T.Sym):

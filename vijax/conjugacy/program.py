@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
+from vijax.families.registry import FAMILIES
 from vijax.supports import default_float
 
 
@@ -199,7 +200,9 @@ def program_for(model_or_program, data) -> Program:
     if isinstance(model_or_program, Program):
         return model_or_program
     model = model_or_program
-    key = (_model_key(model), _spec_key(data_spec(data)), str(default_float()))
+    # the family registry is part of the key: registering a family changes the analysis
+    key = (_model_key(model), _spec_key(data_spec(data)), str(default_float()),
+           tuple((n, id(c)) for n, c in FAMILIES.items()))
     prog = _CACHE.get(key)
     if prog is not None:
         _CACHE.move_to_end(key)

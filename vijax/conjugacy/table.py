@@ -44,7 +44,7 @@ class SymbolicWalker(Walker):
         self.supports = supports
         self.space = space
         self.dtype = dtype
-        self.point_stats = {name: base_stats(s, s.canonical_point(
+        self.point_stats = {name: s.base_stats(s.canonical_point(
             None if s.is_discrete else dtype)) for name, s in supports.items()}
 
     def point(self, v):
@@ -98,19 +98,3 @@ class SymbolicWalker(Walker):
             reasons.append(Reason(frozenset(lats), prim, self.source(), detail))
         pt = jnp.asarray(outval_point)
         return Poison(tuple(pt.shape), pt.dtype, None, pt, tuple(reasons))
-
-
-def base_stats(support, point):
-    """Walk-time base statistics of a latent at a value."""
-    k = support.kind
-    point = np.asarray(point)
-    if k == "categorical":
-        return {"onehot": np.eye(support.num_categories)[point], "x": point}
-    if k in ("binary", "count"):
-        return {"x": point.astype(np.float64)}
-    out = {"x": point}
-    if k in ("positive", "unit_interval", "simplex"):
-        out["log"] = np.log(point)
-    if k == "unit_interval":
-        out["log1m"] = np.log1p(-point)
-    return out

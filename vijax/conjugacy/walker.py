@@ -26,11 +26,6 @@ import numpy as np
 from vijax import _compat
 from vijax.errors import UnsupportedPrimitiveError
 
-# Poison and Reason were defined here; intervals.py and nonfinite.py still import them
-# from this module (no rule knowledge: value types only). Import them from
-# vijax.conjugacy.values instead; this line goes when those two modules do.
-from vijax.conjugacy.values import Poison, Reason  # noqa: F401,E402
-
 #: primitives whose equation calls a nested jaxpr with the same inputs and outputs:
 #: walked through (the one list; extra leading operands of custom_vjp are skipped)
 CALL_PRIMITIVES = frozenset({

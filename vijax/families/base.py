@@ -77,6 +77,14 @@ class ExponentialFamily:
     #: the family is one dense event over the coupled axes of its latent (the compiler
     #: gives it an :class:`~vijax.families.layout.EventLayout`)
     couples_elements: ClassVar[bool] = False
+    #: for EM's M-step regularization: statistics whose natural parameters are expected
+    #: counts (a pseudo-count floor is added to each; Dirichlet ``log``, Beta ``log`` and
+    #: ``log1m``), summed over the event axes to decide that an entry is empty
+    count_stats: ClassVar[tuple[str, ...]] = ()
+    #: for EM: ``(linear statistic, sign)`` of a scale parameter whose natural parameter of
+    #: ``log`` is half a count (Gamma precision ``("x", 1.0)``, InverseGamma variance
+    #: ``("inv", -1.0)``): regularized like scikit-learn's ``reg_covar``; None: not one
+    scale_stat: ClassVar[tuple[str, float] | None] = None
 
     # ---------------------------------------------------------------- per family
     @classmethod

@@ -41,6 +41,7 @@ class Beta(ExponentialFamily):
     event_ndim = 0
     support = "unit_interval"
     walk_stats = {("log", 1.0): "log", ("log1m", 1.0): "log1m"}
+    count_stats = ("log", "log1m")
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

@@ -133,6 +133,7 @@ class Dirichlet(ExponentialFamily):
     event_ndim = 1
     support = "simplex"
     walk_stats = {("log", 1.0): "log"}
+    count_stats = ("log",)
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

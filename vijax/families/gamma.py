@@ -119,6 +119,7 @@ class Gamma(ExponentialFamily):
     event_ndim = 0
     support = "positive"
     walk_stats = {("x", 1.0): "x", ("log", 1.0): "log"}
+    scale_stat = ("x", 1.0)
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

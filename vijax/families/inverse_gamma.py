@@ -37,6 +37,7 @@ class InverseGamma(ExponentialFamily):
     event_ndim = 0
     support = "positive"
     walk_stats = {("x", -1.0): "inv", ("log", 1.0): "log"}
+    scale_stat = ("inv", -1.0)
 
     @classmethod
     def stats(cls, x: Array) -> Natural:

@@ -159,23 +159,15 @@ class _Factored:
         for i, (fam, th_ref) in enumerate(zip(fams, theta_ref)):
             dt = th_ref.dtype
             fl = jnp.asarray(floor, dt)
-            if fam.__name__ == "Dirichlet":
-                parts.append((i, "log", fl))
-                shifts.append({"log": fl})
-            elif fam.__name__ == "Beta":
-                parts.append((i, "log", fl))
-                parts.append((i, "log1m", fl))
-                shifts.append({"log": fl, "log1m": fl})
-            elif fam.__name__ in ("Gamma", "InverseGamma"):
+            if fam.count_stats:
+                parts.extend((i, stat, fl) for stat in fam.count_stats)
+                shifts.append({stat: fl for stat in fam.count_stats})
+            elif fam.scale_stat is not None:
+                lin, sgn = fam.scale_stat
                 c = self._eta(self._holds(reduced, i), i, st_ref)["log"]
-                if fam.__name__ == "Gamma":
-                    w = -reg[i] * jnp.maximum(c, 0.0)
-                    parts.append((i, "x", w))
-                    shifts.append({"x": w})
-                else:
-                    w = reg[i] * jnp.minimum(c, 0.0)
-                    parts.append((i, "inv", w))
-                    shifts.append({"inv": w})
+                w = -reg[i] * jnp.maximum(sgn * c, 0.0)  # Gamma: -reg c; InverseGamma: reg c (c < 0)
+                parts.append((i, lin, w))
+                shifts.append({lin: w})
             else:
                 shifts.append(None)
 
@@ -208,20 +200,19 @@ class _Factored:
             empty = collapsed = unbounded = none
             dt = th.dtype
             eps = jnp.finfo(dt).eps
-            if fam.__name__ in ("Dirichlet", "Beta", "Gamma", "InverseGamma"):
+            if fam.count_stats or fam.scale_stat is not None:
                 holds = self._holds(reduced, i)
                 eta = self._eta(holds, i, st)
                 mag = self._eta(holds, i, st, "abs")
                 struct = self._eta(holds, i, st, "ones")
-            if fam.__name__ == "Dirichlet":
-                cnt = eta["log"]
-                empty = cnt <= eps * jnp.sum(jnp.abs(cnt), -1, keepdims=True)
-            elif fam.__name__ == "Beta":
-                cnt = eta["log"] + eta["log1m"]
-                empty = jnp.broadcast_to(cnt <= eps * jnp.sum(jnp.abs(cnt)), th.shape)
-            elif fam.__name__ in ("Gamma", "InverseGamma"):
-                lin = "x" if fam.__name__ == "Gamma" else "inv"
-                sgn = 1.0 if lin == "x" else -1.0
+            if fam.count_stats:
+                cnt = sum(eta[stat] for stat in fam.count_stats)
+                axes = tuple(range(-fam.event_ndim, 0))  # the event's entries share a total
+                total = (jnp.sum(jnp.abs(cnt), axes, keepdims=True) if axes
+                         else jnp.sum(jnp.abs(cnt)))
+                empty = jnp.broadcast_to(cnt <= eps * total, th.shape)
+            elif fam.scale_stat is not None:
+                lin, sgn = fam.scale_stat
                 c = sgn * eta["log"]  # half the count, >= 0 for a precision/variance
                 spread = -sgn * eta[lin]  # half the sum of squares S
                 big = c > jnp.sqrt(eps) * jnp.max(jnp.abs(c))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from vijax import _compat
+from vijax.conjugacy.walker import CALL_PRIMITIVES
 from vijax.errors import ModelSpecError
 from vijax.model import Model
 from vijax.supports import Support, real
@@ -220,8 +221,6 @@ def count_floor(dtype):
 
 # ------------------------------------------------------- parameters used off their support
 
-_INTERVAL = {"real": (-float("inf"), float("inf")), "positive": (0.0, float("inf")),
-             "unit_interval": (0.0, 1.0), "simplex": (0.0, 1.0)}
 # the primitives' domains: the argument must be >= this (log 0 = -inf is allowed: a
 # simplex entry can be 0)
 _DOMAIN_LO = {"log": 0.0, "log1p": -1.0, "sqrt": 0.0, "rsqrt": 0.0}
@@ -250,7 +249,7 @@ def check_domains(cfg, leaves, data):
     jaxpr, _ = _compat.open_jaxpr(closed)
     env = {}
     for i, (v, sup) in enumerate(zip(jaxpr.invars, cfg.param_supports)):
-        env[v] = (i, *_INTERVAL.get(sup.kind, (-float("inf"), float("inf"))))
+        env[v] = (i, *sup.interval[:2])
 
     def const(a):
         if _compat.is_literal(a):
@@ -297,8 +296,7 @@ def check_domains(cfg, leaves, data):
                                            else (i, c - hi, c - lo))
                 elif c > 0:
                     env[eqn.outvars[0]] = (i, lo * c, hi * c)
-            elif prim in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
-                          "custom_vjp_call", "remat", "checkpoint"):
+            elif prim in CALL_PRIMITIVES:
                 try:
                     sub, _ = _compat.sub_jaxpr(eqn)
                 except KeyError:
