@@ -282,6 +282,31 @@ def test_save_load_round_trip_gradient_laplace_em(grad_fit, lap_fit, tmp_path):
         vj.FitResult.load(tmp_path / "em.npz")
 
 
+def test_em_and_laplace_results_have_the_same_methods(zoo, lap_fit, tmp_path):
+    case = zoo["normal_gamma"]
+    key = jax.random.key(3)
+    table = lap_fit.summary(supports=case.model, key=key, pandas=False)
+    ref = vj.summary(lap_fit, supports=case.model, key=key, pandas=False)
+    assert table.to_dict()["mean"] == ref.to_dict()["mean"]
+    draws = lap_fit.sample(key, 7, supports=case.model)
+    assert draws.keys() == case.model.supports.keys()
+    assert all(v.shape[0] == 7 for v in draws.values())
+    assert repr(lap_fit).startswith("LaplaceResult")
+    x = jnp.linspace(-1.0, 3.0, 8)
+
+    def lj(v, x):
+        return (jstats.norm.logpdf(v["mu"], 0.0, 10.0)
+                + jnp.sum(jstats.norm.logpdf(x, v["mu"] + v["m"], v["s"])))
+
+    model = vj.Model(lj, {"mu": vj.real(), "m": vj.real(), "s": vj.positive()})
+    em = vj.em(model, x, params=("m", "s"), init={"m": jnp.asarray(0.5), "s": jnp.asarray(1.0)},
+               max_iters=5)
+    row = em.summary(pandas=False).row("mu")
+    np.testing.assert_allclose(row["mean"], float(em.posterior["mu"].mean()), rtol=1e-12)
+    assert em.sample(key, 4)["mu"].shape == (4,)
+    _assert_same(em, vj.load_result(em.save(tmp_path / "em2")))
+
+
 def test_save_refuses_what_it_cannot_rebuild(fits, tmp_path):
     fit = fits("normal_gamma")
     bad = fit._replace(diagnostics={**fit.diagnostics, "obj": object()})
