@@ -170,3 +170,15 @@ def test_a_second_em_and_laplace_call_neither_walks_nor_compiles(monkeypatch, ca
     # Laplace on the second data set: the posterior mean of a normal mean (prior sd 3)
     np.testing.assert_allclose(lap.mean["mu"], np.asarray(datas[1]).sum(0) / (N + 1 / 9),
                                rtol=1e-6)
+
+
+def test_a_program_first_built_under_jit_serves_eager_calls():
+    """The program outlives the user's trace: built inside ``jax.jit``, none of its
+    constants may be a tracer of it (an eager call afterwards would fail)."""
+    zm = ZOO["linear_regression"]()
+    x = zm.make_data(jax.random.key(7), n=20)
+    P.clear_cache()
+    traced = jax.jit(lambda d: vj.cavi(zm.model, d).elbo)(x)
+    prog = P.program_for(zm.model, x)
+    assert not any(isinstance(c, jax.core.Tracer) for c in prog._consts)
+    np.testing.assert_allclose(vj.cavi(zm.model, x).elbo, traced, rtol=1e-10)

@@ -207,7 +207,10 @@ def program_for(model_or_program, data) -> Program:
     if prog is not None:
         _CACHE.move_to_end(key)
         return prog
-    prog = build(model, data)
+    # built eagerly even when the call is traced (a user's jit): the program outlives the
+    # trace, so none of its constants may be a tracer of it
+    with jax.ensure_compile_time_eval():
+        prog = build(model, data)
     _CACHE[key] = prog
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
