@@ -19,32 +19,6 @@ from vijax.conjugacy.compile import point_statistics
 from vijax.inference import meanfield as mf
 
 
-def _latent_value(inf, x):
-    """A sample of the q family (its ``batch + (E,)`` layout for a dense Gaussian) in
-    the latent's declared value shape."""
-    if inf.family == "MultivariateNormal":
-        return inf.layout.to_value(x)
-    if inf.support.is_discrete:
-        return x.astype(jnp.int32)
-    return x
-
-
-def _dense_gaussian_factor(u):
-    from vijax.families.mvn import scale_from_unconstrained
-    raw = u["scale_tril"]
-    d = jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))
-    scale = scale_from_unconstrained(raw)
-    loc = jnp.broadcast_to(u["loc"], scale.shape[:-1])
-    mean = {"x": loc, "xxT": scale @ jnp.swapaxes(scale, -1, -2) + loc[..., :, None] * loc[..., None, :]}
-    E = raw.shape[-1]
-    entropy = jnp.sum(jnp.log(d)) + 0.5 * E * (1.0 + jnp.log(2 * jnp.pi)) * (d.size // E)
-
-    def sample(key, shape):
-        eps = jax.random.normal(key, tuple(shape) + loc.shape, loc.dtype)
-        return loc + jnp.einsum("...ij,...j->...i", scale, eps)
-    return mean, entropy, sample
-
-
 class Objective:
     """The ELBO estimator for one model, data set and estimator choice, as a function of
     the unconstrained parameters."""
@@ -59,19 +33,10 @@ class Objective:
 
     def factors(self, params):
         """Per latent: (mean parameters, entropy, sampler) from the unconstrained
-        parameters. Dense Gaussians are read off their scale factor S directly
-        (E[x x^T] = S S^T + m m^T, H = sum log diag S + const, x = m + S eps), with no
-        precision matrix and no refactorization; other families go through their
-        natural parameters."""
+        parameters (each family's ``factor_from_unconstrained``: the dense Gaussian reads
+        them off its scale factor, the others go through their natural parameters)."""
         fams = mf.families_of(self.infos)
-        out = {}
-        for n, u in params.items():
-            if self.infos[n].family == "MultivariateNormal":
-                out[n] = _dense_gaussian_factor(u)
-            else:
-                q = fams[n].from_unconstrained(u)
-                out[n] = (fams[n].mean_params(q.natural), jnp.sum(q.entropy()), q.sample)
-        return out
+        return {n: fams[n].factor_from_unconstrained(u) for n, u in params.items()}
 
     def surrogate(self, params, key):
         """(surrogate objective whose gradient estimates grad ELBO, ELBO estimate).
@@ -92,7 +57,8 @@ class Objective:
             mu_disc = {n: fac[n][0] for n in self.discrete}
 
             def one(i):
-                st = {n: point_statistics(self.infos[n], _latent_value(self.infos[n], samples[n][i]))
+                st = {n: point_statistics(self.infos[n],
+                                          self.infos[n].value_of_sample(samples[n][i]))
                       for n in self.continuous}
                 return self.compiled.F({**st, **mu_disc})
             logp = jax.vmap(one)(jnp.arange(S))
@@ -102,8 +68,8 @@ class Objective:
         dsamples = {n: jax.lax.stop_gradient(qs[n].sample(keys[n], (S,))) for n in self.discrete}
 
         def logp_at(i):
-            z = {n: _latent_value(self.infos[n], samples[n][i]) for n in self.continuous}
-            z.update({n: _latent_value(self.infos[n], dsamples[n][i]) for n in self.discrete})
+            z = {n: self.infos[n].value_of_sample(samples[n][i]) for n in self.continuous}
+            z.update({n: self.infos[n].value_of_sample(dsamples[n][i]) for n in self.discrete})
             return self.model.log_joint(z, self.data)
         logp = jax.vmap(logp_at)(jnp.arange(S))
         e = jnp.mean(logp) + entropy
