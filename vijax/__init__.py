@@ -10,14 +10,15 @@ from vijax.errors import (ConvergenceWarning, DataError, FitDivergedError,
                           InvalidParameterError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError, VijaxError)
 from vijax.compare import Comparison, compare
-from vijax.inference.cavi import CaviResult, cavi
+from vijax.inference.cavi import CaviResult, CaviState, cavi
 from vijax.inference.driver import Algorithm, Info, Run, run
 from vijax.inference.em import EMResult, PreparedEM, em
 from vijax.inference.em import prepare as prepare_em
 from vijax.inference.kl_projection import (ReverseKLFit, forward_kl_gaussian, forward_kl_samples,
                                            reverse_kl_fit, reverse_kl_gaussian)
-from vijax.inference.laplace import LaplaceResult, laplace
-from vijax.inference.gradient import fit_gradient
+from vijax.inference.laplace import LaplaceResult, LaplaceState, laplace
+from vijax.inference.gradient import GradState, fit_gradient
+from vijax.inference.em_steps import EMState, MStepInfo
 from vijax.inference.result import FitResult
 from vijax.results import load_result, posterior_predictive, save_result, summary, to_arviz
 from vijax.model import Analysis, Model, analyze
@@ -35,6 +36,7 @@ __all__ = [
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
     "errors", "families", "models", "results", "summary", "posterior_predictive", "to_arviz",
     "save_result", "load_result", "algorithms", "Algorithm", "Info", "Run", "run",
+    "CaviState", "GradState", "EMState", "MStepInfo", "LaplaceState",
     "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
     "DataError", "InvalidParameterError", "FitDivergedError", "ConvergenceWarning",
 ]
