@@ -221,10 +221,11 @@ _fit_jit = jax.jit(_fit, static_argnames=("order", "max_iters", "damping", "prog
 
 
 def default_order(compiled):
-    """Global (continuous) latents first, then discrete ones (responsibilities last)."""
-    names = list(compiled.infos)
-    cont = [n for n in names if not compiled.infos[n].support.is_discrete]
-    disc = [n for n in names if compiled.infos[n].support.is_discrete]
+    """Global (continuous) latents first, then discrete ones (responsibilities last).
+    ``compiled`` is a compiled form or its ``infos`` dict (EM's E-step passes its own)."""
+    infos = getattr(compiled, "infos", compiled)
+    cont = [n for n in infos if not infos[n].support.is_discrete]
+    disc = [n for n in infos if infos[n].support.is_discrete]
     return tuple(cont + disc)
 
 

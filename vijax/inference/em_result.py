@@ -10,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
+from vijax.results.methods import with_result_methods
 from vijax.errors import ConvergenceWarning, FitDivergedError
 
 
+@with_result_methods
 class EMResult(NamedTuple):
     """Result of :func:`em`.
 
@@ -62,32 +64,6 @@ class EMResult(NamedTuple):
         if not bool(self.exact):
             raise ValueError("the E-step was variational: the trace holds ELBO values")
         return self.trace
-
-    def summary(self, quantiles=(0.025, 0.5, 0.975), **kwargs):
-        """Mean, sd and quantiles per latent element (see :func:`vijax.summary`)."""
-        from vijax import results
-        return results.summary(self, quantiles, **kwargs)
-
-    def sample(self, key, num_draws: int, **kwargs) -> dict:
-        """Joint draws from the approximation: ``{latent: array}`` with a leading axis of
-        ``num_draws`` (see :func:`vijax.results.sample`)."""
-        from vijax import results
-        return results.sample(self, key, num_draws, **kwargs)
-
-    def posterior_predictive(self, simulator, key, num_draws: int, **kwargs):
-        """``simulator(key_i, z_i)`` for draws ``z_i`` (see :func:`vijax.posterior_predictive`)."""
-        from vijax import results
-        return results.posterior_predictive(self, simulator, key, num_draws, **kwargs)
-
-    def to_arviz(self, key, num_draws: int, **kwargs):
-        """Draws as an ``arviz.InferenceData`` (see :func:`vijax.to_arviz`)."""
-        from vijax import results
-        return results.to_arviz(self, key, num_draws, **kwargs)
-
-    def save(self, path):
-        """Write to one ``.npz`` file (see :func:`vijax.save_result`); returns the path."""
-        from vijax import results
-        return results.save_result(self, path)
 
     def __repr__(self):
         """One screen: the objective, iterations, form, and each parameter."""

@@ -207,8 +207,7 @@ def latent_order(spec, be):
     if spec.order is not None:
         order = tuple(spec.order)
     else:
-        order = tuple([n for n in be.y_names if not be.y_infos[n].support.is_discrete]
-                      + [n for n in be.y_names if be.y_infos[n].support.is_discrete])
+        order = cavi.default_order({n: be.y_infos[n] for n in be.y_names})
     if set(order) != set(be.y_names):
         raise ModelSpecError(f"order must list every latent once: {sorted(be.y_names)}")
     return order

@@ -27,6 +27,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from vijax import _compat
+from vijax.results.methods import with_result_methods
 from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
 from vijax.inference import checks, driver
@@ -35,6 +36,7 @@ from vijax.inference.fingerprint import Static
 from vijax.model import check_data
 
 
+@with_result_methods
 class LaplaceResult(NamedTuple):
     """Result of :func:`laplace` (a pytree).
 
@@ -75,35 +77,6 @@ class LaplaceResult(NamedTuple):
     ok: Any
     newton_sd: Any
 
-    def __repr__(self) -> str:
-        from vijax import results
-        return results.result_repr(self)
-
-    def summary(self, quantiles=(0.025, 0.5, 0.975), **kwargs):
-        """Mean, sd and quantiles per latent element (see :func:`vijax.summary`; pass ``supports=model``: the Gaussian lives on the unconstrained values)."""
-        from vijax import results
-        return results.summary(self, quantiles, **kwargs)
-
-    def sample(self, key, num_draws: int, **kwargs) -> dict:
-        """Joint draws from the approximation: ``{latent: array}`` with a leading axis of
-        ``num_draws`` (see :func:`vijax.results.sample`; pass ``supports=model``: the Gaussian lives on the unconstrained values)."""
-        from vijax import results
-        return results.sample(self, key, num_draws, **kwargs)
-
-    def posterior_predictive(self, simulator, key, num_draws: int, **kwargs):
-        """``simulator(key_i, z_i)`` for draws ``z_i`` (see :func:`vijax.posterior_predictive`)."""
-        from vijax import results
-        return results.posterior_predictive(self, simulator, key, num_draws, **kwargs)
-
-    def to_arviz(self, key, num_draws: int, **kwargs):
-        """Draws as an ``arviz.InferenceData`` (see :func:`vijax.to_arviz`)."""
-        from vijax import results
-        return results.to_arviz(self, key, num_draws, **kwargs)
-
-    def save(self, path):
-        """Write to one ``.npz`` file (see :func:`vijax.save_result`); returns the path."""
-        from vijax import results
-        return results.save_result(self, path)
 
 
 def stationary_tol(dtype):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from vijax import results as _results
+from vijax.results.methods import with_result_methods
 
 
+@with_result_methods
 class FitResult(NamedTuple):
     """Result of :func:`vijax.cavi` and :func:`vijax.fit_gradient` (a pytree: works
     under ``jit`` and ``vmap``).
@@ -37,33 +39,6 @@ class FitResult(NamedTuple):
     diagnostics: dict
     natural: dict
 
-
-    def __repr__(self) -> str:
-        return _results.result_repr(self)
-
-    def summary(self, quantiles: Sequence[float] = (0.025, 0.5, 0.975), **kwargs):
-        """Mean, sd and quantiles per latent element, in closed form from each family
-        (a ``pandas.DataFrame`` when pandas is installed; see
-        :func:`vijax.results.summary`)."""
-        return _results.summary(self, quantiles, **kwargs)
-
-    def sample(self, key, num_draws: int) -> dict:
-        """Joint draws from ``q`` (the product of the factors): ``{latent: array}`` with a
-        leading axis of ``num_draws`` (see :func:`vijax.results.sample`)."""
-        return _results.sample(self, key, num_draws)
-
-    def posterior_predictive(self, simulator: Callable, key, num_draws: int):
-        """``simulator(key_i, z_i)`` for draws ``z_i ~ q``, vmapped (see
-        :func:`vijax.posterior_predictive`)."""
-        return _results.posterior_predictive(self, simulator, key, num_draws)
-
-    def to_arviz(self, key, num_draws: int, **kwargs):
-        """Draws from ``q`` as an ``arviz.InferenceData`` (see :func:`vijax.to_arviz`)."""
-        return _results.to_arviz(self, key, num_draws, **kwargs)
-
-    def save(self, path):
-        """Write to one ``.npz`` file (see :func:`vijax.save_result`); returns the path."""
-        return _results.save_result(self, path)
 
     @classmethod
     def load(cls, path) -> "FitResult":
