@@ -11,6 +11,7 @@ from vijax.errors import (ConvergenceWarning, DataError, FitDivergedError,
                           UnsupportedPrimitiveError, VijaxError)
 from vijax.compare import Comparison, compare
 from vijax.inference.cavi import CaviResult, CaviState, cavi
+from vijax.inference.batch import batch_cavi
 from vijax.inference.driver import Algorithm, Info, Run, run
 from vijax.inference.em import EMResult, PreparedEM, em
 from vijax.inference.em import prepare as prepare_em
@@ -29,7 +30,7 @@ from vijax.supports import (Support, binary, categorical, count, positive, real,
 __version__ = "0.1.0"
 
 __all__ = [
-    "Model", "analyze", "Analysis", "compile", "Program", "cavi", "CaviResult", "FitResult", "fit_gradient",
+    "Model", "analyze", "Analysis", "compile", "Program", "cavi", "batch_cavi", "CaviResult", "FitResult", "fit_gradient",
     "compare", "Comparison", "em", "EMResult", "prepare_em", "PreparedEM", "laplace", "LaplaceResult",
     "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
     "ReverseKLFit",

@@ -1,0 +1,160 @@
+"""Batch fitting: ``vj.batch_cavi`` and ``jax.vmap(vj.cavi)`` lanes equal single fits,
+a converged lane is frozen while the others run, chunking changes nothing, float32
+lanes converge."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vijax as vj
+from vijax.models import ZOO
+
+# bivariate Gaussian target: mean-field CAVI contracts by rho^2 per sweep, so lanes with
+# different correlations converge after very different numbers of sweeps
+RHOS = (0.0, 0.5, 0.9, 0.97)
+
+
+def _bivariate_batch(rhos=RHOS):
+    zm = ZOO["bivariate_gaussian"]()
+    data = [zm.make_data(rho=r) for r in rhos]
+    return zm.model, jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *data), data
+
+
+def _lane(tree, b):
+    return jax.tree_util.tree_map(lambda x: x[b], tree)
+
+
+def _assert_lane_equals(batched, b, single, rtol=1e-10):
+    assert int(batched.num_iters[b]) == int(single.num_iters)
+    assert bool(batched.converged[b]) == bool(single.converged)
+    np.testing.assert_allclose(batched.elbo[b], single.elbo, rtol=rtol)
+    for name, q in single.posterior.items():
+        np.testing.assert_allclose(batched.posterior[name].mean()[b], q.mean(), rtol=rtol,
+                                   atol=1e-12)
+    for a, s in zip(jax.tree_util.tree_leaves(_lane(batched.natural, b)),
+                    jax.tree_util.tree_leaves(single.natural)):
+        np.testing.assert_allclose(a, s, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(batched.elbo_trace[b], single.elbo_trace, rtol=rtol)
+
+
+def test_batch_and_vmap_lanes_equal_single_fits():
+    model, data, lanes = _bivariate_batch()
+    singles = [vj.cavi(model, d) for d in lanes]
+    iters = [int(s.num_iters) for s in singles]
+    assert len(set(iters)) == len(iters), iters  # the lanes converge at different sweeps
+    batched = vj.batch_cavi(model, data)
+    vmapped = jax.jit(jax.vmap(lambda d: vj.cavi(model, d)))(data)
+    for b, s in enumerate(singles):
+        _assert_lane_equals(batched, b, s)
+        _assert_lane_equals(vmapped, b, s)
+
+
+def test_converged_lane_does_not_move_while_others_run():
+    model, data, lanes = _bivariate_batch()
+    fits = vj.batch_cavi(model, data)
+    n = np.asarray(fits.num_iters)
+    assert n[0] < n[-1]
+    for b, d in enumerate(lanes):
+        # exactly num_iters sweeps (tol=0: no stopping rule) gives the lane's state: a lane
+        # that had kept sweeping after it converged would have moved on (rho^2 per sweep)
+        exact = vj.cavi(model, d, tol=0.0, max_iters=int(n[b]))
+        for a, s in zip(jax.tree_util.tree_leaves(_lane(fits.natural, b)),
+                        jax.tree_util.tree_leaves(exact.natural)):
+            np.testing.assert_allclose(a, s, rtol=1e-12, atol=1e-14)
+        if b > 0:  # one sweep more is distinguishable at this precision
+            more = vj.cavi(model, d, tol=0.0, max_iters=int(n[b]) + 1)
+            moved = max(float(jnp.max(jnp.abs(a - s))) for a, s in zip(
+                jax.tree_util.tree_leaves(_lane(fits.natural, b)),
+                jax.tree_util.tree_leaves(more.natural)))
+            assert moved > 1e-12
+        # the trace is frozen after the lane stopped
+        tr = np.asarray(fits.elbo_trace[b])
+        assert np.all(tr[n[b]:] == tr[n[b] - 1])
+
+
+def test_lanes_at_max_iters_and_converged_lanes_mix():
+    model, data, lanes = _bivariate_batch()
+    m = 12
+    with pytest.warns(vj.ConvergenceWarning, match=r"of 4 lanes stopped at max_iters"):
+        fits = vj.batch_cavi(model, data, max_iters=m)
+    conv = np.asarray(fits.converged)
+    assert conv[0] and not conv[-1]
+    assert int(fits.num_iters[-1]) == m
+    for b, d in enumerate(lanes):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", vj.ConvergenceWarning)
+            _assert_lane_equals(fits, b, vj.cavi(model, d, max_iters=m))
+    with pytest.raises(vj.FitDivergedError, match="max_iters"):
+        vj.batch_cavi(model, data, max_iters=m, strict=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 7])
+def test_chunking_gives_the_same_results(chunk):
+    zm = ZOO["normal_gamma"]()
+    keys = jax.random.split(jax.random.key(3), 7)
+    xs = jax.vmap(lambda k, s: s * zm.make_data(k, 20))(keys, jnp.linspace(0.2, 5.0, 7))
+    whole = vj.batch_cavi(zm.model, xs)
+    parts = vj.batch_cavi(zm.model, xs, chunk_size=chunk)
+    for a, b in zip(jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(parts)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(whole.num_iters, parts.num_iters)
+
+
+def test_one_compile_for_every_full_and_padded_chunk():
+    from vijax.inference import batch
+    zm = ZOO["normal_gamma"]()
+    xs = jax.vmap(lambda k: zm.make_data(k, 20))(jax.random.split(jax.random.key(4), 10))
+    vj.batch_cavi(zm.model, xs, chunk_size=4)
+    fn = batch._fitter(zm.model, 500, None, None, False)
+    assert fn._cache_size() == 1  # chunks of 4, 4 and 2 (padded): one compiled shape
+    vj.batch_cavi(zm.model, xs[:9], chunk_size=4)
+    assert fn._cache_size() == 1
+
+
+def test_batch_of_keys_and_shape_errors():
+    zm = ZOO["normal_gamma"]()
+    xs = jax.vmap(lambda k: zm.make_data(k, 20))(jax.random.split(jax.random.key(5), 3))
+    keys = jax.random.split(jax.random.key(9), 3)
+    fits = vj.batch_cavi(zm.model, xs, key=keys)
+    single = vj.cavi(zm.model, xs[1], key=keys[1])
+    np.testing.assert_allclose(fits.elbo[1], single.elbo, rtol=1e-10)
+    with pytest.raises(vj.DataError, match="keys"):
+        vj.batch_cavi(zm.model, xs, key=keys[:2])
+    with pytest.raises(vj.DataError, match="leading batch axis"):
+        vj.batch_cavi(ZOO["bivariate_gaussian"]().model,
+                      {"mean": jnp.zeros((3, 2)), "cov": jnp.tile(jnp.eye(2), (2, 1, 1))})
+
+
+def test_failed_lanes_are_counted_in_a_warning_or_raised():
+    from vijax.inference import batch
+    zm = ZOO["normal_gamma"]()
+    xs = jax.vmap(lambda k: zm.make_data(k, 20))(jax.random.split(jax.random.key(6), 4))
+    fits = vj.batch_cavi(zm.model, xs)
+    d = dict(fits.diagnostics, invalid_latent=jnp.array([-1, 1, -1, 0]))
+    bad = fits._replace(diagnostics=d)
+    with pytest.warns(vj.ConvergenceWarning, match=r"2 of 4 lanes failed.*lanes \[1, 3\]"):
+        batch._report(bad, 4, 1e-8, strict=False)
+    with pytest.raises(vj.FitDivergedError, match="2 of 4 lanes failed"):
+        batch._report(bad, 4, 1e-8, strict=True)
+    # NaN data are rejected up front, as by vj.cavi
+    with pytest.raises(vj.DataError):
+        vj.batch_cavi(zm.model, xs.at[2, 0].set(jnp.nan))
+
+
+def test_float32_lanes_converge():
+    zm = ZOO["normal_gamma"]()
+    with jax.enable_x64(False):
+        keys = jax.random.split(jax.random.key(1), 256)
+        xs = jax.vmap(lambda k: zm.make_data(k, 20))(keys).astype(jnp.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", vj.ConvergenceWarning)
+            fits = vj.batch_cavi(zm.model, xs)
+        assert fits.elbo.dtype == jnp.float32
+        assert bool(jnp.all(fits.converged))
+        assert int(jnp.max(fits.num_iters)) < 20
