@@ -1,0 +1,186 @@
+"""Suite ``batch``: many small fits in one call against a hand-written vmapped CAVI.
+
+10000 normal-gamma data sets (n=20 points each; ``vijax.models.ZOO["normal_gamma"]``)
+are fitted in one call by
+
+- ``vj.batch_cavi(model, xs)`` (one ``jit(vmap(...))`` over the lanes),
+- ``jax.jit(jax.vmap(lambda x: vj.cavi(model, x)))`` (the recipe a user writes), once
+  returning only the ELBOs and sweep counts (XLA drops the rest) and once the whole
+  result (posteriors, diagnostics, each lane's ELBO trace of ``max_iters`` entries),
+- a hand-written vmapped CAVI of the same model (:func:`reference_fit`: closed-form
+  updates of ``q(mu)`` and ``q(tau)``, the ELBO after each sweep, the same stopping rule
+  ``|L_t - L_{t-1}| <= tol * max(|L_t|, 1)`` with vijax's default tolerance for the
+  dtype, or a decrease (float rounding), in a ``lax.while_loop`` under ``vmap``),
+
+timed interleaved in the same run; ratio = vijax / hand-written (target <= 1.5x).
+Sanity: the per-lane ELBOs agree and the sweep counts are reported.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import digamma, gammaln
+
+import vijax as vj
+from benchmarks import harness as H
+from vijax.inference.stopping import default_tol
+from vijax.models import ZOO
+from vijax.models.gaussian import NORMAL_GAMMA_PRIOR
+
+SIZES = {"tiny": {"fits": 64, "fit_n": 20, "repeats": 2},
+         "full": {"fits": 10_000, "fit_n": 20, "repeats": 5}}
+SEED = 0
+LIMIT = 1.5
+MAX_ITERS = 500
+
+
+def reference_fit(x, tol, max_iters=MAX_ITERS):
+    """Hand-written CAVI of the normal-gamma model for one data set ``x`` (vmap it).
+
+    Returns ``(elbo, num_iters, mean of q(mu), E_q[tau])``."""
+    p = NORMAL_GAMMA_PRIOR
+    mu0, lam0, a0, b0 = p["mu0"], p["lambda0"], p["a0"], p["b0"]
+    dt = x.dtype
+    n = x.shape[0]
+    sx, sxx = jnp.sum(x), jnp.sum(x * x)
+    # q(mu) = N(m, 1/prec) with m fixed by the data; q(tau) = Gamma(a, b) with a fixed
+    m = (lam0 * mu0 + sx) / (lam0 + n)
+    a = jnp.asarray(a0 + 0.5 * (n + 1), dt)
+    log2pi = jnp.log(2 * jnp.pi).astype(dt)
+
+    def elbo(prec, b):
+        etau, elog = a / b, digamma(a) - jnp.log(b)
+        emu2 = m * m + 1.0 / prec
+        ll = (a0 * jnp.log(b0) - gammaln(a0) + (a0 - 1) * elog - b0 * etau
+              + 0.5 * (jnp.log(lam0) + elog - log2pi)
+              - 0.5 * lam0 * etau * (emu2 - 2 * mu0 * m + mu0 * mu0)
+              + 0.5 * n * (elog - log2pi) - 0.5 * etau * (sxx - 2 * m * sx + n * emu2))
+        h_mu = 0.5 * (log2pi + 1.0 - jnp.log(prec))
+        h_tau = a - jnp.log(b) + gammaln(a) + (1 - a) * digamma(a)
+        return ll + h_mu + h_tau
+
+    def sweep(b):
+        prec = (lam0 + n) * a / b
+        emu2 = m * m + 1.0 / prec
+        b = b0 + 0.5 * (sxx - 2 * m * sx + n * emu2
+                        + lam0 * (emu2 - 2 * mu0 * m + mu0 * mu0))
+        return prec, b
+
+    def cond(c):
+        i, _, _, _, done = c
+        return (i < max_iters) & ~done
+
+    def body(c):
+        i, b, _, e_old, _ = c
+        prec, b = sweep(b)
+        e = elbo(prec, b)
+        change = e - e_old
+        done = (jnp.abs(change) <= tol * jnp.maximum(jnp.abs(e), 1.0)) | (change <= 0)
+        return i + 1, b, prec, e, done
+
+    b_init = jnp.asarray(b0, dt)
+    prec_init = jnp.asarray(lam0 + n, dt)
+    c0 = (jnp.asarray(0), b_init, prec_init, elbo(prec_init, b_init), jnp.asarray(False))
+    i, b, prec, e, _ = jax.lax.while_loop(cond, body, c0)
+    return e, i, m, a / b
+
+
+def _data(n_fits, n, dtype):
+    zm = ZOO["normal_gamma"]()
+    keys = jax.random.split(jax.random.key(SEED), n_fits)
+    return zm.model, jax.jit(jax.vmap(lambda k: zm.make_data(k, n).astype(dtype)))(keys)
+
+
+def run(size: str, dtype: str) -> dict:
+    cfg = SIZES[size]
+    rows, targets, sanity = [], [], []
+    for dt_name in ("float32", "float64"):
+        with H.precision(dt_name) as dt:
+            r, t, s = _one_dtype(cfg, dt)
+        rows += r
+        targets += t
+        sanity += s
+    notes = [
+        "Both dtypes run in the same process (the suite's --dtype is ignored). Each "
+        "candidate is AOT-compiled (compile time reported apart) and the executables are "
+        f"timed interleaved, median of {cfg['repeats']} calls.",
+        "Under vmap a lax.while_loop runs until its slowest lane stops; a stopped lane is "
+        "frozen and reports its own num_iters. 'sweeps' gives min / mean / max per lane.",
+        "The hand-written CAVI starts from q(tau) = prior's rate b0; vijax from its "
+        "default initialization, so the sweep counts may differ by one or two.",
+        "Where the time goes (profiled on a 2-core CPU): (1) per sweep, vijax recomputes "
+        "the Gamma factor's lgamma/digamma of its shape (the hand-written loop hoists them: "
+        "the shape is a constant of the data) and XLA's CPU fusion duplicates those chains "
+        "into several kernels of the loop body: six unrolled vijax sweeps cost what the "
+        "whole hand-written fit costs, the same sweeps in a loop about 3x that; (2) the "
+        "batched while loop (per-lane freeze: a select of every carry leaf per sweep) about "
+        "doubles the looped cost; (3) the whole result: each lane's ELBO trace "
+        "(max_iters entries) is written at a per-lane index, a scatter under vmap, and "
+        "selected per sweep, O(lanes x max_iters) per sweep; it dominates the whole-result "
+        "rows. vj.batch_cavi returns the whole result and adds the host-side lane report.",
+    ]
+    return {"suite": "batch",
+            "title": "Batch fitting: 10000 normal-gamma fits in one call",
+            "config": {"size": size, "seed": SEED, "fits, points each":
+                       (cfg["fits"], cfg["fit_n"]), "max_iters": MAX_ITERS,
+                       "repeats": cfg["repeats"]},
+            "tables": [{"name": "Many fits in one call (median seconds per call)",
+                        "columns": ["dtype", "method", "compile_s", "total_s", "fits_per_s",
+                                    "ratio_vs_hand_written", "sweeps"], "rows": rows},
+                       {"name": "Sanity checks", "columns": ["key", "value"],
+                        "rows": sanity}],
+            "targets": targets, "notes": notes}
+
+
+def _one_dtype(cfg, dt):
+    model, xs = _data(cfg["fits"], cfg["fit_n"], dt)
+    tol = default_tol(dt)
+
+    def vmapped(x):
+        res = vj.cavi(model, x)
+        return res.elbo, res.num_iters
+
+    cands = {
+        "hand-written vmapped CAVI": jax.jit(jax.vmap(lambda x: reference_fit(x, tol)[:2])),
+        "jit(vmap(vj.cavi))": jax.jit(jax.vmap(vmapped)),
+    }
+    exes, comps = {}, {}
+    for name, fn in cands.items():
+        exes[name], comps[name] = H.aot_compile(fn, xs)
+    # the whole FitResult (posteriors, diagnostics, the per-lane ELBO trace of max_iters)
+    full, comps["jit(vmap(vj.cavi)), whole result"] = H.aot_compile(
+        jax.jit(jax.vmap(lambda x: vj.cavi(model, x))), xs)
+    exes["jit(vmap(vj.cavi)), whole result"] = lambda x: _batch_out(full(x))
+    batch = lambda x: _batch_out(vj.batch_cavi(model, x))  # noqa: E731
+    t0 = H.clock()
+    H.block(batch(xs))  # compiles once (cached by shapes)
+    comps["vj.batch_cavi"] = {"trace_lower_s": H.clock() - t0, "xla_compile_s": 0.0}
+    exes["vj.batch_cavi"] = batch
+    times = H.interleaved({k: (f, (xs,)) for k, f in exes.items()}, cfg["repeats"])
+    outs = {k: [np.asarray(a) for a in f(xs)[:2]] for k, f in exes.items()}
+    ref = H.summarize(times["hand-written vmapped CAVI"])
+    rows, targets, sanity = [], [], []
+    name = jnp.dtype(dt).name
+    for k in exes:
+        s = H.summarize(times[k])
+        it = outs[k][1]
+        rows.append({"dtype": name, "method": k,
+                     "compile_s": comps[k]["trace_lower_s"] + comps[k]["xla_compile_s"],
+                     "total_s": s["median"], "fits_per_s": cfg["fits"] / s["median"],
+                     "ratio_vs_hand_written": s["median"] / ref["median"],
+                     "sweeps": f"{it.min()} / {it.mean():.1f} / {it.max()}"})
+        if k != "hand-written vmapped CAVI":
+            e, e_ref = outs[k][0].astype(np.float64), outs["hand-written vmapped CAVI"][0]
+            diff = float(np.max(np.abs(e - e_ref) / np.maximum(np.abs(e_ref), 1.0)))
+            sanity.append({"key": f"{name} {k}: max rel ELBO diff vs hand-written",
+                           "value": diff})
+            ratio = s["median"] / ref["median"]
+            targets.append({"target": f"{name}: {k} / hand-written vmapped CAVI (median)",
+                            "measured": ratio, "limit": f"<= {LIMIT}", "met": ratio <= LIMIT})
+    return rows, targets, sanity
+
+
+def _batch_out(res):
+    return res.elbo, res.num_iters, res  # blocked on as a whole when timed
