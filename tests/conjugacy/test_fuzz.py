@@ -670,7 +670,7 @@ def check_poison(case: Case):
 
 # ----------------------------------------------------------------- default (CI) run
 
-@ci(100)
+@ci(60)
 @given(case=conjugate_cases(), seed=st.integers(0, 2 ** 16))
 def test_conjugate_model_is_exact(case, seed):
     check_exact(case, seed)
@@ -689,13 +689,13 @@ def test_cavi_reaches_known_log_evidence(case):
     check_cavi(case)
 
 
-@ci(15)
+@ci(10)
 @given(case=conjugate_cases(max_components=2))
 def test_cavi_elbo_finite_and_monotone(case):
     check_cavi(case)
 
 
-@ci(80)
+@ci(40)
 @given(case=poison_cases())
 def test_poison_is_refused_with_its_line(case):
     check_poison(case)
