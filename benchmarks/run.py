@@ -43,6 +43,7 @@ SUITES: Dict[str, str] = {
     "cavi": "benchmarks.bench_cavi",
     "gradient": "benchmarks.bench_gradient",
     "e2e": "benchmarks.bench_e2e",
+    "sharding": "benchmarks.bench_sharding",
     "batch": "benchmarks.bench_batch",
 }
 # suites that only profiles run (not part of "every suite")

@@ -87,7 +87,7 @@ class Program:
         self._consts = [jnp.asarray(c) for c in closed.consts]  # on the device once
         self._data_def = jax.tree_util.tree_structure(spec)
         self._fn = jax.jit(self._evaluate)
-        self._exe = None
+        self._exe = {}  # executables by the data leaves' shardings (sharded data: one each)
 
     # ------------------------------------------------------------------ the model
     @property
@@ -148,11 +148,14 @@ class Program:
         if any(_compat.is_tracer(l) for l in leaves):
             out = self._fn(self._consts, leaves)
         else:
-            if self._exe is None:
+            where = tuple(getattr(l, "sharding", None) for l in leaves)
+            exe = self._exe.get(where)
+            if exe is None:
                 t0 = time.perf_counter()
-                self._exe = self._fn.lower(self._consts, leaves).compile()
-                self.timings["xla_compile"] = time.perf_counter() - t0
-            out = self._exe(self._consts, leaves)
+                exe = self._exe[where] = self._fn.lower(self._consts, leaves).compile()
+                if self.timings["xla_compile"] is None:
+                    self.timings["xla_compile"] = time.perf_counter() - t0
+            out = exe(self._consts, leaves)
         return jax.tree_util.tree_unflatten(self._treedef, out)
 
 

@@ -23,7 +23,7 @@ from vijax.conjugacy import fused
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.program import program_for
 from vijax.errors import FitDivergedError, ModelSpecError
-from vijax.inference import checks, driver, envelope
+from vijax.inference import checks, driver, envelope, sharding
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
 from vijax.inference.driver import Algorithm, Info
@@ -230,7 +230,7 @@ def default_order(compiled):
 
 
 def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
-         damping=None, strict=False, progress=None) -> CaviResult:
+         damping=None, strict=False, progress=None, mesh=None) -> CaviResult:
     """Fit the mean-field posterior by coordinate ascent with closed-form updates.
 
     Args:
@@ -251,6 +251,11 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
             installed, else lines on stderr), a callable ``progress(sweep, elbo)``, or
             ``False``. Default (None): on for ``max_iters >= 2000`` when stderr is a
             terminal. Always off under ``jit``/``vmap``/``grad``.
+        mesh: optional :class:`jax.sharding.Mesh`: the data are split along their leading
+            (plate) axis over its devices (:func:`vijax.inference.sharding.shard_data`)
+            and the sufficient statistics are summed across devices inside the jitted
+            loop; the result is that of one device up to summation order. Data already
+            sharded may be passed with ``mesh=None``.
 
     Differentiation:
         ``elbo`` is differentiable with respect to the data pytree (data and
@@ -272,6 +277,7 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
         FitDivergedError: an update left its family's domain (e.g. an improper prior),
             or the ELBO became non-finite (only when called outside ``jit``/``vmap``).
     """
+    data = sharding.maybe_shard(data, mesh)
     check_data(data)
     tol = stopping.default_tol(jnp.zeros(()).dtype) if tol is None else tol
     checks.check_cavi_args(model, data, key, tol, max_iters, order)

@@ -34,7 +34,7 @@ from vijax import _compat
 from vijax.conjugacy.program import program_for
 from vijax.errors import (FitDivergedError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError)
-from vijax.inference import checks, driver
+from vijax.inference import checks, driver, sharding
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
 from vijax.inference.driver import Algorithm, Info
@@ -241,7 +241,7 @@ def _build(model, data, compiled, infos, estimator, num_samples, optimizer, natu
 
 def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples=16,
                  num_steps=2000, tol=None, init=None, natural_gradient=None, chunk=250,
-                 progress=None) -> FitResult:
+                 progress=None, mesh=None) -> FitResult:
     """Maximize the ELBO with an optax optimizer (:func:`algorithm` run by
     :func:`vijax.run`, in one compiled program).
 
@@ -276,6 +276,11 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
             tqdm is installed (else lines on stderr), or a callable ``progress(step,
             elbo)``; default (None) on for fits of 2000 steps or more run from a
             terminal; always off under ``jit``/``vmap``.
+        mesh: optional :class:`jax.sharding.Mesh`: the data are split along their leading
+            (plate) axis over its devices (:func:`vijax.inference.sharding.shard_data`)
+            and the sufficient statistics are summed across devices inside the jitted
+            loop; the result is that of one device up to summation order. Data already
+            sharded may be passed with ``mesh=None``.
 
     Returns:
         A :class:`FitResult`; ``elbo`` is exact when the compiler gives F, else a Monte
@@ -292,6 +297,7 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
             stopping rule was met.
     """
     dtype = jnp.zeros(()).dtype
+    data = sharding.maybe_shard(data, mesh)
     checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps,
                                0.0 if tol is None else tol, chunk)
     compiled, infos, estimator = prepare(model, data, estimator)
