@@ -16,6 +16,7 @@ from vijax.errors import ModelSpecError
 from vijax.inference import cavi, driver
 from vijax.inference import meanfield as mf
 from vijax.inference.driver import Info
+from vijax.inference.fingerprint import as_optax
 from vijax.inference.em_choice import agree, backend, is_exact, oracle
 from vijax.inference.em_params import count_floor
 
@@ -113,13 +114,7 @@ def maximize(fun, x0, optimizer="lbfgs", max_steps=100, tol=1e-10):
         >>> [round(float(a), 6) for a in x]
         [3.0, 3.0]
     """
-    if isinstance(optimizer, str):
-        if optimizer != "lbfgs":
-            raise ModelSpecError(f"optimizer must be 'lbfgs' or an optax "
-                                 f"GradientTransformation, got {optimizer!r}")
-        opt = optax.lbfgs()
-    else:
-        opt = optax.with_extra_args_support(optimizer)
+    opt = as_optax(optimizer)
 
     def neg(x):
         return -fun(x)

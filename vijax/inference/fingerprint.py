@@ -79,3 +79,18 @@ class Static:
 
     def __repr__(self):
         return f"Static({self.value!r})"
+
+
+def as_optax(optimizer):
+    """An optimizer argument as an optax transformation that takes extra arguments:
+    ``"lbfgs"`` is ``optax.lbfgs()`` (zoom line search), anything else is wrapped by
+    ``optax.with_extra_args_support`` (EM's M-step and Laplace's mode search)."""
+    import optax
+
+    from vijax.errors import ModelSpecError
+    if isinstance(optimizer, str):
+        if optimizer != "lbfgs":
+            raise ModelSpecError(f"optimizer must be 'lbfgs' or an optax "
+                                 f"GradientTransformation, got {optimizer!r}")
+        return optax.lbfgs()
+    return optax.with_extra_args_support(optimizer)

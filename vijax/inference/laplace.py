@@ -32,7 +32,7 @@ from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
 from vijax.inference import checks, driver
 from vijax.inference.driver import Algorithm, Info
-from vijax.inference.fingerprint import Static
+from vijax.inference.fingerprint import Static, as_optax
 from vijax.model import check_data
 
 
@@ -148,13 +148,7 @@ def algorithm(model, data, optimizer="lbfgs", tol=1e-10) -> Algorithm:
                 for n, s in model.supports.items()}
     _, unravel = ravel_pytree(template)
     log_density = _log_density(model, data, unravel)
-    if isinstance(optimizer, str):
-        if optimizer != "lbfgs":
-            raise ModelSpecError(f"optimizer must be 'lbfgs' or an optax "
-                                 f"GradientTransformation, got {optimizer!r}")
-        opt = optax.lbfgs()
-    else:
-        opt = optax.with_extra_args_support(optimizer)
+    opt = as_optax(optimizer)
 
     def neg(x):
         return -log_density(x)
