@@ -267,6 +267,10 @@ def _select_n(w, eqn, invals):
     return T.Sym(shape, _dtype(eqn), tuple(terms) + (T.const_term(w.space, const, shape),))
 
 
+#: primitives whose results the zero-guard rule traces back (RuleTable.provenance)
+PROVENANCE = frozenset({"ne", "or", "convert_element_type", "mul"})
+
+
 def _zeros(w, v):
     if is_sym(v):
         return False

@@ -33,7 +33,8 @@ def merge(*tables):
 
 TABLE = RuleTable(
     rules=merge(rules.RULES, rules_nonlinear.RULES, rules_control.RULES),
-    is_symbolic=is_symbolic, latents=latents_of, route=rules_poison.route)
+    is_symbolic=is_symbolic, latents=latents_of, route=rules_poison.route,
+    provenance=rules.PROVENANCE)
 
 
 class SymbolicWalker(Walker):

@@ -59,12 +59,17 @@ class RuleTable:
             the missing-rule error).
         route: optional ``(eqn, invals) -> rule or None``, asked before ``rules`` (for
             kinds of input that every primitive treats alike); None: look up ``rules``.
+        provenance: primitives whose results the walker remembers with their inputs
+            (:meth:`Walker.origin`), for rules that read how an operand was built; only
+            results that are not host arrays are kept (recording everything would keep
+            every intermediate constant of a data-sized model alive).
     """
 
     rules: Mapping[str, Rule]
     is_symbolic: Callable[[Any], bool]
     latents: Callable[[Sequence[Any]], Iterable[str]] = lambda invals: ()
     route: Optional[Callable[[Any, list], Optional[Rule]]] = None
+    provenance: frozenset = frozenset()
 
     def rule_for(self, eqn, invals) -> Optional[Rule]:
         if self.route is not None:
@@ -147,9 +152,11 @@ class Walker:
             outs = self.eval_eqn(eqn, invals)
             if not eqn.primitive.multiple_results:
                 outs = [outs]
+            keep = eqn.primitive.name in self.table.provenance
             for var, val in zip(eqn.outvars, outs):
                 env[var] = val
-                self._origin[id(val)] = (val, eqn, invals)
+                if keep and not isinstance(val, (np.ndarray, np.generic, Lazy)):
+                    self._origin[id(val)] = (val, eqn, invals)
         return [read(v) for v in jaxpr.outvars]
 
     def origin(self, value):
