@@ -264,10 +264,9 @@ def test_save_load_round_trip_cavi(fits, model, tmp_path):
                                   fit.sample(jax.random.key(0), 3)[sorted(fit.posterior)[0]])
 
 
-def test_save_load_round_trip_gradient_laplace_em(grad_fit, lap_fit, tmp_path):
-    fit, lap = grad_fit, lap_fit
-    _assert_same(fit, vj.load_result(vj.save_result(fit, tmp_path / "grad.npz")))
-    _assert_same(lap, vj.load_result(vj.save_result(lap, tmp_path / "lap")))
+@pytest.fixture(scope="module")
+def em_fit():
+    """A small EM fit (a latent mean, a point-estimated offset and scale), built once."""
     x = jnp.linspace(-1.0, 3.0, 8)
 
     def lj(v, x):
@@ -275,14 +274,21 @@ def test_save_load_round_trip_gradient_laplace_em(grad_fit, lap_fit, tmp_path):
                 + jnp.sum(jstats.norm.logpdf(x, v["mu"] + v["m"], v["s"])))
 
     model = vj.Model(lj, {"mu": vj.real(), "m": vj.real(), "s": vj.positive()})
-    em = vj.em(model, x, params=("m", "s"), init={"m": jnp.asarray(0.5), "s": jnp.asarray(1.0)},
-               max_iters=5)
+    return lambda: vj.em(model, x, params=("m", "s"),
+                         init={"m": jnp.asarray(0.5), "s": jnp.asarray(1.0)}, max_iters=5)
+
+
+def test_save_load_round_trip_gradient_laplace_em(grad_fit, lap_fit, em_fit, tmp_path):
+    fit, lap = grad_fit, lap_fit
+    _assert_same(fit, vj.load_result(vj.save_result(fit, tmp_path / "grad.npz")))
+    _assert_same(lap, vj.load_result(vj.save_result(lap, tmp_path / "lap")))
+    em = em_fit()
     _assert_same(em, vj.load_result(vj.save_result(em, tmp_path / "em")))
     with pytest.raises(TypeError, match="not a FitResult"):
         vj.FitResult.load(tmp_path / "em.npz")
 
 
-def test_em_and_laplace_results_have_the_same_methods(zoo, lap_fit, tmp_path):
+def test_em_and_laplace_results_have_the_same_methods(zoo, lap_fit, em_fit, tmp_path):
     case = zoo["normal_gamma"]
     key = jax.random.key(3)
     table = lap_fit.summary(supports=case.model, key=key, pandas=False)
@@ -292,15 +298,7 @@ def test_em_and_laplace_results_have_the_same_methods(zoo, lap_fit, tmp_path):
     assert draws.keys() == case.model.supports.keys()
     assert all(v.shape[0] == 7 for v in draws.values())
     assert repr(lap_fit).startswith("LaplaceResult")
-    x = jnp.linspace(-1.0, 3.0, 8)
-
-    def lj(v, x):
-        return (jstats.norm.logpdf(v["mu"], 0.0, 10.0)
-                + jnp.sum(jstats.norm.logpdf(x, v["mu"] + v["m"], v["s"])))
-
-    model = vj.Model(lj, {"mu": vj.real(), "m": vj.real(), "s": vj.positive()})
-    em = vj.em(model, x, params=("m", "s"), init={"m": jnp.asarray(0.5), "s": jnp.asarray(1.0)},
-               max_iters=5)
+    em = em_fit()
     row = em.summary(pandas=False).row("mu")
     np.testing.assert_allclose(row["mean"], float(em.posterior["mu"].mean()), rtol=1e-12)
     assert em.sample(key, 4)["mu"].shape == (4,)
