@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 SIZES = {
-    "tiny": {"gmm": (64, 2, 3), "iters": 3, "repeats": 2, "devices": (1, 4)},
+    "tiny": {"gmm": (64, 2, 3), "iters": 3, "repeats": 2, "devices": (4,)},
     "full": {"gmm": (100_000, 10, 10), "iters": 20, "repeats": 5, "devices": (1, 2, 4)},
 }
 SEED = 0
