@@ -150,3 +150,23 @@ def test_laplace_vmap_over_datasets(lap):
         ref = vj.laplace(model, xs[i])
         np.testing.assert_allclose(us[i, 0], ref.map_unconstrained["mu"], rtol=1e-8)
         np.testing.assert_allclose(us[i, 1], ref.map_unconstrained["tau"], rtol=1e-8)
+
+
+def test_bad_input_to_the_public_pairs_is_refused_by_name():
+    x = jnp.array([0.5, 1.2, -0.3])
+
+    def lj(z, x):  # sin(mu): no conjugate update for mu
+        return stats.norm.logpdf(z["mu"]) + jnp.sum(stats.norm.logpdf(x, jnp.sin(z["mu"])))
+
+    bad = vj.Model(lj, {"mu": vj.real()})
+    with pytest.raises(vj.NonConjugateError, match="'mu'.*sin"):
+        vj.algorithms.cavi(vj.compile(bad, x).materialize(x))
+    good = vj.Model(lambda z, x: stats.norm.logpdf(z["mu"])
+                    + jnp.sum(stats.norm.logpdf(x, z["mu"])), {"mu": vj.real()})
+    compiled = vj.compile(good, x).materialize(x)
+    with pytest.raises(vj.ModelSpecError, match="order must list every latent once"):
+        vj.algorithms.cavi(compiled, order=("mu", "mu"))
+    with pytest.raises(vj.ModelSpecError, match="damping"):
+        vj.algorithms.cavi(compiled, damping=1.5)
+    with pytest.raises(vj.ModelSpecError, match="progress must be"):
+        vj.cavi(good, x, progress="yes")

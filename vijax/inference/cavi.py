@@ -142,6 +142,19 @@ def sweep(form, fams, natural, mu, order, damping=None):
     return natural, mu, elbo, invalid
 
 
+def _checked_options(compiled, order, damping):
+    """The update order (default :func:`default_order`), after checking that it lists
+    every latent once and that ``damping`` is None or in (0, 1]."""
+    order = default_order(compiled) if order is None else tuple(order)
+    missing = set(compiled.infos) - set(order)
+    if missing or set(order) - set(compiled.infos) or len(set(order)) != len(order):
+        raise ModelSpecError(f"order must list every latent once: {sorted(compiled.infos)}; "
+                             f"got {list(order)}")
+    if damping is not None and not 0 < damping <= 1:
+        raise ModelSpecError(f"damping must be in (0, 1], got {damping}")
+    return order
+
+
 def algorithm(compiled, order=None, damping=None) -> Algorithm:
     """CAVI as an ``init``/``step`` pair (public as ``vj.algorithms.cavi``).
 
@@ -177,7 +190,8 @@ def algorithm(compiled, order=None, damping=None) -> Algorithm:
         >>> bool(out.converged), int(out.num_iters)
         (True, 2)
     """
-    order = default_order(compiled) if order is None else tuple(order)
+    compiled.require_conjugate()
+    order = _checked_options(compiled, order, damping)
     fams = mf.families_of(compiled)
 
     def init(natural0=None, key=None):
@@ -287,12 +301,7 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     dtype = jnp.zeros(()).dtype
     key = jax.random.key(0) if key is None else key
     natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
-    order = tuple(order) if order is not None else default_order(compiled)
-    missing = set(compiled.infos) - set(order)
-    if missing or set(order) - set(compiled.infos):
-        raise ModelSpecError(f"order must list every latent once; missing {sorted(missing)}")
-    if damping is not None and not 0 < damping <= 1:
-        raise ModelSpecError(f"damping must be in (0, 1], got {damping}")
+    order = _checked_options(compiled, order, damping)
     max_iters = int(max_iters)
     traced = any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(
         (compiled, natural0, tol)))

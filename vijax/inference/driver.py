@@ -270,6 +270,10 @@ def wants_progress(progress, traced: bool, max_iters: int, threshold: int = 2000
     """Resolve a fitter's ``progress`` option: ``True``/``False`` as given, ``None``
     (the default) on for long fits (``max_iters >= threshold``) run interactively (stderr
     is a terminal), and always off when the call is traced (``jit``/``vmap``)."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        from vijax.errors import ModelSpecError
+        raise ModelSpecError(f"progress must be True, False, None or a callable "
+                             f"progress(step, elbo), got {progress!r}")
     if traced:
         return False
     if progress is None:
