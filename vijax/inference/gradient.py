@@ -348,9 +348,13 @@ def _fit(compiled, data, key, natural0, tol, cfg):
                  natural_gradient, tol)
     state = alg.init(key, natural0)
     # natural gradient: its own fixed-point test (Info.stop); otherwise windowed means
+    # the Info's structure, given (the driver would otherwise trace the step once more)
+    zero = jnp.zeros((), jnp.result_type(state.elbo))
+    info0 = Info(zero, jnp.asarray(True), zero, jnp.asarray(False),
+                 {"grad_norm": zero, "slope": zero})
     run = driver.run(alg.step, state, max_iters=num_steps, tol=0.0 if natural_gradient else tol,
                      window=1 if natural_gradient else chunk,
-                     stochastic=estimator != "exact", progress=show, every=chunk)
+                     stochastic=estimator != "exact", progress=show, every=chunk, info0=info0)
     params = run.state.params
     natural = params if natural_gradient else _to_natural(fams, params)
     if compiled is not None and compiled.conjugate:
