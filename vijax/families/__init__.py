@@ -15,6 +15,7 @@ from vijax.families.categorical import Categorical
 from vijax.families.dirichlet import Dirichlet
 from vijax.families.gamma import Gamma
 from vijax.families.inverse_gamma import InverseGamma
+from vijax.families.markov_chain import MarkovChain
 from vijax.families.mvn import MultivariateNormal
 from vijax.families.normal import Normal
 from vijax.families.poisson import Poisson
@@ -29,6 +30,7 @@ register(InverseGamma)
 register(Beta)
 register(Dirichlet)
 register(Categorical)
+register(MarkovChain)  # after Categorical: chains only where the compiler finds one
 register(Bernoulli)
 register(Poisson)
 
@@ -36,3 +38,4 @@ __all__ = [
     "ExponentialFamily", "Normal", "MultivariateNormal", "Gamma", "InverseGamma", "Beta",
     "Dirichlet", "Categorical", "Bernoulli", "Poisson", "FAMILIES", "register", "registry",
 ]
+__all__ += ["MarkovChain"]

@@ -112,6 +112,15 @@ def select(kind: str, forms, coupled: bool = False) -> type | None:
     return None
 
 
+def chain_family(kind: str) -> type | None:
+    """The first conjugate family of ``kind`` for a chain of neighbouring elements (one
+    declaring ``chain_pair_stat``, the statistic of ``one_hot(z_t) one_hot(z_{t+1})^T``),
+    or None."""
+    found = [c for c in conjugate_families(kind) if getattr(c, "chain_pair_stat", None)]
+    return found[0] if found else None
+
+
 __all__ = ["FAMILIES", "register", "unregister", "registered", "get", "families_for",
            "default_family", "conjugate_families", "walk_forms", "accepts_products",
            "select"]
+__all__ += ["chain_family"]
