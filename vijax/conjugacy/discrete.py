@@ -194,8 +194,12 @@ def _gather_map(w, eqn, ind, z):
 
 
 def _value_at(a: T.Atom, sup, k, sizes):
-    """The operand of atom ``a`` when every element of its latent equals ``k``."""
+    """The operand of atom ``a`` when every element of its latent equals ``k`` (or, for
+    an integer array ``k`` over the latent's flat elements, element ``e`` equals
+    ``k[e]``: :mod:`~vijax.conjugacy.chains` substitutes two colours of elements)."""
     shape = tuple(sizes[l] for l in a.labels)
+    if np.ndim(k):
+        return _values_at(a, sup, np.asarray(k), shape)
     if a.stat == "onehot":
         K = sup.num_categories
         if a.idx is None:  # labels: elements..., category
@@ -204,6 +208,20 @@ def _value_at(a: T.Atom, sup, k, sizes):
         return ((idx % K) == k).astype(np.float64) if T.is_concrete(idx) else \
             ((idx % K) == k).astype(jnp.float32)
     return np.broadcast_to(np.float64(float(k) ** a.power), shape)  # a view: O(1)
+
+
+def _values_at(a: T.Atom, sup, k, shape):
+    """:func:`_value_at` with a value ``k[e]`` per flat element ``e``."""
+    if a.stat == "onehot":
+        K = sup.num_categories
+        if a.idx is None:  # labels: elements..., category
+            return np.eye(K)[k.reshape(sup.value_shape)].reshape(shape)
+        lib = T.xp(a.idx)
+        return ((a.idx % K) == lib.asarray(k)[a.idx // K]).astype(np.float64)
+    vals = k.astype(np.float64) ** a.power
+    if a.idx is None:
+        return vals.reshape(shape)
+    return T.xp(a.idx).asarray(vals)[a.idx]
 
 
 def substitute(w, v, z, k):
@@ -311,7 +329,9 @@ def tabulate(w, eqn, invals):
     try:
         return _tabulate(w, eqn, invals)
     except _Mixed as e:
-        return _mixed_poison(w, eqn, invals, e.name)
+        from vijax.conjugacy import chains  # pairs of elements (a chain's transitions)
+        out = chains.tabulate_pairs(w, eqn, invals, e.name)
+        return _mixed_poison(w, eqn, invals, e.name) if out is None else out
 
 
 def _tabulate(w, eqn, invals):

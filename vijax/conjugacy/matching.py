@@ -19,6 +19,7 @@ from collections import defaultdict
 import jax.numpy as jnp
 import numpy as np
 
+from vijax.conjugacy import chains
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.like_terms import (_fold_consts, merge_terms,  # noqa: F401
                                         simplify_terms)
@@ -59,6 +60,8 @@ class LatentInfo:
     source: str | None = None
     primitive: str | None = None
     event_axes: tuple = ()  # latent axes forming one dense event
+    structure: str = chains.FACTORIZED  # "factorized", "dense" or "chain"
+    structure_note: str | None = None  # why that structure
 
     @property
     def family_class(self):
@@ -88,6 +91,9 @@ class LatentInfo:
         return self.layout.event_size if self.event_axes else 1
 
     def stat_shape(self, stat):
+        custom = getattr(self.family_class, "latent_stat_shape", None)  # a chain
+        if custom is not None:
+            return tuple(custom(self.support, stat))
         nd = self.family_class.stat_event_ndims[stat]
         if self.dense:
             return tuple(self.batch_shape) + (self.event_size,) * nd
@@ -161,6 +167,10 @@ def _classify(sizes, supports, t: T.Term):
             eb = _elements_over(sizes, b, sup.shape, union)
             out[name] = ("pair", a, b, union, ea, eb)
             continue
+        chain = chains.classify_pair(sizes, sup, atoms)
+        if chain is not None:  # one-hot statistics of two elements: a chain's transition
+            out[name] = chain
+            continue
         same = len(atoms) == 2 and atoms[0].labels == atoms[1].labels and (
             atoms[0].idx is None and atoms[1].idx is None)
         if products:
@@ -226,6 +236,7 @@ def match(space, supports, value, reasons, all_latents):
     # pass 1: classify, find coupled pairs
     classified = []
     pairs = defaultdict(list)
+    chain_pairs = defaultdict(list)  # latent -> [(ea, eb, source)]
     used = defaultdict(set)  # latent -> {(stat, power)}
     where = {}  # (latent, (stat, power)) -> source of a term that holds it
     for t in terms:
@@ -242,6 +253,9 @@ def match(space, supports, value, reasons, all_latents):
             continue
         classified.append((t, c))
         for name, entry in c.items():
+            if entry[0] == "chain":
+                chain_pairs[name].append((entry[4], entry[5], t.src))
+                continue
             if entry[0] == "pair":
                 _, a, b, union, ea, eb = entry
                 if not np.array_equal(ea, eb):
@@ -257,6 +271,9 @@ def match(space, supports, value, reasons, all_latents):
         if not registry.conjugate_families(inf.support.kind):
             inf.reason = no_family_reason(inf.support)
             continue
+        if chain_pairs.get(name):
+            chains.decide(inf, chain_pairs[name])
+            continue
         forms, coupled = used.get(name, set()), bool(pairs.get(name))
         cls = registry.select(inf.support.kind, forms, coupled)
         if cls is None:
@@ -264,6 +281,11 @@ def match(space, supports, value, reasons, all_latents):
             continue
         if cls.couples_elements:
             inf.event_axes = _event_axes(inf.support.shape, pairs[name])
+            inf.structure = chains.DENSE
+            inf.structure_note = (f"one dense event over axes {inf.event_axes}: terms "
+                                  f"multiply elements of '{name}' along them")
+        elif inf.structure_note is None:
+            inf.structure_note = f"no term multiplies two elements of '{name}'"
         inf.family, inf.stats = cls.__name__, tuple(cls.stat_names)
     # pass 2: rewrite atoms onto final statistics
     const = 0.0
@@ -290,6 +312,8 @@ def _final_atom(sizes, inf: LatentInfo, entry):
     """The walk atom on the chosen family's statistic (its entries in the family's
     layout for a dense family)."""
     cls = inf.family_class
+    if inf.structure == chains.CHAIN:
+        return chains.final_atom(sizes, inf, entry)
     if not cls.couples_elements:
         if entry[0] == "pair":
             _, a, b, union, ea, eb = entry
