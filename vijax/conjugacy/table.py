@@ -4,7 +4,9 @@
 :mod:`~vijax.conjugacy.rules` (structural and multilinear),
 :mod:`~vijax.conjugacy.rules_nonlinear` (powers, logs, predicates, non-multilinear),
 :mod:`~vijax.conjugacy.rules_control` (cond, scan, while), and
-:mod:`~vijax.conjugacy.rules_poison` (routes every equation with a non-conjugate input).
+:mod:`~vijax.conjugacy.rules_poison` (routes every equation with a non-conjugate input),
+:mod:`~vijax.conjugacy.rules_linalg` (log-determinants of positive-definite latents,
+routed before it).
 :class:`SymbolicWalker` is the generic :class:`~vijax.conjugacy.walker.Walker` plus what
 these rules read from it: the latents' supports, the label space, the canonical point.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy import rules, rules_control, rules_nonlinear, rules_poison
+from vijax.conjugacy import rules, rules_control, rules_linalg, rules_nonlinear, rules_poison
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.values import Poison, Reason, is_symbolic, latents_of
 from vijax.conjugacy.walker import Lazy, RuleTable, Walker
@@ -31,9 +33,15 @@ def merge(*tables):
     return out
 
 
+def _route(eqn, invals):
+    """Factorizations of positive-definite latents (:mod:`~vijax.conjugacy.rules_linalg`)
+    first, then equations with a non-conjugate input."""
+    return rules_linalg.route(eqn, invals) or rules_poison.route(eqn, invals)
+
+
 TABLE = RuleTable(
     rules=merge(rules.RULES, rules_nonlinear.RULES, rules_control.RULES),
-    is_symbolic=is_symbolic, latents=latents_of, route=rules_poison.route,
+    is_symbolic=is_symbolic, latents=latents_of, route=_route,
     provenance=rules.PROVENANCE)
 
 

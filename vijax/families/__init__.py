@@ -20,6 +20,7 @@ from vijax.families.mvn import MultivariateNormal
 from vijax.families.normal import Normal
 from vijax.families.poisson import Poisson
 from vijax.families.registry import FAMILIES, register
+from vijax.families.wishart import Wishart
 
 # Registration order: the first family of a support is its default q; among the
 # conjugate ones the compiler picks the first that fits (see the registry).
@@ -33,9 +34,11 @@ register(Categorical)
 register(MarkovChain)  # after Categorical: chains only where the compiler finds one
 register(Bernoulli)
 register(Poisson)
+register(Wishart)
 
 __all__ = [
     "ExponentialFamily", "Normal", "MultivariateNormal", "Gamma", "InverseGamma", "Beta",
     "Dirichlet", "Categorical", "Bernoulli", "Poisson", "FAMILIES", "register", "registry",
 ]
 __all__ += ["MarkovChain"]
+__all__ += ["Wishart"]
