@@ -14,6 +14,7 @@ ZOO = {f.__name__: f for f in (
     bivariate_gaussian, normal_gamma, normal_known_variance, linear_regression,
     linear_regression_known_noise, beta_bernoulli, gamma_poisson, dirichlet_categorical,
     gaussian_mixture, ppca, lda, state_space, logistic_regression, student_t_location)}
+ZOO["hmm"] = __import__("vijax.models.hmm", fromlist=["hmm"]).hmm  # variational HMM
 
 CONJUGATE = [n for n in ZOO if n not in ("logistic_regression", "student_t_location")]
 
