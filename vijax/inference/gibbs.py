@@ -29,32 +29,46 @@ from vijax.inference.gibbs_result import GibbsResult
 from vijax.model import check_data
 
 
-def _sweeps(step, state, key, n):
-    """``n`` sweeps (a scan; nothing for ``n = 0``)."""
-    if n == 0:
-        return state
-    if n == 1:
-        return step(state, key)
-    state, _ = jax.lax.scan(lambda s, k: (step(s, k), None), state, jax.random.split(key, n))
-    return state
-
-
 def _run(compiled, data, user, keys, log_joint, order, num_warmup, num_samples, thin):
-    """All chains: ``(draws, log joint, failed, failed_at)`` with leading chain axes."""
+    """All chains: ``(draws, log joint, failed, failed_at)`` with leading chain axes.
+
+    One loop over ``num_warmup + num_samples`` outer steps; step ``i`` runs one sweep
+    (warmup, ``i < num_warmup``) or ``thin`` sweeps and writes the draw and its log joint
+    at row ``i - num_warmup``. The sweep appears once in the program (its samplers, e.g.
+    the Gamma's rejection loop, are compiled once).
+    """
     alg = gs.algorithm(compiled, order)
     dtype = jnp.zeros(()).dtype
 
     def chain(user_z, key):
-        k_start, k_warm, k_keep = jax.random.split(key, 3)
+        k_start, k_run = jax.random.split(key)
         z0 = gs.start_values(compiled, k_start, dtype)
         z0.update(user_z)
-        state = _sweeps(alg.step, alg.init(z0), k_warm, num_warmup)
+        state = alg.init(z0)
+        lj0 = jnp.zeros((), jnp.result_type(log_joint(z0, data)))
+        buf = (jax.tree_util.tree_map(
+            lambda v: jnp.zeros((num_samples,) + v.shape, v.dtype), z0),
+            jnp.zeros((num_samples,), lj0.dtype))
 
-        def keep(state, k):
-            state = _sweeps(alg.step, state, k, thin)
-            return state, (state.z, log_joint(state.z, data))
+        def outer(i, carry):
+            state, buf = carry
+            k = jax.random.fold_in(k_run, i)
+            n = jnp.where(i < num_warmup, 1, thin) if thin > 1 else 1
+            state = jax.lax.fori_loop(
+                0, n, lambda t, s: alg.step(s, jax.random.fold_in(k, t)), state)
 
-        state, (draws, lj) = jax.lax.scan(keep, state, jax.random.split(k_keep, num_samples))
+            def write(buf):
+                row = i - num_warmup
+                draws, lj = buf
+                draws = jax.tree_util.tree_map(lambda b, v: b.at[row].set(v), draws,
+                                               state.z)
+                return draws, lj.at[row].set(log_joint(state.z, data).astype(lj.dtype))
+
+            buf = jax.lax.cond(i >= num_warmup, write, lambda b: b, buf)
+            return state, buf
+
+        state, (draws, lj) = jax.lax.fori_loop(0, num_warmup + num_samples, outer,
+                                               (state, buf))
         return draws, lj, state.failed, state.failed_at
 
     return jax.vmap(chain)(user, keys)

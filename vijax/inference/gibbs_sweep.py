@@ -84,16 +84,20 @@ def sweep(compiled, state: GibbsState, key, order) -> GibbsState:
 
 
 def start_values(compiled, key, dtype):
-    """A random start per latent: a draw from each family's default starting member
-    (:meth:`~vijax.families.base.ExponentialFamily.default_start`: small random means
-    for Gaussians, mean 1 for Gamma, uniform Beta and Dirichlet, random probabilities
-    for the discrete families)."""
+    """A random start per latent from each family's default starting member
+    (:meth:`~vijax.families.base.ExponentialFamily.default_start`, CAVI's default start):
+    its mean for a continuous latent (small random means for Gaussians, 1 for Gamma,
+    uniform Beta and Dirichlet), a draw for a discrete one (random probabilities). Means,
+    not draws, for the continuous families: their samplers (rejection loops for Gamma and
+    Dirichlet) would be compiled once more just for the start."""
     natural = mf.default_init(compiled, key, dtype)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(natural))
     out = {}
     for k, (n, nat) in zip(keys, sorted(natural.items())):
         inf = compiled.infos[n]
-        out[n] = value_dtype(inf, inf.value_of_sample(inf.family_class(nat).sample(k)), dtype)
+        q = mf.factor(inf, nat, validate=False)
+        x = q.sample(k) if inf.support.is_discrete else q.mean()
+        out[n] = value_dtype(inf, x, dtype)
     return out
 
 
