@@ -84,14 +84,21 @@ class Collapsed:
         prog = full if by_point else program_for(self._cond_model, (data, rest))
         inf = prog.infos[self.name]
         if inf.family is None:
+            gone = self.integrated_out()
+            after = f" after integrating out {gone}" if gone else ""
             raise CollapseError(
-                f"cannot marginalize latent '{self.name}': its complete conditional has no "
-                f"closed form ({inf.reason}). Only a conjugate latent (vj.analyze reports a "
+                f"cannot marginalize latent '{self.name}': its complete conditional{after} has "
+                f"no closed form ({inf.reason}). Only a conjugate latent (vj.analyze reports a "
                 "family for it) can be integrated out; keep it, or rewrite that term.",
                 latent=self.name, primitive=inf.primitive, source=inf.source)
         self._set_log_h(inf)
         self.conditional = prog
         return prog, by_point
+
+    def integrated_out(self):
+        """The latents integrated out of :attr:`model` before this one, in order."""
+        inner = self.model.log_joint
+        return inner.integrated_out() + [inner.name] if isinstance(inner, Collapsed) else []
 
     def _set_log_h(self, inf):
         """``log h`` of the conditional's family summed over the latent's elements (a
