@@ -1,0 +1,169 @@
+"""What an SVI fit fixes before its first step: arguments, schedule, plate, programs.
+
+The step-size schedule is ``rho_t = (t + tau)^(-kappa)`` for the t-th step, t = 1, 2, ...
+(Robbins-Monro: ``sum rho_t = inf`` and ``sum rho_t^2 < inf`` need ``kappa`` in (0.5, 1];
+``tau >= 0`` delays the decay). A callable schedule gets the 0-based step count, like an
+optax schedule (``optax.constant_schedule(1.0)``, ``lambda count: 0.1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vijax.errors import ModelSpecError
+from vijax.inference import meanfield as mf
+from vijax.inference import plates
+from vijax.inference.cavi import default_order
+from vijax.inference.svi_step import make_core
+
+
+@dataclasses.dataclass(frozen=True)
+class PolynomialSchedule:
+    """``rho(count) = (count + 1 + tau)^(-kappa)`` (hashable: one compile per value)."""
+
+    tau: float = 1.0
+    kappa: float = 0.7
+
+    def __call__(self, count):
+        return (jnp.asarray(count) + 1.0 + self.tau) ** (-self.kappa)
+
+
+def make_schedule(schedule, tau, kappa) -> Callable:
+    """The step-size schedule, validated: ``kappa`` in (0.5, 1], ``tau >= 0``, and a
+    callable's first value in (0, 1]."""
+    if schedule is None:
+        try:
+            tau, kappa = float(tau), float(kappa)
+        except (TypeError, ValueError) as e:
+            raise ModelSpecError(f"svi: tau and kappa must be numbers, got {tau!r}, "
+                                 f"{kappa!r}") from e
+        if not 0.5 < kappa <= 1:
+            raise ModelSpecError(f"svi: kappa must be in (0.5, 1] (Robbins-Monro), got {kappa}")
+        if not tau >= 0:
+            raise ModelSpecError(f"svi: tau must be >= 0, got {tau}")
+        return PolynomialSchedule(tau, kappa)
+    if not callable(schedule):
+        raise ModelSpecError(f"svi: schedule must be a callable count -> rho or None, got "
+                             f"{schedule!r}")
+    rho0 = float(jax.device_get(schedule(0)))
+    if not 0 < rho0 <= 1:
+        raise ModelSpecError(f"svi: schedule(0) = {rho0}; step sizes must be in (0, 1]")
+    return schedule
+
+
+def check_batch_size(batch_size, n):
+    try:
+        b = operator.index(batch_size)
+    except TypeError as e:
+        raise ModelSpecError(f"svi: batch_size must be an integer, got {batch_size!r}") from e
+    if not 1 <= b <= n:
+        raise ModelSpecError(f"svi: batch_size must be in [1, N] = [1, {n}] (N: the data's "
+                             f"leading axis), got {b}")
+    return b
+
+
+class Setup(NamedTuple):
+    """Everything a fit's steps share (fixed before the first one)."""
+
+    plate: Any
+    n: int
+    b: int
+    prog_b: Any
+    fams: dict
+    local_order: tuple
+    global_order: tuple
+    core: Callable
+    natural0: dict  # globals' starting natural parameters
+    local0: dict  # a minibatch's starting local natural parameters (B rows)
+    const_prior: Any  # the prior part of F's constant
+    schedule: Callable
+    core_key: tuple  # identifies ``core`` for caching compiled fits
+
+
+def setup(model, plate, first_batch, b, key, schedule, local_iters, local_tol, dtype):
+    """Compile the minibatch program, classify its terms and build the step.
+
+    ``first_batch``: the data of one minibatch (``b`` rows); it fixes F's prior constant
+    (``c_prior = 2 c(S) - c(S + S)``, exact for a sum over observations)."""
+    n = plate.n
+    if not plate.global_:
+        raise ModelSpecError(
+            f"svi: every latent ({list(plate.local)}) is local to the data's plate of {n}: "
+            "there is no global latent to estimate from minibatches. Use vj.cavi.")
+    prog_b = plates.batch_program(model, first_batch, plate, b)
+    prog_b.require_conjugate()
+    fams = mf.families_of(prog_b)
+    order = default_order(prog_b)
+    local_order = tuple(k for k in order if k in plate.local)
+    global_order = tuple(k for k in order if k in plate.global_)
+    w = n / b
+    if w == 1:
+        is_plate, const_prior = None, jnp.zeros((), dtype)
+    else:
+        leaves, treedef = jax.tree_util.tree_flatten(first_batch)
+        doubled = jax.tree_util.tree_unflatten(treedef, [
+            jnp.concatenate([l, l]) if c else l for l, c in zip(leaves, plate.carries)])
+        prog_2b = plates.batch_program(model, first_batch, plate, 2 * b)
+        comp_b, comp_2b = prog_b.materialize(first_batch), prog_2b.materialize(doubled)
+        is_plate = plates.classify_terms(comp_b, comp_2b, b)
+        plates.check_reductions(prog_b, plates.batch_spec(first_batch, plate, b), plate,
+                                is_plate)
+        const_prior = (2 * jnp.asarray(comp_b.const, dtype)
+                       - jnp.asarray(comp_2b.const, dtype))
+    core = make_core(prog_b, fams, is_plate, w, local_order, global_order, schedule,
+                     local_iters, local_tol)
+    core_key = (id(prog_b), is_plate, w, local_order, global_order, schedule, local_iters,
+                local_tol)
+    start = mf.default_init_jit(prog_b, key, dtype)
+    natural0 = {k: start[k] for k in global_order}
+    local0 = {k: start[k] for k in local_order}
+    return Setup(plate, n, b, prog_b, fams, local_order, global_order, core, natural0,
+                 local0, const_prior, schedule, core_key)
+
+
+def batch_indices(key, n: int, batch_size: int, steps: int, sampling: str = "epoch"):
+    """The rows each step of an in-memory ``svi(..., key=key)`` fit uses, as a
+    ``(steps, batch_size)`` numpy array: ``"epoch"``: a fresh permutation of the ``n``
+    rows per epoch (``floor(n / batch_size)`` steps; leftover rows wait for the next
+    permutation); ``"uniform"``: i.i.d. uniform rows. Use it to feed the same batches
+    through an iterator."""
+    ks = sampling_key(key)
+    if sampling == "uniform":
+        out = [indices_at(ks, t, None, n, batch_size, sampling)[0] for t in range(steps)]
+    else:
+        nb, perms = n // batch_size, {}
+        out = []
+        for t in range(steps):
+            e = t // nb
+            if e not in perms:
+                perms = {e: jax.random.permutation(jax.random.fold_in(ks, e), n)}
+            i = t % nb
+            out.append(perms[e][i * batch_size:(i + 1) * batch_size])
+    out = [np.asarray(jax.device_get(o)) for o in out]
+    return np.stack(out) if out else np.zeros((0, batch_size), np.int32)
+
+
+def sampling_key(key):
+    return jax.random.fold_in(key, 0x5171)
+
+
+def indices_at(ks, t, perm, n, b, sampling):
+    """``(idx, perm)`` of step ``t`` (traced or not); ``perm`` the epoch's permutation
+    carried between steps (None: recomputed)."""
+    if sampling == "uniform":
+        idx = jax.random.randint(jax.random.fold_in(ks, t), (b,), 0, n)
+        return idx, perm
+    nb = n // b
+    i = t % nb
+    fresh = lambda: jax.random.permutation(jax.random.fold_in(ks, t // nb), n)  # noqa: E731
+    if perm is None:
+        perm = fresh()
+    else:
+        perm = jax.lax.cond(i == 0, fresh, lambda: perm)
+    return jax.lax.dynamic_slice(perm, (i * b,), (b,)), perm
