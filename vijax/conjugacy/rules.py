@@ -331,8 +331,16 @@ def dot_syms(w, a: T.Sym, b: T.Sym, dimension_numbers, out_shape, src=None) -> T
                 sub[tb.out[i]] = ta.out[j]
             for i, j in zip(rb, lb):
                 sub[tb.out[i]] = ta.out[j]
+            # a free label of b that a also carries (two broadcasts of one latent share
+            # its labels) is renamed: keeping it would tie the two output axes
+            taken = ta.labels()
+            for i in range(len(b.shape)):
+                lab = tb.out[i]
+                if i not in rc and i not in rb and lab in taken and lab not in sub:
+                    sub[lab] = w.space.fresh(w.space.sizes[lab])
             free_a = [ta.out[i] for i in range(len(a.shape)) if i not in lc and i not in lb]
-            free_b = [tb.out[i] for i in range(len(b.shape)) if i not in rc and i not in rb]
+            free_b = [sub.get(tb.out[i], tb.out[i]) for i in range(len(b.shape))
+                      if i not in rc and i not in rb]
             out = tuple(ta.out[i] for i in lb) + tuple(free_a) + tuple(free_b)
             tb2 = tb.relabel(sub)
             t = T.Term(ta.consts + tb2.consts, ta.atoms + tb2.atoms,
