@@ -27,12 +27,14 @@ is false for a positive-definite matrix; the sign itself is not tracked.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any
 
 import numpy as np
 
 from vijax import _compat
+from vijax.conjugacy import rules_control
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.discrete import nonlinear
 from vijax.conjugacy.values import Poison, Reason, is_sym
@@ -84,13 +86,14 @@ def route(eqn, invals):
     name = eqn.primitive.name
     if name in FACTORIZATIONS and len(invals) == 1 and is_sym(invals[0]):
         return factorize
+    if name in ("abs", "log") and len(invals) == 1 and is_sym(invals[0]):
+        return _determinant if name == "abs" else _log_determinant
     if not any(is_factor(v) for v in invals):
         return None
     if any(isinstance(v, Poison) and not is_factor(v) for v in invals):
         return None
     if name == "cond" and not any(is_factor(v) for v in invals[:1]):
-        from vijax.conjugacy.rules_control import RULES
-        return RULES["cond"]
+        return rules_control.RULES["cond"]
     facs = [v for v in invals if is_factor(v)]
     if len(facs) != 1:
         return None
@@ -101,6 +104,8 @@ def route(eqn, invals):
         return _tril_mask
     if name == "abs" and f.stage == "entries":
         return _abs
+    if name == "log" and f.method == "det" and f.stage == "abs":
+        return _log_of_det
     if name == "log" and (f.stage == "abs" or f.method == "cholesky" and f.stage == "entries"):
         return _log
     if name in ("mul", "div", "neg") and f.stage == "log":
@@ -193,6 +198,125 @@ def factorize(w, eqn, invals):
     rest = [w.poison(name, [s], o, f"the pivots of an {what} factorization of '{latent}' "
                      "are not a function of its statistics") for o in outs[1:]]
     return [fac] + rest
+
+
+# ----------------------------------------------------------------- small determinants
+
+def _entries(w, t: T.Term, shape):
+    """Per atom of ``t``: ``(latent, (b, i, j))`` of the element it reads at every output
+    position (arrays of ``shape``), or None when ``t`` is not a product of first powers of
+    positive-definite latent entries (no summed labels) times scalar constants."""
+    sizes = w.space.sizes
+    out = []
+    for a in t.atoms:
+        sup = w.supports[a.latent]
+        if sup.kind != "positive_definite" or a.stat != "x" or a.power != 1.0 \
+                or not set(a.labels) <= set(t.out) or (
+                    a.idx is not None and not T.is_concrete(a.idx)):
+            return None
+        idx = np.asarray(T.explicit_idx(a, sup.value_shape))
+        order = [a.labels.index(l) for l in t.out if l in a.labels]
+        idx = np.transpose(idx, order) if idx.ndim else idx
+        idx = np.broadcast_to(idx.reshape([sizes[l] if l in a.labels else 1 for l in t.out]),
+                              shape)
+        out.append((a.latent, np.unravel_index(idx, (sup.size, sup.dim, sup.dim))))
+    return out
+
+
+def _det_of_latent(w, s: T.Sym):
+    """``(latent, b, c)`` (arrays over the value's positions) when ``s = c det(L[b])``
+    for a positive-definite latent of dimension ``D <= 3``, written out as the Leibniz
+    polynomial (jnp.linalg.det and slogdet do so for D <= 2, det for D = 3; ``L`` is
+    symmetric, so ``L_ij`` and ``L_ji`` are one variable); else None."""
+    shape = tuple(s.shape)
+    n = int(math.prod(shape))
+    latent, b_ref, polys = None, None, [dict() for _ in range(n)]
+    for t in s.terms:
+        if not t.atoms or any(ls for _, ls in t.consts) or not all(
+                T.is_concrete(c) for c, _ in t.consts):
+            return None
+        found = _entries(w, t, shape)
+        if found is None or len({lat for lat, _ in found}) != 1:
+            return None
+        lat = found[0][0]
+        if latent is not None and lat != latent:
+            return None
+        d = w.supports[lat].dim
+        if d > 3 or len(found) != d:
+            return None
+        latent = lat
+        coef = float(np.prod([np.asarray(c, np.float64) for c, _ in t.consts]))
+        bs = [e[0].reshape(-1) for _, e in found]
+        if any(not np.array_equal(bs[0], x) for x in bs[1:]) or (
+                b_ref is not None and not np.array_equal(b_ref, bs[0])):
+            return None
+        b_ref = bs[0]
+        pairs = [(np.minimum(e[1], e[2]).reshape(-1), np.maximum(e[1], e[2]).reshape(-1))
+                 for _, e in found]
+        for p in range(n):
+            key = tuple(sorted((int(lo[p]), int(hi[p])) for lo, hi in pairs))
+            polys[p][key] = polys[p].get(key, 0.0) + coef
+    if latent is None:
+        return None
+    d = w.supports[latent].dim
+    leibniz = {}
+    for perm in itertools.permutations(range(d)):
+        sign = round(np.linalg.det(np.eye(d)[list(perm)]))
+        key = tuple(sorted((min(i, j), max(i, j)) for i, j in enumerate(perm)))
+        leibniz[key] = leibniz.get(key, 0) + sign
+    ref = max(leibniz, key=lambda k: abs(leibniz[k]))
+    scale = np.zeros(n)
+    for p, poly in enumerate(polys):
+        c = poly.get(ref, 0.0) / leibniz[ref]
+        keys = set(poly) | set(leibniz)
+        if c == 0 or not all(math.isclose(poly.get(k, 0.0), c * leibniz.get(k, 0), rel_tol=1e-12,
+                                          abs_tol=1e-300) for k in keys):
+            return None
+        scale[p] = c
+    return latent, b_ref, scale
+
+
+def _det_factor(w, eqn, invals, found):
+    latent, bmap, scale = found
+    s = invals[0]
+    src = w.source()
+    reason = Reason(frozenset({latent}), eqn.primitive.name, src,
+                    f"|det {latent}| is used other than through its log (the "
+                    f"log-determinant log|{latent}| is the conjugate statistic)")
+    return Factor(tuple(s.shape), s.dtype, None, _point_of(w, eqn, invals), (reason,),
+                  latent=latent, method="det", idx=np.arange(len(bmap)).reshape(s.shape),
+                  bmap=bmap, dim=w.supports[latent].dim, log_scale=np.log(np.abs(scale)),
+                  stage="abs")
+
+
+def _determinant(w, eqn, invals):
+    """``|c det(L)|`` (the Leibniz polynomial of a small positive-definite latent):
+    remembered for its log; any other ``abs`` is the table's rule."""
+    found = _det_of_latent(w, invals[0])
+    if found is None:
+        return w.table.rules["abs"](w, eqn, invals)
+    return _det_factor(w, eqn, invals, found)
+
+
+def _log_determinant(w, eqn, invals):
+    """``log(c det L)`` with ``c > 0``: the logdet statistic plus ``log c``."""
+    found = _det_of_latent(w, invals[0])
+    if found is None or not np.all(found[2] > 0):
+        return w.table.rules["log"](w, eqn, invals)
+    return _log_of_det(w, eqn, [_det_factor(w, eqn, invals, found)])
+
+
+def _log_of_det(w, eqn, invals):
+    f = invals[0]
+    shape = tuple(f.shape)
+    out = w.space.fresh_many(shape)
+    b = np.asarray(f.bmap)[f.idx]
+    atom = T.Atom(f.latent, "logdet", out, np.asarray(b).reshape(shape))
+    terms = (T.Term(((np.ones(shape), out),), (atom,), out, f.reasons[0].source),)
+    const = np.asarray(f.log_scale)[f.idx]
+    if np.any(const != 0):
+        terms += (_const(w, const, out, shape),)
+    return T.Sym(shape, eqn.outvars[0].aval.dtype, terms)
 
 
 # ----------------------------------------------------------------- moving entries
