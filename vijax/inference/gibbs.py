@@ -53,7 +53,7 @@ def _run(compiled, data, user, keys, log_joint, order, num_warmup, num_samples, 
         def outer(i, carry):
             state, buf = carry
             k = jax.random.fold_in(k_run, i)
-            n = jnp.where(i < num_warmup, 1, thin) if thin > 1 else 1
+            n = jnp.where(i < num_warmup, 1, thin)
             state = jax.lax.fori_loop(
                 0, n, lambda t, s: alg.step(s, jax.random.fold_in(k, t)), state)
 
@@ -74,10 +74,9 @@ def _run(compiled, data, user, keys, log_joint, order, num_warmup, num_samples, 
     return jax.vmap(chain)(user, keys)
 
 
-# cached per (compiled structure, log joint, order, sizes): a second run on new data of
-# the same shapes compiles nothing
-_run_jit = jax.jit(_run, static_argnames=("log_joint", "order", "num_warmup",
-                                          "num_samples", "thin"))
+# cached per (compiled structure, log joint, order, num_samples, chains): a second run on
+# new data of the same shapes, or with other num_warmup / thin, compiles nothing
+_run_jit = jax.jit(_run, static_argnames=("log_joint", "order", "num_samples"))
 
 
 def gibbs(model, data, key, num_samples=1000, num_warmup=500, thin=1, num_chains=1,
@@ -148,8 +147,8 @@ def gibbs(model, data, key, num_samples=1000, num_warmup=500, thin=1, num_chains
     keys = jax.random.split(key, num_chains)
     t0 = time.perf_counter()
     draws, lj, failed, failed_at = jax.block_until_ready(_run_jit(
-        compiled, data, user, keys, prog.log_joint, tuple(order), num_warmup, num_samples,
-        thin))
+        compiled, data, user, keys, prog.log_joint, tuple(order), jnp.int32(num_warmup),
+        num_samples, jnp.int32(thin)))
     seconds = time.perf_counter() - t0
     failed, failed_at = np.asarray(failed), np.asarray(failed_at)
     if np.any(failed >= 0):
