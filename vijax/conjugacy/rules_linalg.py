@@ -129,29 +129,24 @@ def _scaled_latent(w, s: T.Sym):
     n = int(math.prod(shape[:-2]))
     d = shape[-1]
     latent, bmap, total = None, None, 0.0
-    sizes = w.space.sizes
     for t in s.terms:
         if len(t.atoms) != 1 or any(ls for _, ls in t.consts):
             return None
         a = t.atoms[0]
         sup = w.supports[a.latent]
         if sup.kind != "positive_definite" or a.stat != "x" or a.power != 1.0 \
-                or sup.dim != d or not set(a.labels) <= set(t.out):
+                or sup.dim != d:
             return None
         if latent is not None and a.latent != latent:
-            return None
-        if a.idx is not None and not T.is_concrete(a.idx):
             return None
         coef = 1.0
         for c, _ in t.consts:
             if not T.is_concrete(c):
                 return None
             coef *= float(np.asarray(c))
-        idx = np.asarray(T.explicit_idx(a, sup.value_shape))
-        order = [a.labels.index(l) for l in t.out if l in a.labels]
-        idx = np.transpose(idx, order) if idx.ndim else idx
-        idx = np.broadcast_to(idx.reshape([sizes[l] if l in a.labels else 1 for l in t.out]),
-                              shape)
+        idx = _positions(w, a, t, shape)
+        if idx is None:
+            return None
         b, i, j = np.unravel_index(idx, (sup.size, d, d))
         p = np.arange(d).reshape(d, 1)
         q = np.arange(d).reshape(1, d)
@@ -202,23 +197,39 @@ def factorize(w, eqn, invals):
 
 # ----------------------------------------------------------------- small determinants
 
+def _positions(w, a: T.Atom, t: T.Term, shape):
+    """The flat latent element the atom ``a`` of ``t`` reads at every output position
+    (an int array of ``shape``), or None when it also sums over a label (of size > 1) or
+    its index is traced data."""
+    sizes = w.space.sizes
+    if a.idx is not None and not T.is_concrete(a.idx):
+        return None
+    if any(l not in t.out and sizes[l] != 1 for l in a.labels):
+        return None
+    sup = w.supports[a.latent]
+    idx = np.asarray(T.explicit_idx(a, sup.value_shape))
+    if idx.ndim:  # size-1 labels the output does not carry: read at 0
+        idx = idx[tuple(slice(None) if l in t.out else 0 for l in a.labels)]
+    labels = [l for l in a.labels if l in t.out]
+    if len(set(labels)) != len(labels) or len(set(t.out)) != len(t.out):
+        return None
+    order = [labels.index(l) for l in t.out if l in labels]
+    idx = np.transpose(idx, order) if idx.ndim else idx
+    return np.broadcast_to(idx.reshape([sizes[l] if l in labels else 1 for l in t.out]), shape)
+
+
 def _entries(w, t: T.Term, shape):
     """Per atom of ``t``: ``(latent, (b, i, j))`` of the element it reads at every output
     position (arrays of ``shape``), or None when ``t`` is not a product of first powers of
     positive-definite latent entries (no summed labels) times scalar constants."""
-    sizes = w.space.sizes
     out = []
     for a in t.atoms:
         sup = w.supports[a.latent]
-        if sup.kind != "positive_definite" or a.stat != "x" or a.power != 1.0 \
-                or not set(a.labels) <= set(t.out) or (
-                    a.idx is not None and not T.is_concrete(a.idx)):
+        if sup.kind != "positive_definite" or a.stat != "x" or a.power != 1.0:
             return None
-        idx = np.asarray(T.explicit_idx(a, sup.value_shape))
-        order = [a.labels.index(l) for l in t.out if l in a.labels]
-        idx = np.transpose(idx, order) if idx.ndim else idx
-        idx = np.broadcast_to(idx.reshape([sizes[l] if l in a.labels else 1 for l in t.out]),
-                              shape)
+        idx = _positions(w, a, t, shape)
+        if idx is None:
+            return None
         out.append((a.latent, np.unravel_index(idx, (sup.size, sup.dim, sup.dim))))
     return out
 
