@@ -157,7 +157,8 @@ def tabulate_pairs(w, eqn, invals, z):
         pts = [w.point(p) for p in poisons]
         return w.poison(eqn.primitive.name, poisons, pts[0], "non-conjugate after expanding "
                         f"pairs of elements of the discrete latent '{z}'")
-    return T.Sym(shape, dtype, tuple(terms))
+    src = w.source()  # the user's line, for a reason about this coupling
+    return T.Sym(shape, dtype, tuple(t if t.src else t.with_(src=src) for t in terms))
 
 
 # ------------------------------------------------------------------ matching
