@@ -1,0 +1,223 @@
+"""vj.from_numpyro: NumPyro models read as vijax models.
+
+Reference: the zoo's hand-written log joints of the same models. The NumPyro versions
+must get the same supports and families, the same log joint at any point, and the same
+CAVI fit (float64, 1e-10).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+numpyro = pytest.importorskip("numpyro")
+import numpyro.distributions as dist  # noqa: E402
+from numpyro.distributions import constraints as C  # noqa: E402
+
+import vijax as vj  # noqa: E402
+from vijax.errors import DataError, ModelSpecError, NonConjugateError  # noqa: E402
+from vijax.models import ZOO  # noqa: E402
+from vijax.models.conjugate_pairs import BETA_PRIOR, GAMMA_PRIOR  # noqa: E402
+from vijax.models.gaussian import NORMAL_GAMMA_PRIOR  # noqa: E402
+from vijax.models.mixture import GMM_PRIOR  # noqa: E402
+from vijax.numpyro_bridge import from_numpyro, support_of  # noqa: E402
+
+
+def np_normal_known_variance(x):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    with numpyro.plate("N", x.shape[0]):
+        numpyro.sample("x", dist.Normal(mu, 0.5), obs=x)
+
+
+def np_beta_bernoulli(x):
+    p = numpyro.sample("p", dist.Beta(*BETA_PRIOR))
+    with numpyro.plate("N", x.shape[0]):
+        numpyro.sample("x", dist.Bernoulli(p), obs=x)
+
+
+def np_gamma_poisson(x):
+    lam = numpyro.sample("lam", dist.Gamma(*GAMMA_PRIOR))  # concentration, rate
+    with numpyro.plate("N", x.shape[0]):
+        numpyro.sample("x", dist.Poisson(lam), obs=x)
+
+
+def np_normal_gamma(x):
+    p = NORMAL_GAMMA_PRIOR
+    tau = numpyro.sample("tau", dist.Gamma(p["a0"], p["b0"]))
+    mu = numpyro.sample("mu", dist.Normal(p["mu0"], 1.0 / jnp.sqrt(p["lambda0"] * tau)))
+    with numpyro.plate("N", x.shape[0]):
+        numpyro.sample("x", dist.Normal(mu, 1.0 / jnp.sqrt(tau)), obs=x)
+
+
+def np_gmm(x, k):
+    p = GMM_PRIOR
+    n, d = x.shape
+    pi = numpyro.sample("pi", dist.Dirichlet(jnp.full((k,), p["alpha0"])))
+    tau = numpyro.sample("tau", dist.Gamma(p["a0"], p["b0"]).expand([k, d]).to_event(2))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0 / jnp.sqrt(p["beta0"] * tau)).to_event(2))
+    with numpyro.plate("N", n):
+        z = numpyro.sample("z", dist.Categorical(pi))
+        numpyro.sample("x", dist.Normal(mu[z], 1.0 / jnp.sqrt(tau[z])).to_event(1), obs=x)
+
+
+def _probe(model, key):
+    """A random point of the model's latents (inside the supports)."""
+    out = {}
+    for i, (n, s) in enumerate(sorted(model.supports.items())):
+        k = jax.random.fold_in(key, i)
+        if s.kind == "categorical":
+            out[n] = jax.random.randint(k, s.shape, 0, s.num_categories)
+        else:
+            u = jax.random.normal(k, s.unconstrained_shape)
+            out[n] = s.from_unconstrained(u)
+    return out
+
+
+def _same_fit(a, b, atol=1e-10):
+    assert abs(float(a.elbo) - float(b.elbo)) < atol
+    for n in b.natural:
+        for s in b.natural[n]:
+            np.testing.assert_allclose(np.asarray(a.natural[n][s]), np.asarray(b.natural[n][s]),
+                                       rtol=1e-10, atol=atol)
+
+
+@pytest.mark.parametrize("fn, zoo_name", [
+    (np_normal_known_variance, "normal_known_variance"), (np_beta_bernoulli, "beta_bernoulli"),
+    (np_gamma_poisson, "gamma_poisson"), (np_normal_gamma, "normal_gamma")])
+def test_conjugate_pairs_match_hand_written(zoo, fn, zoo_name):
+    case = zoo[zoo_name]
+    model, data = from_numpyro(fn, case.data)
+    assert model.supports == case.model.supports and sorted(data) == ["x"]
+    fams = {n: c.__name__ for n, c in vj.analyze(model, data).families.items()}
+    assert fams == case.zoo_model.families
+    for i in range(3):  # the same log joint at any point
+        z = _probe(model, jax.random.key(i))
+        assert abs(float(model.log_joint(z, data)) - float(case.model.log_joint(z, case.data))) \
+            < 1e-10
+    # the same sweeps (tol=0, one update order): the same factors up to rounding
+    order = tuple(case.model.supports)
+    _same_fit(vj.cavi(model, data, tol=0, max_iters=4, order=order),
+              vj.cavi(case.model, case.data, tol=0, max_iters=4, order=order))
+
+
+def test_new_data_of_same_shape(zoo):
+    case = zoo["beta_bernoulli"]
+    model, data = from_numpyro(np_beta_bernoulli, case.data)
+    new = {"x": 1 - data["x"]}
+    q = vj.cavi(model, new).posterior["p"].usual_params()
+    k, n = float(jnp.sum(new["x"])), new["x"].size
+    np.testing.assert_allclose([float(q["concentration1"]), float(q["concentration0"])],
+                               [BETA_PRIOR[0] + k, BETA_PRIOR[1] + n - k], rtol=1e-12)
+
+
+def test_gaussian_mixture_matches_hand_written():
+    zm = ZOO["gaussian_mixture"](n=12, k=2, d=2)
+    x = zm.make_data(jax.random.key(0))
+    model, data = from_numpyro(np_gmm, x, 2)
+    assert model.supports == zm.model.supports
+    assert {n: c.__name__ for n, c in vj.analyze(model, data).families.items()} == zm.families
+    z = _probe(model, jax.random.key(7))
+    assert abs(float(model.log_joint(z, data)) - float(zm.model.log_joint(z, x))) < 1e-10
+    r = jax.nn.softmax(3.0 * jax.random.normal(jax.random.key(5), (12, 2)))
+    order = tuple(zm.model.supports)  # sites are declared in another order in NumPyro
+    _same_fit(vj.cavi(model, data, init={"z": r}, tol=0, max_iters=10, order=order),
+              vj.cavi(zm.model, x, init={"z": r}, tol=0, max_iters=10, order=order))
+
+
+@pytest.mark.parametrize("constraint, shape, want", [
+    (C.real, (3,), vj.real((3,))), (C.real_vector, (2, 3), vj.real((2, 3))),
+    (C.positive, (), vj.positive()), (C.softplus_positive, (4,), vj.positive((4,))),
+    (C.greater_than(0.0), (), vj.positive()), (C.unit_interval, (2,), vj.unit_interval((2,))),
+    (C.interval(0.0, 1.0), (), vj.unit_interval()), (C.simplex, (5, 3), vj.simplex(3, (5,))),
+    (C.boolean, (4,), vj.binary((4,))), (C.integer_interval(0, 3), (6,), vj.categorical(4, (6,))),
+    (C.nonnegative_integer, (2,), vj.count((2,))),
+    (C.independent(C.positive, 1), (2, 3), vj.positive((2, 3)))])
+def test_support_table(constraint, shape, want):
+    assert support_of("s", constraint, np.zeros(shape)) == want
+
+
+@pytest.mark.parametrize("constraint", [
+    C.interval(0.0, 2.0), C.greater_than(1.0), C.integer_interval(1, 3), C.lower_cholesky,
+    C.ordered_vector, C.corr_cholesky])
+def test_unsupported_constraints_refused_by_site(constraint):
+    with pytest.raises(ModelSpecError, match="sample site 'theta'"):
+        support_of("theta", constraint, np.zeros((3, 3)))
+
+
+def test_model_level_refusals():
+    def uniform(x):
+        s = numpyro.sample("scale", dist.Uniform(0.0, 2.0))
+        numpyro.sample("x", dist.Normal(0.0, s), obs=x)
+
+    with pytest.raises(ModelSpecError, match="'scale'"):
+        from_numpyro(uniform, jnp.ones(3))
+
+    def with_param(x):
+        m = numpyro.param("m", 0.0)
+        numpyro.sample("x", dist.Normal(m, 1.0), obs=x)
+
+    with pytest.raises(ModelSpecError, match="'m' is a numpyro.param"):
+        from_numpyro(with_param, jnp.ones(3))
+
+    def subsampled(x):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("N", x.shape[0], subsample_size=2) as idx:
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+
+    with pytest.raises(ModelSpecError, match="plate 'N' subsamples 2 of 5"):
+        from_numpyro(subsampled, jnp.ones(5))
+    with pytest.raises(DataError, match="observed site 'x'"):
+        from_numpyro(np_beta_bernoulli, jnp.array([0.0, 1.0, 2.0]))
+
+
+def test_nonconjugate_site_named():
+    def logistic(X, y):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.sample("y", dist.Bernoulli(logits=X @ w), obs=y)
+
+    X = jnp.array([[1.0, 0.5], [-0.3, 2.0], [0.7, -1.0]])
+    model, data = from_numpyro(logistic, X, jnp.array([1.0, 0.0, 1.0]))
+    assert "w" in vj.analyze(model, data).reasons
+    with pytest.raises(NonConjugateError) as e:
+        vj.cavi(model, data)
+    assert e.value.latent == "w"
+
+
+def test_readable_densities_equal_numpyro():
+    """The unclamped formulas are NumPyro's densities wherever NumPyro does not clamp."""
+    from vijax.numpyro_bridge import _readable_table, _swap
+    table = _readable_table()
+    p = jnp.array([0.1, 0.5, 0.93])
+    cases = [(dist.Bernoulli(p), jnp.array([1.0, 0.0, 1.0])),
+             (dist.Binomial(7, p), jnp.array([2.0, 7.0, 0.0])),
+             (dist.Categorical(jnp.array([[0.2, 0.3, 0.5]] * 3)), jnp.array([0, 2, 1])),
+             (dist.Beta(jnp.array([0.7, 2.0, 1.0]), 3.0), p),
+             (dist.Beta(2.0, 3.0).expand([3]), p)]
+    for d, v in cases:
+        swapped = _swap(d, table)
+        assert swapped is not d
+        np.testing.assert_allclose(np.asarray(swapped.log_prob(v)), np.asarray(d.log_prob(v)),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_numpyro_absent_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numpyro", None)
+    with pytest.raises(ImportError, match=r"pip install 'vijax\[numpyro\]'"):
+        from_numpyro(np_normal_known_variance, jnp.ones(3))
+
+
+def test_float32_dtype_aware():
+    x64 = np.linspace(-0.5, 1.5, 10)
+    with jax.enable_x64(False):
+        model, data = from_numpyro(np_normal_known_variance, jnp.asarray(x64, jnp.float32))
+        q = vj.cavi(model, data).posterior["mu"]
+        m, v = q.mean(), q.variance()
+        assert m.dtype == jnp.float32
+    prec = 1 / 4.0 + x64.size / 0.25
+    eps = float(np.finfo(np.float32).eps)
+    assert abs(float(m) - (x64.sum() / 0.25) / prec) < 64 * eps
+    assert abs(float(v) - 1 / prec) < 64 * eps / prec
