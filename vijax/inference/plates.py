@@ -16,10 +16,12 @@ labels or constants change size with the batch is a plate term. Refused
 
 - a term that pairs two different plate elements (``sum_{n,m}``; e.g. ``(sum_n x_n)^2``
   times a latent statistic): its sum is not additive over observations;
-- a plate-free term whose constant is computed from plate-carrying data (the data were
-  reduced over the plate before they met a latent, e.g. ``mu * jnp.mean(x)``): it
-  cannot be rescaled term by term. Found by a reachability walk of the
-  data-to-constants jaxpr.
+- a plate-free term whose constant was reduced from plate-carrying data before it met a
+  latent (found by a reachability walk of the data-to-constants jaxpr), unless it is a
+  sum over observations: such a term (``t * sum_n x_n^2`` in a normal model) must double
+  when every observation of a probe minibatch is duplicated (random float data, the
+  integer leaves of the first minibatch); ``mu * jnp.mean(x)`` or ``(sum_n x_n)^2``
+  terms do not and are refused.
 """
 
 from __future__ import annotations
@@ -183,9 +185,11 @@ def _reach(jaxpr, deps_in):
     return [read(v) for v in jaxpr.outvars]
 
 
-def check_reductions(prog, spec, plate: Plate, is_plate):
-    """Refuse a plate-free term (or F's constant is exempt) whose constants depend on
-    plate-carrying data leaves (see the module docstring)."""
+def reduced_terms(prog, spec, plate: Plate, is_plate):
+    """Indices of the plate-free terms whose constants depend on plate-carrying data
+    leaves: the walker summed the data over the plate before they met a latent (e.g.
+    ``sum_n x_n^2`` times a precision). Found by a reachability walk of the
+    data-to-constants jaxpr (structure only)."""
     leaves, treedef = jax.tree_util.tree_flatten(spec)
 
     def fn(*ls):
@@ -193,21 +197,48 @@ def check_reductions(prog, spec, plate: Plate, is_plate):
         return [[c for c, _ in t.consts] + [a.idx for a in t.atoms if a.idx is not None]
                 for t in comp.terms]
 
-    closed, _ = _compat.make_jaxpr(fn, *leaves)
+    closed, shapes = _compat.make_jaxpr(fn, *leaves)
     jaxpr, _ = _compat.open_jaxpr(closed)
     deps = _reach(jaxpr, [frozenset([i]) if c else frozenset()
                           for i, c in enumerate(plate.carries)])
-    comp = jax.eval_shape(lambda *ls: prog.materialize(
-        jax.tree_util.tree_unflatten(treedef, list(ls))), *leaves)
-    k = 0
-    for t, p in zip(comp.terms, is_plate):
-        m = len(t.consts) + sum(a.idx is not None for a in t.atoms)
-        touched = any(deps[k + j] for j in range(m))
+    out, k = [], 0
+    for i, (per_term, p) in enumerate(zip(shapes, is_plate)):
+        m = len(per_term)
+        if not p and any(deps[k + j] for j in range(m)):
+            out.append(i)
         k += m
-        if touched and not p:
+    return tuple(out)
+
+
+def probe_data(batch, plate: Plate, key):
+    """``batch`` with its plate-carrying float leaves replaced by draws from U(0.5, 1.5)
+    (a generic point: identities that hold there hold for all data with probability 1);
+    integer leaves (indices, counts) are kept."""
+    leaves, treedef = jax.tree_util.tree_flatten(batch)
+    out = []
+    for i, (l, c) in enumerate(zip(leaves, plate.carries)):
+        l = jnp.asarray(l)
+        if c and jnp.issubdtype(l.dtype, jnp.floating):
+            l = jax.random.uniform(jax.random.fold_in(key, i), l.shape, l.dtype, 0.5, 1.5)
+        out.append(l)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def check_reduced(comp_b, comp_2b, index, stats):
+    """A reduced term (see :func:`reduced_terms`) is a sum over observations iff it
+    doubles when every observation is duplicated (checked at the generic probe point
+    and the mean parameters ``stats``); returns the indices that do, refuses the rest."""
+    from vijax.conjugacy import terms as T
+    for i in index:
+        t1, t2 = comp_b.terms[i], comp_2b.terms[i]
+        v1 = jnp.sum(T.eval_term(t1, stats, comp_b.sizes))
+        v2 = jnp.sum(T.eval_term(t2, stats, comp_2b.sizes))
+        eps = float(jnp.finfo(jnp.result_type(v1)).eps)
+        if not bool(jnp.abs(v2 - 2 * v1) <= 1e3 * eps * (jnp.abs(v2) + 1)):
             raise ModelSpecError(
-                f"svi: latent(s) {sorted(t.latents())} cannot be classified: a term of F "
-                f"(src {t.src}) reads the data through a reduction over the plate before it "
-                "meets the latent (e.g. jnp.mean(x) or jnp.sum(x) ** 2), which a minibatch "
-                "cannot estimate by rescaling. Write the log joint as a sum over observations, "
-                "or fit with vj.cavi.")
+                f"svi: latent(s) {sorted(t1.latents())} cannot be classified: a term of F "
+                f"(src {t1.src}) reads the data through a reduction over the plate that is "
+                "not a sum over observations (e.g. jnp.mean(x) or jnp.sum(x) ** 2), which a "
+                "minibatch cannot estimate by rescaling. Write the log joint as a sum over "
+                "observations, or fit with vj.cavi.")
+    return tuple(index)

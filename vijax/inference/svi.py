@@ -79,7 +79,7 @@ def svi(model, data, key=None, batch_size=None, *, num_data=None, schedule=None,
         tol: windowed stopping rule of :func:`vijax.run` on the ELBO estimates (window
             means compared, the allowance widened by twice their standard error);
             default 1e-4. ``tol=0`` runs every step.
-        window: steps per window (default ``max(10, min(100, N // B))``).
+        window: steps per window (default ``max(20, min(200, 3 N // B))``).
         sampling: ``"epoch"`` (in-memory: a fresh random permutation per epoch, batches
             without replacement within it; ``N mod B`` rows sit out each epoch) or
             ``"uniform"`` (i.i.d. uniform rows).
@@ -162,7 +162,9 @@ def svi(model, data, key=None, batch_size=None, *, num_data=None, schedule=None,
 
 
 def default_window(n, b):
-    return max(10, min(100, n // b))
+    """Steps per window of the stopping rule: three epochs' worth, at least 20 and at
+    most 200 steps (the minibatch estimates are noisy: a short window stops early)."""
+    return max(20, min(200, 3 * (n // b)))
 
 
 def _is_iterator(data):

@@ -89,8 +89,9 @@ class Setup(NamedTuple):
 def setup(model, plate, first_batch, b, key, schedule, local_iters, local_tol, dtype):
     """Compile the minibatch program, classify its terms and build the step.
 
-    ``first_batch``: the data of one minibatch (``b`` rows); it fixes F's prior constant
-    (``c_prior = 2 c(S) - c(S + S)``, exact for a sum over observations)."""
+    ``first_batch``: one minibatch (``b`` rows): its shapes, and its integer leaves for the
+    probe point of :func:`vijax.inference.plates.check_reduced` (float leaves are
+    replaced by random values there)."""
     n = plate.n
     if not plate.global_:
         raise ModelSpecError(
@@ -106,14 +107,20 @@ def setup(model, plate, first_batch, b, key, schedule, local_iters, local_tol, d
     if w == 1:
         is_plate, const_prior = None, jnp.zeros((), dtype)
     else:
-        leaves, treedef = jax.tree_util.tree_flatten(first_batch)
+        probe = plates.probe_data(first_batch, plate, jax.random.fold_in(key, 0x9b))
+        leaves, treedef = jax.tree_util.tree_flatten(probe)
         doubled = jax.tree_util.tree_unflatten(treedef, [
             jnp.concatenate([l, l]) if c else l for l, c in zip(leaves, plate.carries)])
         prog_2b = plates.batch_program(model, first_batch, plate, 2 * b)
-        comp_b, comp_2b = prog_b.materialize(first_batch), prog_2b.materialize(doubled)
+        comp_b, comp_2b = prog_b.materialize(probe), prog_2b.materialize(doubled)
         is_plate = plates.classify_terms(comp_b, comp_2b, b)
-        plates.check_reductions(prog_b, plates.batch_spec(first_batch, plate, b), plate,
-                                is_plate)
+        reduced = plates.reduced_terms(prog_b, plates.batch_spec(first_batch, plate, b),
+                                       plate, is_plate)
+        if reduced:
+            stats = mf.mean_params(comp_b, mf.default_init_jit(prog_b, key, dtype))
+            reduced = plates.check_reduced(comp_b, comp_2b, reduced, stats)
+            is_plate = tuple(p or i in reduced for i, p in enumerate(is_plate))
+        # F's constant: c(S) = c_prior + sum_{n in S} c_n, so c_prior = 2 c(S) - c(S + S)
         const_prior = (2 * jnp.asarray(comp_b.const, dtype)
                        - jnp.asarray(comp_2b.const, dtype))
     core = make_core(prog_b, fams, is_plate, w, local_order, global_order, schedule,
