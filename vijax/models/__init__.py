@@ -16,6 +16,7 @@ ZOO = {f.__name__: f for f in (
     gaussian_mixture, ppca, lda, state_space, logistic_regression, student_t_location)}
 ZOO["hmm"] = __import__("vijax.models.hmm", fromlist=["hmm"]).hmm  # variational HMM
 
+from vijax.models.wishart_models import normal_wishart  # noqa: E402 (not in ZOO: suite time)
 CONJUGATE = [n for n in ZOO if n not in ("logistic_regression", "student_t_location")]
 
 __all__ = ["ZooModel", "ZOO", "CONJUGATE"] + list(ZOO)
