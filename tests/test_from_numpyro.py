@@ -77,6 +77,14 @@ def _probe(model, key):
     return out
 
 
+def _same_log_joint(model, data, ref, ref_data, n=3):
+    """Both log joints at ``n`` random points, in one compiled program."""
+    zs = [_probe(model, jax.random.key(i)) for i in range(n)]
+    both = jax.jit(lambda zs: [(model.log_joint(z, data), ref.log_joint(z, ref_data)) for z in zs])
+    for a, b in both(zs):
+        assert abs(float(a) - float(b)) < 1e-10
+
+
 def _same_fit(a, b, atol=1e-10):
     assert abs(float(a.elbo) - float(b.elbo)) < atol
     for n in b.natural:
@@ -94,10 +102,7 @@ def test_conjugate_pairs_match_hand_written(zoo, fn, zoo_name):
     assert model.supports == case.model.supports and sorted(data) == ["x"]
     fams = {n: c.__name__ for n, c in vj.analyze(model, data).families.items()}
     assert fams == case.zoo_model.families
-    for i in range(3):  # the same log joint at any point
-        z = _probe(model, jax.random.key(i))
-        assert abs(float(model.log_joint(z, data)) - float(case.model.log_joint(z, case.data))) \
-            < 1e-10
+    _same_log_joint(model, data, case.model, case.data)
     # the same sweeps (tol=0, one update order): the same factors up to rounding
     order = tuple(case.model.supports)
     _same_fit(vj.cavi(model, data, tol=0, max_iters=4, order=order),
@@ -120,8 +125,7 @@ def test_gaussian_mixture_matches_hand_written():
     model, data = from_numpyro(np_gmm, x, 2)
     assert model.supports == zm.model.supports
     assert {n: c.__name__ for n, c in vj.analyze(model, data).families.items()} == zm.families
-    z = _probe(model, jax.random.key(7))
-    assert abs(float(model.log_joint(z, data)) - float(zm.model.log_joint(z, x))) < 1e-10
+    _same_log_joint(model, data, zm.model, x)
     r = jax.nn.softmax(3.0 * jax.random.normal(jax.random.key(5), (12, 2)))
     order = tuple(zm.model.supports)  # sites are declared in another order in NumPyro
     _same_fit(vj.cavi(model, data, init={"z": r}, tol=0, max_iters=10, order=order),
@@ -197,11 +201,11 @@ def test_readable_densities_equal_numpyro():
              (dist.Categorical(jnp.array([[0.2, 0.3, 0.5]] * 3)), jnp.array([0, 2, 1])),
              (dist.Beta(jnp.array([0.7, 2.0, 1.0]), 3.0), p),
              (dist.Beta(2.0, 3.0).expand([3]), p)]
-    for d, v in cases:
-        swapped = _swap(d, table)
-        assert swapped is not d
-        np.testing.assert_allclose(np.asarray(swapped.log_prob(v)), np.asarray(d.log_prob(v)),
-                                   rtol=1e-12, atol=1e-12)
+    pairs = [(_swap(d, table), d, v) for d, v in cases]
+    assert all(sw is not d for sw, d, _ in pairs)
+    got = jax.jit(lambda: [(sw.log_prob(v), d.log_prob(v)) for sw, d, v in pairs])()
+    for a, b in got:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
 def test_numpyro_absent_gives_install_hint(monkeypatch):

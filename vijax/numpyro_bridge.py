@@ -208,6 +208,69 @@ class NumPyroLogJoint:
         return jnp.asarray(lp)
 
 
+def _trace(model_fn, args, kwargs, staged=True):
+    """The model's trace (seeded). It is taken under ``jax.make_jaxpr`` first, so that
+    sampling the latents costs no eager operations (only their shapes are needed); when
+    an observed value is computed inside the model (not passed in), it is taken eagerly."""
+    numpyro = _numpyro()
+    from numpyro import handlers
+
+    def get():
+        with numpyro.validation_enabled(False):
+            return handlers.trace(handlers.seed(model_fn, rng_seed=0)).get_trace(*args, **kwargs)
+
+    if not staged:
+        return get(), False
+    box = {}
+
+    def run():
+        box["trace"] = get()
+        return 0.0
+
+    try:
+        jax.make_jaxpr(run)()
+        tr = box["trace"]
+    except Exception:  # noqa: BLE001 - e.g. Python control flow on a drawn value
+        return get(), False
+    from vijax import _compat
+    if any(s["type"] == "sample" and s["is_observed"] and _compat.is_tracer(s["value"])
+           for s in tr.values()):
+        return get(), False
+    return tr, True
+
+
+def _sites(tr):
+    """``(supports, data)`` from a NumPyro trace (see :func:`from_numpyro`)."""
+    supports, data = {}, {}
+    for name, site in tr.items():
+        kind = site["type"]
+        if kind == "param":
+            raise ModelSpecError(
+                f"site '{name}' is a numpyro.param: a vijax Model has latents and data only. "
+                "Give it a prior (numpyro.sample), pass it as an argument, or fit it with vj.em")
+        if kind == "plate":
+            size, sub = site["args"][:2]
+            if sub is not None and sub != size:
+                raise ModelSpecError(
+                    f"plate '{name}' subsamples {sub} of {size}: vijax fits the full data "
+                    "(drop subsample_size)")
+            continue
+        if kind != "sample":
+            continue
+        if site["is_observed"]:
+            value = site["value"]
+            ok = np.asarray(site["fn"].support(value))
+            if not np.all(ok):
+                raise DataError(
+                    f"observed site '{name}': {int(np.sum(~ok))} value(s) lie outside the "
+                    f"support {site['fn'].support} of its {type(site['fn']).__name__} "
+                    "distribution")
+            data[name] = value
+            continue
+        supports[name] = support_of(name, site["fn"].support, site["value"])
+    return supports, data
+
+
 def from_numpyro(model_fn, *args, **kwargs):
     """A :class:`vijax.Model` and its data from a NumPyro model function.
 
@@ -241,37 +304,15 @@ def from_numpyro(model_fn, *args, **kwargs):
         >>> float(vj.cavi(model, data).posterior["mu"].mean())
         1.5
     """
-    numpyro = _numpyro()
-    from numpyro import handlers
-    with numpyro.validation_enabled(False):
-        tr = handlers.trace(handlers.seed(model_fn, rng_seed=0)).get_trace(*args, **kwargs)
-    supports, data = {}, {}
-    for name, site in tr.items():
-        kind = site["type"]
-        if kind == "param":
-            raise ModelSpecError(
-                f"site '{name}' is a numpyro.param: a vijax Model has latents and data only. "
-                "Give it a prior (numpyro.sample), pass it as an argument, or fit it with vj.em")
-        if kind == "plate":
-            size, sub = site["args"][:2]
-            if sub is not None and sub != size:
-                raise ModelSpecError(
-                    f"plate '{name}' subsamples {sub} of {size}: vijax fits the full data "
-                    "(drop subsample_size)")
-            continue
-        if kind != "sample":
-            continue
-        if site["is_observed"]:
-            value = site["value"]
-            ok = np.asarray(site["fn"].support(value))
-            if not np.all(ok):
-                raise DataError(
-                    f"observed site '{name}': {int(np.sum(~ok))} value(s) lie outside the "
-                    f"support {site['fn'].support} of its {type(site['fn']).__name__} "
-                    "distribution")
-            data[name] = value
-            continue
-        supports[name] = support_of(name, site["fn"].support, site["value"])
+    tr, staged = _trace(model_fn, args, kwargs)
+    try:
+        supports, data = _sites(tr)
+    except (ModelSpecError, DataError):
+        raise
+    except Exception:  # noqa: BLE001 - a staged value needed concretely: trace eagerly
+        if not staged:
+            raise
+        supports, data = _sites(_trace(model_fn, args, kwargs, staged=False)[0])
     if not supports:
         raise ModelSpecError("the NumPyro model has no latent (unobserved) sample site")
     log_joint = NumPyroLogJoint(model_fn, args, kwargs, list(supports), list(data))
