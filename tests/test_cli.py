@@ -1,7 +1,11 @@
-"""The README's main job: `vijax demo` as a subprocess."""
+"""The README's main job: `vijax demo` as a subprocess; and the demo's Gibbs check."""
 
 import subprocess
 import sys
+
+import numpy as np
+
+from vijax import cli
 
 
 def test_vijax_demo_runs(tmp_path):
@@ -10,6 +14,24 @@ def test_vijax_demo_runs(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all checks passed" in out.stdout
     assert "AGREE" in out.stdout and "DISAGREE" not in out.stdout
+    # the Gibbs path on both models, with its table against the exact moments
+    assert out.stdout.count("blocked Gibbs") == 2
+    assert "Gibbs var" in out.stdout and "Sigma_ii" in out.stdout
+
+
+def test_demo_gibbs_check_fails_on_wrong_variances():
+    """The demo's check passes exact draws and fails draws with CAVI's variance 1/Lambda_ii
+    (rho = 0.9: 0.19 instead of 1) or a shifted mean."""
+    rng = np.random.default_rng(0)
+    exact = rng.normal(1.0, 1.0, size=(4, 5000))
+    row = ("z1", 1.0, 1.0, 1.0, 0.19)
+    failures = []
+    cli._gibbs_table([row + (exact,)], failures, "t")
+    assert failures == []
+    cli._gibbs_table([row + (1.0 + np.sqrt(0.19) * (exact - 1.0),)], failures, "t")
+    assert len(failures) == 1 and "variance of z1" in failures[0]
+    cli._gibbs_table([row + (exact + 0.2,)], failures, "t")
+    assert len(failures) == 2 and "mean of z1" in failures[1]
 
 
 def test_vijax_analyze_reports_families():

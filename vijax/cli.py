@@ -1,8 +1,8 @@
 """The ``vijax`` command.
 
 ``vijax demo`` fits two built-in models (the textbook bivariate Gaussian and the
-normal-gamma model) by CAVI and by gradient, checks the bivariate result against its
-closed form, and prints the agreement tables. ``vijax analyze NAME`` prints the
+normal-gamma model) by CAVI, by gradient and by blocked Gibbs sampling, checks the results
+against their closed forms, and prints the agreement tables. ``vijax analyze NAME`` prints the
 compiler's report for a zoo model.
 """
 
@@ -12,6 +12,42 @@ import argparse
 import sys
 import time
 
+#: Gibbs marginal variances must be within this many Monte Carlo standard errors of the
+#: exact ones (and within ``_VAR_RTOL_FLOOR`` relative, if that is larger)
+_GIBBS_SE = 5.0
+_VAR_RTOL_FLOOR = 0.02
+
+
+def _gibbs_moments(draws, exact_mean, exact_var):
+    """(mean, variance, allowed |mean - exact|, allowed |variance - exact|) of draws
+    ``[chains, samples]``: ``_GIBBS_SE`` Monte Carlo standard errors ``sd(f)/sqrt(ESS(f))``
+    of ``f = z`` and ``f = (z - exact mean)^2``."""
+    import numpy as np
+    from vijax.inference.gibbs_diagnostics import ess
+    d = np.asarray(draws, np.float64)
+    sq = (d - exact_mean) ** 2
+    se_m = float(d.std() / np.sqrt(float(ess(d))))
+    se_v = float(sq.std() / np.sqrt(float(ess(sq))))
+    tol = max(_GIBBS_SE * se_v, _VAR_RTOL_FLOOR * exact_var)
+    return float(d.mean()), float(d.var(ddof=1)), _GIBBS_SE * se_m, tol
+
+
+def _gibbs_table(rows, failures, what):
+    """Print exact / CAVI / Gibbs means and variances; a Gibbs mean or variance outside
+    its allowance (:func:`_gibbs_moments`) is a failure. ``rows``: (name, exact m, exact v, cavi m, cavi v, draws)."""
+    print(f"{'':<4} {'exact mean':>11} {'CAVI mean':>10} {'Gibbs mean':>11} "
+          f"{'exact var':>10} {'CAVI var':>9} {'Gibbs var':>10} {'|dvar| tol':>10}")
+    for n, em, ev, cm, cv, draws in rows:
+        gm, gv, tol_m, tol = _gibbs_moments(draws, em, ev)
+        print(f"{n:<4} {em:>11.5f} {cm:>10.5f} {gm:>11.5f} {ev:>10.5f} {cv:>9.5f} "
+              f"{gv:>10.5f} {tol:>10.5f}")
+        if not abs(gv - ev) <= tol:
+            failures.append(f"{what}: Gibbs variance of {n} ({gv:.5f}) is not within {tol:.5f} "
+                            f"of the exact {ev:.5f}")
+        if not abs(gm - em) <= tol_m:
+            failures.append(f"{what}: Gibbs mean of {n} ({gm:.5f}) is not within {tol_m:.5f} "
+                            f"of the exact {em:.5f}")
+
 
 def _demo(args) -> int:
     import jax
@@ -20,6 +56,8 @@ def _demo(args) -> int:
     import optax
 
     import vijax as vj
+    from vijax.compare_draws import compare_draws
+    from vijax.inference.gibbs import gibbs
     from vijax.models import ZOO
 
     failures = []
@@ -50,6 +88,16 @@ def _demo(args) -> int:
     print(rep)
     if not rep.agree:
         failures.append("bivariate: CAVI and gradient disagree")
+    res = gibbs(zm.model, data, jax.random.key(args.seed + 3), num_samples=20000,
+                num_warmup=100, num_chains=4)
+    print(f"\nblocked Gibbs from the same complete conditionals, {res.num_chains} chains x "
+          f"{res.num_samples} draws ({res.seconds:.2f} s):")
+    _gibbs_table([(n, float(data["mean"][i]), float(data["cov"][i, i]),
+                   float(fit.posterior[n].mean()), float(fit.posterior[n].variance()),
+                   res.draws[n]) for i, n in enumerate(("z1", "z2"))], failures, "bivariate")
+    print(f"(Gibbs targets the exact posterior: marginal variances Sigma_ii; checked to "
+          f"{_GIBBS_SE:g} Monte Carlo standard errors, or {_VAR_RTOL_FLOOR:.0%} if larger)\n")
+    print(compare_draws(fit, res, names=("cavi", "gibbs")))
 
     # 2. normal-gamma: unknown mean and precision
     zm = ZOO["normal_gamma"]()
@@ -71,6 +119,18 @@ def _demo(args) -> int:
         print(rep)
         if not rep.agree:
             failures.append(f"normal-gamma: CAVI and gradient ({est}) disagree")
+    res = gibbs(zm.model, x, jax.random.key(args.seed + 4), num_samples=5000, num_warmup=100,
+                num_chains=4)
+    ex = _normal_gamma_exact(x)
+    print(f"\nblocked Gibbs, {res.num_chains} chains x {res.num_samples} draws "
+          f"({res.seconds:.2f} s); exact: tau ~ Gamma(a_n, b_n), mu ~ Student-t:")
+    _gibbs_table([(n, ex[n][0], ex[n][1], float(fit.posterior[n].mean()),
+                   float(fit.posterior[n].variance()), res.draws[n]) for n in ("mu", "tau")],
+                 failures, "normal-gamma")
+    drep = compare_draws(fit, res, mean_tol_sd=0.25, names=("cavi", "gibbs"))
+    print(drep)
+    if not drep.agree:
+        failures.append("normal-gamma: CAVI means are not within 0.25 sd of Gibbs'")
 
     if args.out:
         try:
@@ -91,6 +151,21 @@ def _demo(args) -> int:
     return 0
 
 
+def _normal_gamma_exact(x):
+    """Exact posterior moments of the zoo's normal-gamma model: ``tau ~ Gamma(a_n, b_n)``,
+    ``mu`` Student-t with mean ``mu_n`` and variance ``b_n / (lambda_n (a_n - 1))``."""
+    import numpy as np
+    from vijax.models.gaussian import NORMAL_GAMMA_PRIOR as P
+    x = np.asarray(x, np.float64)
+    n, xbar = x.size, x.mean()
+    lam_n = P["lambda0"] + n
+    mu_n = (P["lambda0"] * P["mu0"] + n * xbar) / lam_n
+    a_n = P["a0"] + n / 2
+    b_n = (P["b0"] + 0.5 * np.sum((x - xbar) ** 2)
+           + P["lambda0"] * n * (xbar - P["mu0"]) ** 2 / (2 * lam_n))
+    return {"mu": (mu_n, b_n / (lam_n * (a_n - 1))), "tau": (a_n / b_n, a_n / b_n ** 2)}
+
+
 def _analyze(args) -> int:
     import jax
     import vijax as vj
@@ -106,7 +181,7 @@ def _analyze(args) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vijax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="fit built-in models by CAVI and gradient, compare")
+    d = sub.add_parser("demo", help="fit built-in models by CAVI, gradient and Gibbs; compare")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--rho", type=float, default=0.9, help="bivariate correlation")
     d.add_argument("--out", default="vijax-demo-out", help="folder for figures ('' for none)")
