@@ -6,6 +6,7 @@ import dataclasses
 from typing import Callable, Dict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
@@ -65,18 +66,50 @@ class Model:
         return f"Model({getattr(self.log_joint, '__name__', 'log_joint')}, {self.supports})"
 
 
+def _spans_devices(x) -> bool:
+    """A concrete ``jax.Array`` on more than one device (or on another process's)."""
+    return isinstance(x, jax.Array) and not _compat.is_tracer(x) and (
+        len(x.sharding.device_set) > 1 or not x.is_fully_addressable)
+
+
+@jax.jit
+def _nonfinite_counts(leaves):
+    # one reduction per leaf, run where the data live: each device counts its shard and
+    # the counts are summed across devices (and processes), a replicated scalar each
+    return [jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in leaves]
+
+
 def check_data(data):
-    """Raise :class:`DataError` when a concrete float leaf of ``data`` has NaN or Inf."""
+    """Raise :class:`DataError` when a concrete float leaf of ``data`` has NaN or Inf.
+
+    Host arrays (and one-device arrays) are checked on the host. A leaf split over
+    several devices or processes is never copied to the host: its NaN/Inf count
+    ``sum(~isfinite(x))`` is one jitted reduction over its shards (a replicated scalar,
+    readable on every process), so a multi-process fit checks each process's slice where
+    it lives.
+    """
     leaves, _ = jax.tree_util.tree_flatten_with_path(data)
+    sharded, counts = [], {}
     for path, leaf in leaves:
         if _compat.is_tracer(leaf) or leaf is None:
             continue
+        if _spans_devices(leaf):
+            if jnp.issubdtype(leaf.dtype, jnp.inexact):
+                sharded.append((path, leaf))
+            continue
         arr = np.asarray(leaf)
         if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-            where = jax.tree_util.keystr(path) or "data"
-            bad = int(np.sum(~np.isfinite(arr)))
-            raise DataError(f"{where} has {bad} NaN/Inf value(s) (shape {arr.shape}); remove or "
-                            "impute them before fitting")
+            counts[jax.tree_util.keystr(path)] = (int(np.sum(~np.isfinite(arr))), arr.shape)
+            break
+    if sharded and not counts:
+        found = _nonfinite_counts([l for _, l in sharded])
+        for (path, leaf), bad in zip(sharded, found):
+            if int(bad):
+                counts[jax.tree_util.keystr(path)] = (int(bad), tuple(leaf.shape))
+                break
+    for where, (bad, shape) in counts.items():
+        raise DataError(f"{where or 'data'} has {bad} NaN/Inf value(s) (shape {shape}); "
+                        "remove or impute them before fitting")
 
 
 @dataclasses.dataclass

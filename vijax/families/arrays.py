@@ -81,6 +81,11 @@ def format_array(x: Any) -> str:
     (first and last entries, then the shape); tracers as ``dtype[shape]``."""
     if is_tracer(x) or isinstance(x, jax.ShapeDtypeStruct):
         return f"{jnp.dtype(x.dtype).name}{list(jnp.shape(x))}"
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        # split across processes (a local latent of a multi-process fit): not readable
+        # here without a collective (vijax.inference.distributed.gather)
+        procs = len({d.process_index for d in x.sharding.device_set})
+        return f"{jnp.dtype(x.dtype).name}{list(x.shape)} (split over {procs} processes)"
     a = np.asarray(x)
     if a.ndim == 0:
         return _number(a.item()) if np.issubdtype(a.dtype, np.floating) else repr(a.item())
