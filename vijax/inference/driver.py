@@ -97,11 +97,20 @@ class Run(NamedTuple):
     excess_decrease: Any
 
 
-class _Carry(NamedTuple):
+class Lane(NamedTuple):
+    """The stopping rule's bookkeeping for one fit (one lane of a batch): everything
+    :func:`run` carries besides the State and the trace.
+
+    Attributes:
+        i: steps taken.
+        info: the Info of the last step (``info.elbo``: the objective now).
+        converged, failed_at, max_decrease, excess: as in :class:`Run`.
+        win_sum, win_sq, prev_mean, prev_se2: the windowed rule's running sums and the
+            previous window's mean and squared standard error (unused when ``window == 1``).
+    """
+
     i: Any
-    state: Any
     info: Any
-    trace: Any
     converged: Any
     failed_at: Any
     max_decrease: Any
@@ -110,6 +119,77 @@ class _Carry(NamedTuple):
     win_sq: Any
     prev_mean: Any
     prev_se2: Any
+
+
+def initial_info(step, state, info0=None, elbo0=None) -> Info:
+    """The Info of the initial state (``info0``, default zeros shaped like the first step's
+    Info) with ``elbo = elbo0`` (NaN when None: the first step cannot converge)."""
+    if info0 is None:
+        info0 = jax.tree_util.tree_map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(lambda s: _as_info(step(s)[1]), state))
+    info0 = _as_info(info0)
+    dtype = jnp.result_type(info0.elbo)
+    return info0._replace(elbo=jnp.asarray(jnp.nan if elbo0 is None else elbo0, dtype))
+
+
+def lane_start(info0: Info) -> Lane:
+    """The bookkeeping before any step (``info0`` from :func:`initial_info`)."""
+    dtype = jnp.result_type(info0.elbo)
+    zero = jnp.zeros((), dtype)
+    return Lane(jnp.asarray(0), info0, jnp.asarray(False), jnp.asarray(-1), zero,
+                jnp.full((), -jnp.inf, dtype), zero, zero, jnp.asarray(jnp.nan, dtype), zero)
+
+
+def lane_active(lane: Lane, max_iters):
+    """The fit goes on: fewer than ``max_iters`` steps, not converged, not failed."""
+    return (lane.i < max_iters) & ~lane.converged & (lane.failed_at < 0)
+
+
+def lane_update(lane: Lane, info, tol, window: int = 1, stochastic: bool = False):
+    """Apply the stopping rule (module docstring) to one step's ``info``.
+
+    ``tol`` must have the objective's dtype. Returns ``(lane, ok, converged)``: the
+    bookkeeping after the step, whether the step was valid, whether it ended the fit as
+    converged. The one implementation of the rule: :func:`run` and the batched driver
+    (:mod:`vijax.inference.batch_driver`) both call it."""
+    info = _as_info(info)
+    dtype = jnp.result_type(lane.info.elbo)
+    zero = jnp.zeros((), dtype)
+    e = jnp.asarray(info.elbo, dtype)
+    bound = jnp.asarray(info.bound, dtype)
+    ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
+    drop = lane.info.elbo - e
+    finite_drop = jnp.isfinite(drop)
+    win_sum, win_sq = lane.win_sum, lane.win_sq
+    prev_mean, prev_se2 = lane.prev_mean, lane.prev_se2
+    if window == 1:
+        conv = stopping.converged(e - lane.info.elbo, e, tol, bound) & (tol > 0)
+    else:
+        win_sum, win_sq = win_sum + e, win_sq + e * e
+        end = (lane.i + 1) % window == 0
+        mean = win_sum / window
+        se2 = (jnp.maximum(win_sq / window - mean * mean, 0.0) / window
+               if stochastic else zero)
+        allow = (tol * jnp.maximum(jnp.abs(mean), 1.0) + bound
+                 + 2.0 * jnp.sqrt(se2 + lane.prev_se2))
+        conv = end & (jnp.abs(mean - lane.prev_mean) <= allow) & (tol > 0)
+        prev_mean = jnp.where(end, mean, lane.prev_mean)
+        prev_se2 = jnp.where(end, se2, lane.prev_se2)
+        win_sum, win_sq = jnp.where(end, zero, win_sum), jnp.where(end, zero, win_sq)
+    conv = (conv | jnp.asarray(info.stop, bool)) & ok
+    new = Lane(lane.i + 1, info._replace(elbo=e, bound=bound), conv,
+               jnp.where(ok, lane.failed_at, lane.i),
+               jnp.maximum(lane.max_decrease, jnp.where(finite_drop, drop, 0.0)),
+               jnp.maximum(lane.excess, jnp.where(finite_drop, drop - bound, -jnp.inf)),
+               win_sum, win_sq, prev_mean, prev_se2)
+    return new, ok, conv
+
+
+class _Carry(NamedTuple):
+    state: Any
+    lane: Lane
+    trace: Any
 
 
 def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int = 1,
@@ -142,65 +222,33 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
         n = max(int(length), 1)
         max_iters = jnp.minimum(jnp.asarray(max_iters), int(length))
     window = max(1, int(window))
-    if info0 is None:
-        info0 = jax.tree_util.tree_map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda s: _as_info(step(s)[1]), state))
-    info0 = _as_info(info0)
+    info0 = initial_info(step, state, info0, elbo0)
     dtype = jnp.result_type(info0.elbo)
-    elbo0 = jnp.asarray(jnp.nan if elbo0 is None else elbo0, dtype)
-    info0 = info0._replace(elbo=elbo0)
     tol = jnp.asarray(tol, dtype)
-    zero = jnp.zeros((), dtype)
-    carry = _Carry(jnp.asarray(0), state, info0, jnp.full((n,), elbo0),
-                   jnp.asarray(False), jnp.asarray(-1), zero, jnp.full((), -jnp.inf, dtype),
-                   zero, zero, jnp.asarray(jnp.nan, dtype), zero)
+    carry = _Carry(state, lane_start(info0), jnp.full((n,), info0.elbo))
 
     def cond(c):
-        return (c.i < max_iters) & ~c.converged & (c.failed_at < 0)
+        return lane_active(c.lane, max_iters)
 
     def body(c):
         new, info = step(c.state)
-        info = _as_info(info)
-        e = jnp.asarray(info.elbo, dtype)
-        bound = jnp.asarray(info.bound, dtype)
-        ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
-        drop = c.info.elbo - e
-        finite_drop = jnp.isfinite(drop)
-        if window == 1:
-            conv = stopping.converged(e - c.info.elbo, e, tol, bound) & (tol > 0)
-            win_sum, win_sq, prev_mean, prev_se2 = c.win_sum, c.win_sq, c.prev_mean, c.prev_se2
-        else:
-            win_sum, win_sq = c.win_sum + e, c.win_sq + e * e
-            end = (c.i + 1) % window == 0
-            mean = win_sum / window
-            se2 = (jnp.maximum(win_sq / window - mean * mean, 0.0) / window
-                   if stochastic else zero)
-            allow = (tol * jnp.maximum(jnp.abs(mean), 1.0) + bound
-                     + 2.0 * jnp.sqrt(se2 + c.prev_se2))
-            conv = end & (jnp.abs(mean - c.prev_mean) <= allow) & (tol > 0)
-            prev_mean = jnp.where(end, mean, c.prev_mean)
-            prev_se2 = jnp.where(end, se2, c.prev_se2)
-            win_sum, win_sq = jnp.where(end, zero, win_sum), jnp.where(end, zero, win_sq)
-        conv = (conv | jnp.asarray(info.stop, bool)) & ok
+        lane, ok, conv = lane_update(c.lane, info, tol, window, stochastic)
+        e = lane.info.elbo
         if progress:
             sink = _dispatch if progress is True else progress
-            jax.lax.cond(((c.i + 1) % every == 0) | (c.i + 1 == max_iters) | conv | ~ok,
-                         lambda: jax.debug.callback(sink, c.i + 1, e),
+            i = c.lane.i
+            jax.lax.cond(((i + 1) % every == 0) | (i + 1 == max_iters) | conv | ~ok,
+                         lambda: jax.debug.callback(sink, i + 1, e),
                          lambda: None)
-        return _Carry(c.i + 1, new, info._replace(elbo=e, bound=bound),
-                      c.trace.at[c.i].set(e), conv,
-                      jnp.where(ok, c.failed_at, c.i),
-                      jnp.maximum(c.max_decrease, jnp.where(finite_drop, drop, 0.0)),
-                      jnp.maximum(c.excess, jnp.where(finite_drop, drop - bound, -jnp.inf)),
-                      win_sum, win_sq, prev_mean, prev_se2)
+        return _Carry(new, lane, c.trace.at[c.lane.i].set(e))
 
     run_loop = length is not None or max_iters > 0
     c = jax.lax.while_loop(cond, body, carry) if run_loop else carry
-    trace = jnp.where(jnp.arange(n) < c.i, c.trace, c.info.elbo)
+    lane = c.lane
+    trace = jnp.where(jnp.arange(n) < lane.i, c.trace, lane.info.elbo)
     trace = trace if length is not None else trace[:max_iters]
-    return Run(c.state, c.info, trace, c.i, c.converged, c.failed_at, c.max_decrease,
-               c.excess)
+    return Run(c.state, lane.info, trace, lane.i, lane.converged, lane.failed_at,
+               lane.max_decrease, lane.excess)
 
 
 def _as_info(info) -> Info:

@@ -1,0 +1,132 @@
+"""The batched driver: many fits of one algorithm in one loop with a shared step counter.
+
+``jax.vmap`` of :func:`vijax.inference.driver.run` vmaps the ``lax.while_loop``: JAX
+turns it into one loop whose body selects every carry leaf per lane, including each
+lane's trace of ``max_iters`` values, written at a per-lane index (a scatter). Here the
+*step* is vmapped, not the loop:
+
+- one counter ``t`` shared by the lanes; lane ``b`` is *active* while
+  :func:`~vijax.inference.driver.lane_active` holds for it (the rule of ``run``);
+- each loop iteration computes ``step`` on every lane and keeps the new State and
+  bookkeeping only where the lane was active (``jnp.where``): a lane that stopped is
+  frozen, so it reports its own ``num_iters``, ``converged``, ``failed_at``, ...;
+- the stopping rule is :func:`~vijax.inference.driver.lane_update`, the one ``run`` uses;
+- the trace is a ``[B, rows]`` buffer written one column per step
+  (``lax.dynamic_update_slice``); column ``k`` holds every lane's objective after step
+  ``t0 + k`` (a stopped lane's last value), so it equals ``run``'s trace, padded alike;
+- the loop ends when every lane has stopped, ``t`` reaches ``max_iters``, or ``rows``
+  steps were taken: :func:`advance` can be called again on its output (a host loop of
+  short segments keeps the trace buffer small; :func:`run_batched` is one segment of
+  ``max_iters`` rows, the same result as ``vmap(run)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vijax.inference import driver
+from vijax.inference.driver import Lane, Run
+
+
+class BatchCarry(NamedTuple):
+    """The batched loop's state between segments (a pytree).
+
+    Attributes:
+        t: steps taken by the loop (shared; a lane's own count is ``lane.i``).
+        state: the lanes' States (leading batch axis on every leaf).
+        lane: the lanes' :class:`~vijax.inference.driver.Lane` bookkeeping (batched).
+    """
+
+    t: Any
+    state: Any
+    lane: Lane
+
+
+def _select(mask, new, old):
+    """``new`` where ``mask`` (shape ``[B]``) else ``old``, leaf by leaf."""
+    def pick(a, b):
+        m = mask.reshape(mask.shape + (1,) * (jnp.ndim(a) - 1))
+        return jnp.where(m, a, b)
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def start(step: Callable, args, states, *, info0=None, elbo0=None) -> BatchCarry:
+    """The carry before any step. ``step(args_b, state_b) -> (State, Info)`` is one lane's
+    step; ``args`` and ``states`` carry the batch axis; ``info0``/``elbo0`` are per lane
+    (batched) as in :func:`vijax.run`."""
+    def one(a, s, i0, e0):
+        return driver.lane_start(driver.initial_info(lambda x: step(a, x), s, i0, e0))
+    axes = (0, 0, None if info0 is None else 0, None if elbo0 is None else 0)
+    lane = jax.vmap(one, in_axes=axes)(args, states, info0, elbo0)
+    return BatchCarry(jnp.asarray(0), states, lane)
+
+
+def active(carry: BatchCarry, max_iters):
+    """``[B]`` bool: the lanes still running."""
+    return driver.lane_active(carry.lane, max_iters)
+
+
+def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: int,
+            window: int = 1, stochastic: bool = False):
+    """Run at most ``rows`` more steps (static), until every lane has stopped or ``t``
+    reaches ``max_iters`` (may be traced).
+
+    Returns ``(carry, trace)`` with ``trace[b, k]`` lane ``b``'s objective after step
+    ``t0 + k`` (its last value for steps it did not take, and for columns past the last
+    step of the loop)."""
+    rows = max(int(rows), 1)
+    window = max(1, int(window))
+    dtype = jnp.result_type(carry.lane.info.elbo)
+    tol = jnp.asarray(tol, dtype)
+    t0 = carry.t
+    nb = carry.lane.i.shape[0]
+    trace = jnp.zeros((nb, rows), dtype)
+    vstep = jax.vmap(step)
+    vupdate = jax.vmap(lambda lane, info: driver.lane_update(lane, info, tol, window,
+                                                             stochastic)[0])
+
+    def cond(c):
+        carry, _ = c
+        return (carry.t - t0 < rows) & jnp.any(active(carry, max_iters))
+
+    def body(c):
+        carry, trace = c
+        on = active(carry, max_iters)
+        new, info = vstep(args, carry.state)
+        lane = _select(on, vupdate(carry.lane, info), carry.lane)
+        state = _select(on, new, carry.state)
+        col = lane.info.elbo[:, None]
+        trace = jax.lax.dynamic_update_slice(trace, col, (0, carry.t - t0))
+        return BatchCarry(carry.t + 1, state, lane), trace
+
+    carry, trace = jax.lax.while_loop(cond, body, (carry, trace))
+    done = jnp.arange(rows) < carry.t - t0
+    return carry, jnp.where(done[None, :], trace, carry.lane.info.elbo[:, None])
+
+
+def as_run(carry: BatchCarry, trace) -> Run:
+    """The batched :class:`~vijax.inference.driver.Run` (every field with the batch axis;
+    ``trace`` from :func:`advance`)."""
+    lane = carry.lane
+    return Run(carry.state, lane.info, trace, lane.i, lane.converged, lane.failed_at,
+               lane.max_decrease, lane.excess)
+
+
+def run_batched(step: Callable, args, states, *, max_iters: int, tol, elbo0=None,
+                info0=None, window: int = 1, stochastic: bool = False) -> Run:
+    """All lanes to the end in one loop: ``vmap(run)`` without the batched while loop.
+
+    ``step(args_b, state_b) -> (State, Info)``; ``args``, ``states``, ``elbo0`` and
+    ``info0`` have the batch axis. Returns a :class:`~vijax.inference.driver.Run` whose
+    fields have it too; lane ``b`` equals ``run(lambda s: step(args_b, s), states_b,
+    ...)`` (its trace has ``max_iters`` entries, padded with its last value)."""
+    max_iters = int(max_iters)
+    carry = start(step, args, states, info0=info0, elbo0=elbo0)
+    if max_iters < 1:
+        return as_run(carry, carry.lane.info.elbo[:, None])
+    carry, trace = advance(step, args, carry, max_iters=max_iters, tol=tol, rows=max_iters,
+                           window=window, stochastic=stochastic)
+    return as_run(carry, trace)
