@@ -34,7 +34,9 @@ def _gibbs_moments(draws, exact_mean, exact_var):
 
 def _gibbs_table(rows, failures, what):
     """Print exact / CAVI / Gibbs means and variances; a Gibbs mean or variance outside
-    its allowance (:func:`_gibbs_moments`) is a failure. ``rows``: (name, exact m, exact v, cavi m, cavi v, draws)."""
+    its allowance (:func:`_gibbs_moments`) is a failure.
+
+    ``rows``: ``(name, exact mean, exact var, CAVI mean, CAVI var, draws)``."""
     print(f"{'':<4} {'exact mean':>11} {'CAVI mean':>10} {'Gibbs mean':>11} "
           f"{'exact var':>10} {'CAVI var':>9} {'Gibbs var':>10} {'|dvar| tol':>10}")
     for n, em, ev, cm, cv, draws in rows:
