@@ -130,7 +130,7 @@ def test_log_evidence_closed_forms(zoo, name, exact):
                                rtol=0, atol=1e-10)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(a=st.floats(0.2, 20.0), b=st.floats(0.2, 20.0), k=st.integers(0, 12))
 def test_beta_binomial_property(a, b, k):
     """Hyper-parameters enter as data: one analysis serves every example."""
