@@ -120,7 +120,15 @@ def _dirichlet_categorical(x):
             + np.sum(special.gammaln(alpha + counts) - special.gammaln(alpha)))
 
 
+def _linreg_known_noise(d):
+    """y ~ N(0, X X^T / alpha + I / beta) with alpha = 1, beta = 4 (w dense, integrated)."""
+    X, y = np.asarray(d["X"]), np.asarray(d["y"])
+    cov = X @ X.T + 0.25 * np.eye(y.size)
+    return float(stats.multivariate_normal.logpdf(y, np.zeros(y.size), cov))
+
+
 @pytest.mark.parametrize("name, exact", [
+    ("linear_regression_known_noise", _linreg_known_noise),
     ("beta_bernoulli", _beta_bernoulli), ("gamma_poisson", _gamma_poisson),
     ("normal_known_variance", _normal_known_variance),
     ("dirichlet_categorical", _dirichlet_categorical)])

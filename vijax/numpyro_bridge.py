@@ -108,12 +108,21 @@ def _swap(fn, table):
     lp = table.get(type(fn))
     if lp is None:
         return fn
-    cls = type(fn)
-    readable = type(f"Readable{cls.__name__}", (cls,), {
-        "log_prob": lambda self, value, _lp=lp: _lp(self, value)})
     out = copy.copy(fn)
-    out.__class__ = readable
+    out.__class__ = _readable_class(type(fn), lp)
     return out
+
+
+_CLASSES: dict = {}
+
+
+def _readable_class(cls, lp):
+    """The subclass of ``cls`` whose ``log_prob`` is ``lp`` (one per class)."""
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Readable{cls.__name__}", (cls,), {
+            "log_prob": lambda self, value: lp(self, value),
+            "__doc__": f"{cls.__name__} with the unclamped log-probability (vijax)."})
+    return _CLASSES[cls]
 
 
 def _readable_messenger():
