@@ -142,6 +142,15 @@ class Collapsed:
         return factor(inf, g)
 
 
+def _as_model(model):
+    from vijax.conjugacy.program import Program
+    if isinstance(model, Program):
+        return model.model
+    if not isinstance(model, Model):
+        raise ModelSpecError(f"expected a vijax.Model, got {type(model).__name__}")
+    return model
+
+
 def _names(model, names):
     if isinstance(names, str):
         names = [names]
@@ -196,6 +205,7 @@ def marginalize(model: Model, name: str | Sequence[str], data_like=None) -> Mode
         >>> float(m.log_joint({"x2": jnp.array(1.0)}, jnp.zeros(0)))  # N(1 | 0, 2)
         -1.515...
     """
+    model = _as_model(model)
     names = _names(model, name)
     for n in names:
         model = _marginalize_one(model, n, data_like)
@@ -224,6 +234,7 @@ def log_evidence(model: Model, data, order: Sequence[str] | None = None):
         NonConjugateError: (:class:`CollapseError`) a latent is not conjugate in the
             model left by the ones before it.
     """
+    model = _as_model(model)
     names = list(model.supports) if order is None else list(order)
     if sorted(names) != sorted(model.supports):
         raise ModelSpecError(f"log_evidence: order must list every latent once: "
