@@ -189,6 +189,10 @@ def marginalize(model: Model, name: str | Sequence[str], data_like=None) -> Mode
         A :class:`vijax.Model` whose log joint (a :class:`Collapsed`) is a plain jittable
         function of ``(latents, data)``: fit it with ``vj.cavi`` (where the collapsed
         latents are still conjugate), ``vj.fit_gradient``, ``vj.laplace``, ...
+        Where the conditional of ``name`` is improper (``g`` outside the family's natural
+        domain, e.g. a flat prior and no data) the integral diverges and the value is NaN
+        (no guard: a branch on the latents would make the result unreadable to the
+        compiler).
 
     Raises:
         ModelSpecError: an unknown name, or every latent named (use :func:`log_evidence`).
