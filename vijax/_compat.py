@@ -43,9 +43,24 @@ def literal_value(v):
 
 
 def make_jaxpr(fun, *args):
-    """``jax.make_jaxpr`` returning the closed jaxpr and the output tree."""
-    closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+    """``jax.make_jaxpr`` returning the closed jaxpr and the output tree.
+
+    Operations on constants are staged, not evaluated, even inside
+    ``jax.ensure_compile_time_eval`` (whose eager constant folding would compile one XLA
+    executable per operation and shape): the walkers fold them on the host."""
+    with staged_constants():
+        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
     return closed, out_shape
+
+
+def staged_constants():
+    """A context in which tracing stages operations on constants (jax's
+    ``eager_constant_folding`` off); a no-op where the option does not exist."""
+    try:
+        from jax._src import config as _config
+        return _config.eager_constant_folding(False)
+    except (ImportError, AttributeError):  # pragma: no cover - other jax versions
+        return _nullcontext()
 
 
 def open_jaxpr(j):

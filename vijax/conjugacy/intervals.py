@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from vijax.conjugacy import host_eval
 from vijax.conjugacy import terms as T
 
 INF = math.inf
@@ -421,7 +422,9 @@ def resolve_predicate(w, eqn, invals):
     from vijax import _compat
     if eqn.primitive.name in ("round", "floor", "ceil") and _integer_valued(w, invals[0]):
         return invals[0]  # the identity on integers (a count latent, say)
-    out = _compat.bind_eqn(eqn, [w.point(v) for v in invals])
+    pts = [w.point(v) for v in invals]
+    out = host_eval.evaluate(eqn, pts)
+    out = _compat.bind_eqn(eqn, pts) if out is None else out
     if provably_constant(w, eqn, invals):
         return out
     return w.poison(eqn.primitive.name, invals, out, refusal_detail(w, eqn, invals))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy import intervals
+from vijax.conjugacy import host_eval, intervals
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.algebra import (
     _dtype, _fresh_inner, _identity_index, _operand, _shape, broadcast_sym, collapse,
@@ -252,18 +252,25 @@ def _select_n(w, eqn, invals):
         vals = np.unique(p)
         if vals.size == 1:
             return cases[int(vals[0])]
-    pred = jnp.broadcast_to(jnp.asarray(pred).astype(jnp.int32), shape)
+    # host constants stay numpy (no XLA compile per operation); data make jax values
+    xp = np if host_eval.host_array(pred) is not None else jnp
+    pred = xp.broadcast_to(xp.asarray(pred).astype(np.int32), shape)
     dense, terms = [], []
     for i, c in enumerate(cases):
         if is_sym(c):
             cv, rest = split_constant(w, c)
         else:
-            cv, rest = jnp.broadcast_to(w.concrete(c), shape), None
+            cv, rest = w.concrete(c), None
         dense.append(cv)
         if rest is not None:
             mask = (pred == i).astype(w.dtype)
             terms.extend(reindex_sym(w, rest, shape, _identity_index(shape), mask=mask).terms)
-    const = jax.lax.select_n(pred, *[d.astype(_dtype(eqn)) for d in dense])
+    host = [host_eval.host_array(d) for d in dense]
+    if xp is np and all(h is not None for h in host):
+        const = np.choose(pred, [np.broadcast_to(h, shape).astype(_dtype(eqn)) for h in host])
+    else:
+        const = jax.lax.select_n(pred, *[jnp.broadcast_to(d, shape).astype(_dtype(eqn))
+                                         for d in dense])
     return T.Sym(shape, _dtype(eqn), tuple(terms) + (T.const_term(w.space, const, shape),))
 
 

@@ -6,8 +6,9 @@ hands every other equation to a :class:`RuleTable`:
 
 - an equation none of whose inputs the table calls symbolic is evaluated as JAX would
   (constant folding; a constant ``broadcast_in_dim`` is kept unmaterialized as a
-  :class:`Lazy`, and elementwise operations on host arrays run in numpy, without an XLA
-  compile per operation and shape);
+  :class:`Lazy`, and operations on host arrays run in numpy, :mod:`host_eval`, without
+  an XLA compile per operation and shape; a call on constants is walked into, so its
+  equations fold the same way);
 - an equation with a symbolic input goes to the table's rule for its primitive;
 - a symbolic input and no rule raise :class:`~vijax.errors.UnsupportedPrimitiveError`
   naming the primitive, the latents and the user's source line (no silent fallback).
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from vijax import _compat
+import vijax.conjugacy.host_eval as host_eval
 from vijax.errors import UnsupportedPrimitiveError
 
 #: primitives whose equation calls a nested jaxpr with the same inputs and outputs:
@@ -88,6 +90,9 @@ class Lazy:
     dims: tuple
 
     def materialize(self):
+        base = host_eval.host_array(self.base)
+        if base is not None:  # a read-only numpy view (no XLA compile)
+            return host_eval.broadcast_in_dim(base, self.shape, self.dims)
         return jax.lax.broadcast_in_dim(self.base, self.shape, self.dims)
 
 
@@ -177,7 +182,8 @@ class Walker:
             self.stack.pop()
 
     def _eval_eqn(self, eqn, invals):
-        if not any(self.table.is_symbolic(v) for v in invals):
+        symbolic = any(self.table.is_symbolic(v) for v in invals)
+        if not symbolic and eqn.primitive.name not in CALL_PRIMITIVES:
             return fold(eqn, invals)
         if eqn.primitive.name in CALL_PRIMITIVES:
             jaxpr, consts = _compat.sub_jaxpr(eqn)
@@ -216,7 +222,7 @@ def fold(eqn, invals):
         out = _on_broadcast_bases(eqn, vals)
         if out is not None:
             return out
-    out = _on_host(eqn, vals)
+    out = host_eval.evaluate(eqn, vals)
     return out if out is not None else _compat.bind_eqn(eqn, vals)
 
 
@@ -226,65 +232,6 @@ ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "max", "min", "pow", "integer_
                "floor", "ceil", "round", "eq", "ne", "lt", "le", "gt", "ge", "and", "or",
                "not", "xor", "select_n", "convert_element_type", "is_finite", "rem",
                "clamp", "lgamma", "digamma"}
-
-
-#: numpy equivalents of elementwise primitives, for folding host constants without an
-#: XLA compile per operation and shape (same IEEE arithmetic; transcendental functions
-#: may differ from XLA's in the last bit)
-_NUMPY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "neg": np.negative,
-          "max": np.maximum, "min": np.minimum, "abs": np.abs, "sign": np.sign,
-          "floor": np.floor, "ceil": np.ceil, "exp": np.exp, "log": np.log,
-          "log1p": np.log1p, "expm1": np.expm1, "sqrt": np.sqrt, "square": np.square,
-          "rsqrt": lambda x: 1.0 / np.sqrt(x), "is_finite": np.isfinite,
-          "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
-          "eq": np.equal, "ne": np.not_equal, "and": np.bitwise_and, "or": np.bitwise_or,
-          "xor": np.bitwise_xor, "not": np.invert}
-
-
-def _host_array(v):
-    if isinstance(v, (np.ndarray, np.generic, int, float, bool)):
-        return np.asarray(v)
-    if isinstance(v, jax.Array) and not _compat.is_tracer(v):
-        return np.asarray(v)  # a constant the log joint closes over
-    return None
-
-
-def _on_host(eqn, vals, shape=None):
-    """An elementwise equation on host constants evaluated with numpy (None: not one
-    of the table's, or an operand that is not a host array). ``shape``: the output
-    shape when the operands are slices of the equation's."""
-    name = eqn.primitive.name
-    if len(eqn.outvars) != 1 or name not in _NUMPY and name not in (
-            "select_n", "convert_element_type", "integer_pow", "div"):
-        return None
-    arrs = [_host_array(v) for v in vals]
-    if any(a is None for a in arrs):
-        return None
-    aval = eqn.outvars[0].aval
-    dtype = np.dtype(aval.dtype)
-    if name == "div":
-        if not np.issubdtype(dtype, np.floating):
-            return None  # integer division rounds towards zero in lax
-        out = np.true_divide(*arrs)
-    elif name == "select_n":
-        pred, *cases = arrs
-        out = np.where(pred, cases[1], cases[0]) if pred.dtype == np.bool_ and len(cases) == 2 \
-            else np.choose(pred.astype(np.int64), cases)
-    elif name == "convert_element_type":
-        if np.issubdtype(dtype, np.integer) and np.issubdtype(arrs[0].dtype, np.floating):
-            return None  # leave float -> int conversions to XLA
-        out = arrs[0]
-    elif name == "integer_pow":
-        out = np.power(arrs[0], eqn.params["y"]) if eqn.params["y"] >= 0 or \
-            np.issubdtype(dtype, np.floating) else None
-        if out is None:
-            return None
-    else:
-        with np.errstate(all="ignore"):
-            out = _NUMPY[name](*arrs)
-    out = np.asarray(out).astype(dtype, copy=False)
-    shape = tuple(aval.shape) if shape is None else shape
-    return out if out.shape == shape else np.broadcast_to(out, shape)
 
 
 def _on_broadcast_bases(eqn, vals):
@@ -304,6 +251,7 @@ def _on_broadcast_bases(eqn, vals):
         return None
     sl = tuple(slice(0, 1) if ax in flat else slice(None) for ax in range(len(shape)))
     small = [v[sl] if np.ndim(v) > 0 else v for v in vals]
-    out = _on_host(eqn, small, shape=tuple(1 if ax in flat else n for ax, n in enumerate(shape)))
+    out = host_eval.evaluate(eqn, small,
+                             shape=tuple(1 if ax in flat else n for ax, n in enumerate(shape)))
     out = _compat.bind_eqn(eqn, small) if out is None else out
     return np.broadcast_to(np.asarray(out), shape)
