@@ -88,9 +88,8 @@ def check_data(data):
     readable on every process), so a multi-process fit checks each process's slice where
     it lives.
     """
-    leaves, _ = jax.tree_util.tree_flatten_with_path(data)
-    sharded, counts = [], {}
-    for path, leaf in leaves:
+    sharded = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         if _compat.is_tracer(leaf) or leaf is None:
             continue
         if _spans_devices(leaf):
@@ -99,17 +98,18 @@ def check_data(data):
             continue
         arr = np.asarray(leaf)
         if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-            counts[jax.tree_util.keystr(path)] = (int(np.sum(~np.isfinite(arr))), arr.shape)
-            break
-    if sharded and not counts:
-        found = _nonfinite_counts([l for _, l in sharded])
-        for (path, leaf), bad in zip(sharded, found):
+            _raise_nonfinite(path, int(np.sum(~np.isfinite(arr))), arr.shape)
+    if sharded:
+        counts = _nonfinite_counts([leaf for _, leaf in sharded])
+        for (path, leaf), bad in zip(sharded, counts):
             if int(bad):
-                counts[jax.tree_util.keystr(path)] = (int(bad), tuple(leaf.shape))
-                break
-    for where, (bad, shape) in counts.items():
-        raise DataError(f"{where or 'data'} has {bad} NaN/Inf value(s) (shape {shape}); "
-                        "remove or impute them before fitting")
+                _raise_nonfinite(path, int(bad), leaf.shape)
+
+
+def _raise_nonfinite(path, bad, shape):
+    where = jax.tree_util.keystr(path) or "data"
+    raise DataError(f"{where} has {bad} NaN/Inf value(s) (shape {tuple(shape)}); remove or "
+                    "impute them before fitting")
 
 
 @dataclasses.dataclass

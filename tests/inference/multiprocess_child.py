@@ -122,17 +122,29 @@ def main():
             arrays[f"{case}/natural{jax.tree_util.keystr(p)}"] = np.asarray(x)
         _mark(case)
 
-    # bad input: a NaN in process 1's rows only, found by the jitted reduction on both
-    x = split_rows(datasets["gaussian_mixture"], pid, nproc).copy()
+    # float32 and integer leaves, a replicated hyper-parameter and a Python scalar through
+    # shard_local and back with gather
+    rows = split_rows(datasets["gaussian_mixture"], pid, nproc).astype(np.float32)
+    mixed = distributed.shard_local({"x": rows, "i": np.arange(len(rows)) + len(rows) * pid,
+                                     "w": np.full(3, 0.5, np.float32), "c": 1.5})
+    report["mixed"] = {k: [str(v.dtype), list(v.shape), bool(v.is_fully_replicated)]
+                       for k, v in mixed.items() if k != "c"}
+    report["mixed"]["c"] = repr(mixed["c"])
+    back = distributed.gather(mixed)
+    arrays["mixed/x"], arrays["mixed/i"] = np.asarray(back["x"]), np.asarray(back["i"])
+
+    # bad input: a NaN in the last process's float32 rows only, found on every process by
+    # the jitted reduction (the fit stops before its analysis)
     if pid == nproc - 1:
-        x[3, 1] = np.nan
-    gx = distributed.shard_local(x)
-    report["nan"] = error_of(lambda: vj.cavi(_gmm(), gx))
-    # a process whose rows have another number of columns
-    bad = x[:, :1] if pid == nproc - 1 else x
-    report["columns"] = error_of(lambda: distributed.shard_local(np.nan_to_num(bad)))
-    report["rows"] = error_of(lambda: distributed.shard_local(
-        np.nan_to_num(x[:-2] if pid == nproc - 1 else x)))
+        rows[3, 1] = np.nan
+    report["nan"] = error_of(lambda: vj.cavi(_gmm(), distributed.shard_local(rows)))
+    # a process whose rows have another number of columns, or fewer rows
+    x = np.nan_to_num(rows)
+    last = pid == nproc - 1
+    report["columns"] = error_of(lambda: distributed.shard_local(x[:, :1] if last else x))
+    report["rows"] = error_of(lambda: distributed.shard_local(x[:-2] if last else x))
+    report["hyper"] = error_of(lambda: distributed.shard_local(
+        {"x": x, "w": np.full(3, 0.5 + last)}))
     np.savez(f"{prefix}{pid}.npz", **arrays)
     with open(f"{prefix}{pid}.json", "w") as f:
         json.dump(report, f)

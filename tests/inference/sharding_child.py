@@ -69,6 +69,14 @@ def loop_shardings(rec, n):
     return {"inputs": pick(ins, in_avals), "outputs": pick(outs, out_avals)}
 
 
+def placement(tree):
+    """Where each leaf of a result lives: replicated on every device, or split (spec)."""
+    return {jax.tree_util.keystr(p): {"replicated": bool(x.is_fully_replicated),
+                                      "spec": str(getattr(x.sharding, "spec", x.sharding)),
+                                      "devices": len(x.sharding.device_set)}
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def materialize_shardings(model, data, n):
     """Specs of the data-to-constants executables' inputs of leading dimension ``n``
     (one executable per placement of the data)."""
@@ -123,6 +131,7 @@ def main():
                 "natural_rel": tree_rel(one.natural, four.natural),
                 "loop": loop_shardings(rec, n),
             }
+            case["placement"] = placement(four.natural)
             case["seconds"] = time.perf_counter() - t0
             if method == "cavi":  # data that arrive sharded, with mesh=None
                 pre = jax.device_put(data, NamedSharding(mesh, P("data")))
@@ -139,6 +148,14 @@ def main():
         report["indivisible"] = "no error"
     except Exception as e:  # noqa: BLE001 - reported to the parent test
         report["indivisible"] = type(e).__name__
+    # a NaN in data split over the devices: counted by a jitted reduction, not on a host
+    bad = np.asarray(x).copy()
+    bad[50, 1] = np.nan
+    try:
+        vj.cavi(gmm.model, bad, mesh=mesh)
+        report["nan"] = "no error"
+    except Exception as e:  # noqa: BLE001 - reported to the parent test
+        report["nan"] = f"{type(e).__name__}: {e}"
     # Monte Carlo draws (sharded random numbers): on the GMM only, whose loop holds
     # plate-sized arrays (linear regression's loop sees d x d statistics)
     report.update(fits("gaussian_mixture", gmm, x, 64, ("cavi", "gradient", "gradient_reparam")))

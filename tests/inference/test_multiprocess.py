@@ -126,6 +126,25 @@ def test_global_latents_replicated_local_latents_split(runs):
 def test_bad_input_raises_on_every_process(runs):
     _, found = runs
     for _, report in found:
-        assert report["nan"].startswith("DataError") and "NaN" in report["nan"], report["nan"]
+        assert report["nan"].startswith("DataError") and "1 NaN/Inf" in report["nan"], report["nan"]
+        assert "(64, 2)" in report["nan"]  # the global array's shape
         assert report["columns"].startswith("DataError") and "trailing shape" in report["columns"]
         assert report["rows"].startswith("DataError") and "numbers of rows" in report["rows"]
+        assert report["hyper"].startswith("DataError") and "hyper-parameters" in report["hyper"]
+
+
+def test_shard_local_and_gather_keep_dtypes(runs, data):
+    """float32 rows and integer rows stay what they were, split over the two processes;
+    a hyper-parameter is replicated, a Python scalar left as it is; gather returns the
+    whole arrays, process 0's rows first."""
+    _, found = runs
+    x = data["gaussian_mixture"].astype(np.float32)
+    for arrays, report in found:
+        mixed = report["mixed"]
+        assert mixed["x"] == ["float32", [64, 2], False]
+        assert mixed["i"][1] == [64] and not mixed["i"][2] and mixed["i"][0].startswith("int")
+        assert mixed["w"] == ["float32", [3], True]
+        assert mixed["c"] == "1.5"
+        assert arrays["mixed/x"].dtype == np.float32
+        np.testing.assert_array_equal(arrays["mixed/x"], x)
+        np.testing.assert_array_equal(arrays["mixed/i"], np.arange(64))

@@ -92,3 +92,21 @@ def test_shard_data_rule_one_device():
 
 def test_indivisible_plate_raises(report):
     assert report["indivisible"] == "DataError"
+
+
+@pytest.mark.parametrize("model,method", CASES)
+def test_result_placement(report, model, method):
+    """What a sharded fit returns: local latents' parameters (the mixture's
+    responsibilities, one row per observation) stay split like the data; the global
+    latents' parameters are replicated on every device."""
+    for leaf, where in report[f"{model}/{method}"]["placement"].items():
+        if model == "gaussian_mixture" and leaf.startswith("['z']"):
+            assert where["spec"] == "P('data',)" and not where["replicated"], (leaf, where)
+            assert where["devices"] == 4
+        else:
+            assert where["replicated"], (leaf, where)
+
+
+def test_nan_in_sharded_data_raises(report):
+    assert report["nan"].startswith("DataError") and "1 NaN/Inf" in report["nan"], report["nan"]
+
