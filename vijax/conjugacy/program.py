@@ -139,11 +139,18 @@ class Program:
             if shape != tuple(s.shape):
                 raise _mismatch(f"data leaf {i} has shape {shape}, the program was compiled "
                                 f"for {tuple(s.shape)}")
-            out.append(x if _compat.is_tracer(x) else jnp.asarray(x, s.dtype))
+            if _compat.is_tracer(x) or (isinstance(x, jax.Array) and x.dtype == s.dtype):
+                out.append(x)  # kept where it is (split over devices or processes)
+            else:
+                out.append(jnp.asarray(x, s.dtype))
         return out
 
     def materialize(self, data):
-        """The compiled form ``F`` for ``data`` (same shapes as the program's spec)."""
+        """The compiled form ``F`` for ``data`` (same shapes as the program's spec).
+
+        Data split over devices (or over processes, ``jax.distributed``) stay split: one
+        executable per placement of the data leaves, whose plate sums (``X^T X``, counts)
+        are all-reduced by XLA; no value is read on the host."""
         leaves = self._check(data)
         if any(_compat.is_tracer(l) for l in leaves):
             out = self._fn(self._consts, leaves)

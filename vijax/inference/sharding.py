@@ -14,6 +14,15 @@ summation.
 :func:`shard_data` first; data already sharded may also be passed as they are (with
 ``mesh=None``).
 
+Several processes (``jax.distributed``): nothing here reads an array's values on the
+host. The analysis and its cache key read shapes and dtypes only (``x.aval``, the global
+shape); the NaN/Inf check of split data is a jitted reduction
+(:func:`vijax.model.check_data`); the fit's scalars and global latents come back
+replicated. Data of which each process holds only its rows are built with
+:func:`vijax.inference.distributed.shard_local`; :func:`shard_data` with a mesh over
+several processes expects every process to pass the same whole data (each process
+places its own rows).
+
 Example:
     >>> import jax, numpy as np
     >>> from jax.sharding import Mesh
@@ -46,10 +55,11 @@ def plate_size(data):
 
 
 def is_sharded(x) -> bool:
-    """Whether ``x`` is a concrete ``jax.Array`` placed on more than one device."""
+    """Whether ``x`` is a concrete ``jax.Array`` placed on more than one device, or on a
+    device of another process."""
     if _compat.is_tracer(x) or not isinstance(x, jax.Array):
         return False
-    return len(x.sharding.device_set) > 1
+    return len(x.sharding.device_set) > 1 or not x.is_fully_addressable
 
 
 def _check_mesh(mesh):
@@ -74,6 +84,10 @@ def shard_data(data, mesh):
 
     Returns:
         The data pytree with ``jax.Array`` leaves placed on ``mesh``.
+
+    With a mesh over several processes, every process must pass the same values (each
+    keeps its devices' rows); to pass only each process's rows, use
+    :func:`vijax.inference.distributed.shard_local`.
 
     Raises:
         DataError: ``N`` is not divisible by the number of devices in the mesh (XLA
