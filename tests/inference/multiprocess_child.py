@@ -125,7 +125,8 @@ def main():
     # float32 and integer leaves, a replicated hyper-parameter and a Python scalar through
     # shard_local and back with gather
     rows = split_rows(datasets["gaussian_mixture"], pid, nproc).astype(np.float32)
-    mixed = distributed.shard_local({"x": rows, "i": np.arange(len(rows)) + len(rows) * pid,
+    ids = jax.numpy.arange(len(rows)) + len(rows) * pid  # a jax.Array on this process
+    mixed = distributed.shard_local({"x": rows, "i": ids,
                                      "w": np.full(3, 0.5, np.float32), "c": 1.5})
     report["mixed"] = {k: [str(v.dtype), list(v.shape), bool(v.is_fully_replicated)]
                        for k, v in mixed.items() if k != "c"}

@@ -148,3 +148,17 @@ def test_shard_local_and_gather_keep_dtypes(runs, data):
         assert arrays["mixed/x"].dtype == np.float32
         np.testing.assert_array_equal(arrays["mixed/x"], x)
         np.testing.assert_array_equal(arrays["mixed/i"], np.arange(64))
+
+
+def test_shard_local_one_process():
+    """With one process, shard_local is shard_data's placement of the same rows."""
+    from vijax.errors import ModelSpecError
+    from vijax.inference import distributed
+    data = {"x": np.arange(12.0).reshape(6, 2), "w": np.ones(3), "c": 2}
+    out = distributed.shard_local(data)
+    assert out["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert out["w"].sharding.spec == jax.sharding.PartitionSpec()
+    assert out["c"] == 2
+    np.testing.assert_array_equal(distributed.gather(out)["x"], data["x"])
+    with pytest.raises(ModelSpecError, match="Mesh"):
+        distributed.shard_local(data, mesh="data")

@@ -54,10 +54,10 @@ def _fingerprint(leaves, treedef, split):
     shape and value (replicated leaves)."""
     parts = [str(treedef)]
     for x, s in zip(leaves, split):
-        a = np.asarray(x)
-        parts.append(f"{a.dtype.str}|{s}|{a.shape[1:] if s else a.shape}")
-        if not s:
-            parts.append(zlib.crc32(np.ascontiguousarray(a).tobytes()))
+        shape = tuple(np.shape(x))
+        parts.append(f"{np.dtype(x.dtype).str}|{s}|{shape[1:] if s else shape}")
+        if not s:  # small (hyper-parameters): read on the host; the rows never are
+            parts.append(zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes()))
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
 
 
@@ -110,6 +110,12 @@ def shard_local(local_data, mesh: Mesh | None = None):
         The data pytree with global ``jax.Array`` leaves (``x.shape[0] == P * n`` for
         the split leaves).
 
+    Example:
+        >>> import numpy as np
+        >>> x = shard_local(np.zeros((8, 2)))  # one process: all the rows are local
+        >>> x.shape, x.sharding.spec == P("data")
+        ((8, 2), True)
+
     Raises:
         DataError: the processes disagree on the pytree's structure, a leaf's dtype or
             trailing shape, or a replicated leaf's value; they hold different numbers of
@@ -125,13 +131,12 @@ def shard_local(local_data, mesh: Mesh | None = None):
     dims = [_leading(l) for l, a in zip(leaves, arrays) if a and _leading(l) is not None]
     rows = max(dims) if dims else 0
     split = [bool(a) and dims != [] and _leading(l) == rows for l, a in zip(leaves, arrays)]
-    host = [np.asarray(l) if a else l for l, a in zip(leaves, arrays)]
-    _check_processes([h for h, a in zip(host, arrays) if a], treedef,
+    _check_processes([l for l, a in zip(leaves, arrays) if a], treedef,
                      [s for s, a in zip(split, arrays) if a], rows, mesh)
     rows_sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
     whole = NamedSharding(mesh, P())
-    out = [jax.make_array_from_process_local_data(rows_sharding if s else whole, h)
-           if a else h for h, a, s in zip(host, arrays, split)]
+    out = [jax.make_array_from_process_local_data(rows_sharding if s else whole, l)
+           if a else l for l, a, s in zip(leaves, arrays, split)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
