@@ -20,6 +20,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -60,21 +61,31 @@ def runs(data, tmp_path_factory):
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     port = str(_free_port())
+    logs = [(open(tmp / f"stdout{i}", "w+"), open(tmp / f"stderr{i}", "w+"))
+            for i in range(NPROC)]
     procs = [subprocess.Popen([sys.executable, str(CHILD), str(i), str(NPROC), port,
                                str(path), str(tmp / "out")], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i in range(NPROC)]
-    # the one-process fits run here while the children start
-    one = {case: child.fit(name, method, data[name], kwargs)
-           for case, (name, method, kwargs) in child.FITS.items()}
-    outs = []
+                              stdout=o, stderr=e) for i, (o, e) in enumerate(logs)]
     try:
-        for p in procs:
-            outs.append(p.communicate(timeout=240))
+        # the one-process fits run here while the children start
+        one = {case: child.fit(name, method, data[name], kwargs)
+               for case, (name, method, kwargs) in child.FITS.items()}
+        # a child that fails leaves the other waiting in a collective: stop it too
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.05)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+    outs = []
+    for o, e in logs:
+        o.seek(0), e.seek(0)
+        outs.append((o.read(), e.read()))
+        o.close(), e.close()
     skips = [l for o, _ in outs for l in o.splitlines() if l.startswith("MULTIPROC_SKIP")]
     if skips:
         pytest.skip(skips[0].split(" ", 1)[1])
