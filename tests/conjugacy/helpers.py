@@ -96,6 +96,12 @@ class RandomFactor:
             self.p = rng.uniform(0.2, 0.8, shp)
         elif fam == "Categorical":
             self.p = rng.dirichlet(np.full(sup.num_categories, 2.0), shp)
+        elif fam == "MarkovChain":  # random potentials; moments and draws from the family
+            from vijax.families import MarkovChain
+            K, S = sup.num_categories, tuple(shp)
+            self.q = MarkovChain({"unary": jnp.asarray(rng.normal(0.0, 1.0, S + (K,))),
+                                  "pair": jnp.asarray(rng.normal(0.0, 1.0, S[:-1] + (
+                                      S[-1] - 1, K, K)))})
         else:
             raise AssertionError(f"no random factor for family {fam}")
 
@@ -117,6 +123,8 @@ class RandomFactor:
             return {"log": digamma(self.alpha) - digamma(self.alpha.sum(-1, keepdims=True))}
         if fam == "Bernoulli":
             return {"x": self.p}
+        if fam == "MarkovChain":
+            return {k: np.asarray(v) for k, v in self.q.mean_parameters().items()}
         return {"onehot": self.p}
 
     def sample(self, rng: np.random.Generator, n: int):
@@ -142,6 +150,9 @@ class RandomFactor:
             return g / g.sum(-1, keepdims=True)
         if fam == "Bernoulli":
             return (rng.uniform(size=(n,) + shp) < self.p).astype(np.int32)
+        if fam == "MarkovChain":
+            key = jax.random.key(int(rng.integers(2 ** 31)))
+            return np.asarray(self.q.sample(key, (n,))).astype(np.int32)
         u = rng.uniform(size=(n,) + shp + (1,))
         return (u > np.cumsum(self.p, -1)).sum(-1).clip(0, sup.num_categories - 1).astype(
             np.int32)

@@ -53,7 +53,8 @@ def binary_sum_in_rate(z, x):
 def categorical_pair_as_index(z, x):
     c = z["c"]
     lp = jnp.sum(jnp.log(jnp.array([0.5, 0.3, 0.2]))[c])
-    lp += jnp.sum(stats.norm.logpdf(x["y"], MEANS[c[0] + c[1]], 1.0))  # <- mixed_index
+    # c[0] and c[2] are not neighbours: no chain (c[0] + c[1] would be a 2-step chain)
+    lp += jnp.sum(stats.norm.logpdf(x["y"], MEANS[c[0] + c[2]], 1.0))  # <- mixed_index
     return lp
 
 
@@ -68,8 +69,8 @@ REPORTED = [
     # tag, log joint, supports, data, latent, reason fragment
     ("mixed_sum", binary_sum_in_rate, {"z": vj.binary((3,))}, COUNTS, "z",
      "mixes several elements of the discrete latent 'z'"),
-    ("mixed_index", categorical_pair_as_index, {"c": vj.categorical(3, (2,))}, {"y": OBS},
-     "c", "mixes several elements of the discrete latent 'c'"),
+    ("mixed_index", categorical_pair_as_index, {"c": vj.categorical(3, (3,))}, {"y": OBS},
+     "c", "'c' couples elements 2 steps apart"),
     ("inverse", precision_and_variance, {"tau": vj.positive()}, {"y": OBS}, "tau",
      "appears both as tau"),
 ]

@@ -93,7 +93,8 @@ def test_declared_statistics_and_supports():
         "Gamma": (("x", "log"), 0, "positive"), "InverseGamma": (("inv", "log"), 0, "positive"),
         "Beta": (("log", "log1m"), 0, "unit_interval"), "Dirichlet": (("log",), 1, "simplex"),
         "Categorical": (("onehot",), 0, "categorical"), "Bernoulli": (("x",), 0, "binary"),
-        "Poisson": (("x",), 0, "count"),
+        "Poisson": (("x",), 0, "count"), "MarkovChain": (("unary", "pair"), 1, "categorical"),
+        "Wishart": (("x", "logdet"), 2, "positive_definite"),
     }
     assert set(FAMILIES) == set(expected)
     for name, (stats, event_ndim, support) in expected.items():

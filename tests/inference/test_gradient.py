@@ -13,7 +13,7 @@ from vijax.models import CONJUGATE, ZOO
 
 # models with several local optima: the gradient fit starts near CAVI's optimum and
 # must converge back to it (same fixed point); the others start from the default init
-MULTIMODAL = {"gaussian_mixture", "lda", "ppca"}
+MULTIMODAL = {"gaussian_mixture", "lda", "ppca", "hmm"}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 
@@ -133,7 +134,7 @@ class Bernoulli(ExponentialFamily):
     @classmethod
     def default_start(cls, key: Array, info, dtype) -> "Bernoulli":
         """Random probabilities in (0.2, 0.8) (symmetry breaking)."""
-        return cls.from_probs(jax.random.uniform(key, info.support.shape, dtype, 0.2, 0.8))
+        return cls.from_probs(start_random.uniform(key, info.support.shape, dtype, 0.2, 0.8))
 
     @classmethod
     def from_user_value(cls, value) -> "Bernoulli":

@@ -7,6 +7,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 
@@ -168,8 +169,8 @@ class Categorical(ExponentialFamily):
         """Random probabilities, ``Dirichlet(1, ..., 1)`` drawn as normalized ``Exp(1)``
         draws (the Gamma sampler behind ``jax.random.dirichlet`` is slow for millions
         of rows); symmetry breaking for mixtures."""
-        e = jax.random.exponential(key, info.support.value_shape
-                                   + (info.support.num_categories,), dtype)
+        e = start_random.exponential(key, info.support.value_shape
+                                     + (info.support.num_categories,), dtype)
         return cls.from_probs(e / jnp.sum(e, -1, keepdims=True))
 
     @classmethod

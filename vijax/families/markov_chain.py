@@ -8,6 +8,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 
@@ -277,7 +278,7 @@ class MarkovChain(ExponentialFamily):
         Categorical: symmetry breaking) and flat transitions."""
         sup = info.support
         K, S = sup.num_categories, tuple(sup.shape)
-        e = jax.random.exponential(key, S + (K,), dtype)
+        e = start_random.exponential(key, S + (K,), dtype)
         unary = jnp.log(e / jnp.sum(e, -1, keepdims=True))
         return cls({"unary": unary, "pair": jnp.zeros(S[:-1] + (S[-1] - 1, K, K), dtype)})
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jax.scipy.special import ndtri
 
+from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 from vijax.families.layout import EventLayout
@@ -282,7 +283,7 @@ class MultivariateNormal(ExponentialFamily):
         """Identity covariance around small random means, in the ``info.batch_shape +
         (info.event_size,)`` layout."""
         size = info.event_size
-        loc = 0.1 * jax.random.normal(key, tuple(info.batch_shape) + (size,), dtype)
+        loc = 0.1 * start_random.normal(key, tuple(info.batch_shape) + (size,), dtype)
         cov = jnp.broadcast_to(jnp.eye(size, dtype=dtype), loc.shape + (size,))
         return cls.from_loc_cov(loc, cov)
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtri
 
+from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
 
@@ -148,7 +149,7 @@ class Normal(ExponentialFamily):
     def default_start(cls, key: Array, info, dtype) -> "Normal":
         """Unit variance around small random means."""
         shape = info.support.shape
-        return cls.from_loc_scale(0.1 * jax.random.normal(key, shape, dtype),
+        return cls.from_loc_scale(0.1 * start_random.normal(key, shape, dtype),
                                   jnp.ones(shape, dtype))
 
     # ------------------------------------------------------------ gradient path

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vijax import _compat
 from vijax.conjugacy import fused
@@ -122,18 +123,22 @@ def sweep(form, fams, natural, mu, order, damping=None):
         else:
             new = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), eta, natural[name])
         natural[name] = new
+        # moments from eta, not from the selected ``new``: they are equal when the update
+        # is valid, and a refused update ends the fit (its ELBO is then not used). So the
+        # parts of eta that no other block changes (e.g. a Gamma shape) keep loop-invariant
+        # moments, which XLA computes once instead of every sweep (lgamma/digamma).
         if j == len(order) - 1:
-            new_mu, log_norm = fam.mean_and_log_normalizer(new)
-            f_and_h = rest + jnp.sum(log_norm) - jnp.sum(fam(new).expected_log_base_measure())
+            new_mu, log_norm = fam.mean_and_log_normalizer(eta)
+            f_and_h = rest + jnp.sum(log_norm) - jnp.sum(fam(eta).expected_log_base_measure())
             if damping is None and big:  # the gap is zero unless the update was refused
                 f_and_h = f_and_h + jax.lax.cond(
                     ok, lambda *_: jnp.zeros((), f_and_h.dtype),
-                    lambda g, e, m: _inner({s: g[s] - e[s] for s in e}, m), grad, new, new_mu)
+                    lambda g, e, m: _inner({s: g[s] - e[s] for s in e}, m), grad, eta, new_mu)
             else:
-                f_and_h = f_and_h + _inner({s: grad[s] - new[s] for s in new}, new_mu)
+                f_and_h = f_and_h + _inner({s: grad[s] - eta[s] for s in eta}, new_mu)
         else:
-            new_mu = fam.mean_params(new)
-            entropy[name] = jnp.sum(fam(new).entropy())
+            new_mu = fam.mean_params(eta)
+            entropy[name] = jnp.sum(fam(eta).entropy())
         mu[name] = new_mu
     for n in natural:
         if n not in entropy and n != order[-1]:
@@ -225,8 +230,16 @@ def _fit(compiled, natural0, tol, order, max_iters, damping, progress):
     state = alg.init(natural0)
     info0 = Info(state.elbo, jnp.asarray(True), state.bound, jnp.asarray(False),
                  jnp.asarray(-1))
-    return driver.run(alg.step, state, max_iters=max_iters, tol=tol, elbo0=state.elbo,
-                      progress=progress, every=max(1, max_iters // 100), info0=info0)
+    out = driver.run(alg.step, state, max_iters=max_iters, tol=tol, elbo0=state.elbo,
+                     progress=progress, every=max(1, max_iters // 100), info0=info0)
+    # the result's diagnostics and posterior inside the one compiled call (no eager
+    # operation, and so no XLA compile per operation, after the loop)
+    invalid = jnp.where(out.failed_at >= 0, out.info.extra, -1)
+    diag = {"max_decrease": out.max_decrease, "nonfinite": ~jnp.isfinite(out.info.elbo),
+            "invalid_latent": invalid,
+            "invalid_iter": jnp.where(invalid >= 0, out.failed_at + 1, -1),
+            "excess_decrease": out.excess_decrease, "rounding_bound": out.info.bound}
+    return out, diag, mf.posterior(compiled, out.state.natural)
 
 
 # cached by (compiled structure, order, max_iters, damping, progress): a second fit on new
@@ -312,19 +325,13 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     if show:
         sink = progress if callable(progress) else driver.progress_printer(max_iters, "cavi")
         with driver.reporting(sink):
-            out = jax.block_until_ready(_fit_jit(*args, order, max_iters, damping, True))
+            out, diag, post = jax.block_until_ready(
+                _fit_jit(*args, order, max_iters, damping, True))
     else:
-        out = _fit_jit(*args, order, max_iters, damping, False)
-    failed = out.failed_at >= 0
-    invalid = jnp.where(failed, out.info.extra, -1)
-    diag = {"max_decrease": out.max_decrease, "nonfinite": ~jnp.isfinite(out.info.elbo),
-            "invalid_latent": invalid,
-            "invalid_iter": jnp.where(invalid >= 0, out.failed_at + 1, -1),
-            "excess_decrease": out.excess_decrease, "rounding_bound": out.info.bound,
-            "analysis_s": jnp.asarray(prog.analysis_s, dtype)}
-    natural = out.state.natural
-    result = CaviResult(mf.posterior_jit(compiled, natural), out.info.elbo, out.trace,
-                        out.num_iters, out.converged, diag, natural)
+        out, diag, post = _fit_jit(*args, order, max_iters, damping, False)
+    diag["analysis_s"] = np.asarray(prog.analysis_s, dtype)
+    result = CaviResult(post, out.info.elbo, out.trace, out.num_iters, out.converged, diag,
+                        out.state.natural)
     if not _compat.is_tracer(out.info.elbo):
         _raise_if_failed(result, order, strict, tol)
     else:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from vijax import families as fam_mod
 from vijax.errors import ModelSpecError
-from vijax.families import registry
+from vijax.families import registry, start_random
 
 
 def family_class(info):
@@ -104,11 +104,10 @@ def default_init(compiled, key, dtype):
     uniform Beta and Dirichlet, random probabilities for Categorical and Bernoulli:
     symmetry breaking for mixtures; Poisson: rate 1)."""
     out = {}
-    for n, inf in _infos(compiled).items():
+    for i, (n, inf) in enumerate(_infos(compiled).items()):
         if inf.family is None:
             continue
-        key, k = jax.random.split(key)
-        q = inf.family_class.default_start(k, inf, dtype)
+        q = inf.family_class.default_start(start_random.fold(key, i), inf, dtype)
         out[n] = {s: jnp.asarray(v, dtype) for s, v in q.natural.items()}
     return out
 
