@@ -45,6 +45,7 @@ SUITES: Dict[str, str] = {
     "e2e": "benchmarks.bench_e2e",
     "sharding": "benchmarks.bench_sharding",
     "batch": "benchmarks.bench_batch",
+    "svi": "benchmarks.bench_svi",
 }
 # suites that only profiles run (not part of "every suite")
 PROFILE_SUITES: Dict[str, str] = {"agreement": "benchmarks.gpu_check"}
