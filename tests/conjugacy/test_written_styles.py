@@ -125,6 +125,14 @@ def inverse_gamma_via_gamma_of_reciprocal(z, x):
     return lp + jnp.sum(stats.norm.logpdf(x, z["mu"], jnp.sqrt(s2)))
 
 
+def take_along_axis_mixture(z, x):
+    # log pi[c_n] written with take_along_axis (the gather has batching dimensions)
+    logp = jnp.broadcast_to(jnp.log(z["pi"]), (x.shape[0], 2))
+    lp = stats.dirichlet.logpdf(z["pi"], jnp.array([1.5, 2.0]))
+    lp += jnp.sum(jnp.take_along_axis(logp, z["c"][:, None], -1))
+    return lp + jnp.sum(stats.norm.logpdf(x, jnp.array([-1.0, 2.0])[z["c"]], 1.0))
+
+
 MVN = "MultivariateNormal"
 # (id, log joint, supports, data, expected families)
 CASES = [
@@ -149,6 +157,9 @@ CASES = [
     ("inverse_gamma_reciprocal", inverse_gamma_via_gamma_of_reciprocal,
      {"mu": vj.real(), "sigma2": vj.positive()}, OBS,
      {"mu": "Normal", "sigma2": "InverseGamma"}),
+    ("take_along_axis", take_along_axis_mixture,
+     {"pi": vj.simplex(2), "c": vj.categorical(2, (4,))}, OBS[:4],
+     {"pi": "Dirichlet", "c": "Categorical"}),
 ]
 IDS = [c[0] for c in CASES]
 

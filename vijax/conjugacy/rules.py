@@ -215,9 +215,14 @@ def _gather(w, eqn, invals):
     params = dict(eqn.params)
     params.pop("fill_value", None)
     params["mode"] = jax.lax.GatherScatterMode.CLIP
+    batched = tuple(getattr(params.get("dimension_numbers"), "start_indices_batching_dims",
+                            ()) or ())
     if isinstance(ind, np.ndarray) and ind.ndim > 1:
         # batch axes along which the indices are a broadcast view: gather once, broadcast
-        flat = [ax for ax in range(ind.ndim - 1) if ind.shape[ax] > 1 and ind.strides[ax] == 0]
+        # (not the gather's own batching axes, e.g. take_along_axis: they must keep the
+        # operand's size)
+        flat = [ax for ax in range(ind.ndim - 1) if ind.shape[ax] > 1 and ind.strides[ax] == 0
+                and ax not in batched]
         if flat:
             ind = ind[tuple(slice(0, 1) if ax in flat else slice(None)
                             for ax in range(ind.ndim))]
