@@ -21,7 +21,10 @@ class Model:
         log_joint: ``log_joint(latents: dict, data) -> scalar``, jittable, written with
             ``jax.numpy`` / ``jax.scipy.stats``.
         supports: latent name -> :class:`~vijax.supports.Support` (``vj.real()``, ...).
-        blocks: optional groups of latents to update jointly (each latent alone by default).
+        blocks: optional groups of latents to update jointly (each latent alone by
+            default). A block of several latents is one joint CAVI factor: a mean and
+            its precision, ``[["mu", "tau"]]`` (Normal-Gamma, elementwise) or
+            ``[["mu", "L"]]`` (Normal-Wishart); see :mod:`vijax.conjugacy.joint_blocks`.
 
     Example:
         >>> import vijax as vj
@@ -47,23 +50,39 @@ class Model:
                     f"vj.positive(shape=(3,)), got {sup!r}")
         self.log_joint = log_joint
         self.supports = dict(supports)
-        if blocks is not None:
-            for b in blocks:
-                for n in b:
-                    if n not in self.supports:
-                        raise ModelSpecError(f"block {b} names latent '{n}', which is not declared")
-                if len(b) > 1:
-                    raise ModelSpecError(
-                        f"block {list(b)}: joint updates of several latents are not available in "
-                        "this version; declare each latent as its own block (the default) or fit "
-                        "with vj.fit_gradient")
-        self.blocks = [list(b) for b in blocks] if blocks else [[n] for n in self.supports]
+        self.blocks = _check_blocks(blocks, self.supports)
 
     def __call__(self, latents, data):
         return self.log_joint(latents, data)
 
     def __repr__(self):
         return f"Model({getattr(self.log_joint, '__name__', 'log_joint')}, {self.supports})"
+
+
+def _check_blocks(blocks, supports):
+    """The blocks as lists covering every latent once (undeclared latents alone).
+    A block of several latents becomes one joint factor for CAVI
+    (:mod:`vijax.conjugacy.joint_blocks`: Normal-Gamma, Normal-Wishart)."""
+    if blocks is None:
+        return [[n] for n in supports]
+    if isinstance(blocks, (str, bytes)) or not all(
+            isinstance(b, (list, tuple)) and not isinstance(b, str) for b in blocks):
+        raise ModelSpecError(f"blocks must be a list of lists of latent names, e.g. "
+                             f"[['mu', 'tau']]; got {blocks!r}")
+    seen = {}
+    for b in blocks:
+        if not b:
+            raise ModelSpecError(f"blocks {blocks!r} holds an empty block")
+        for n in b:
+            if n not in supports:
+                raise ModelSpecError(f"block {list(b)} names latent {n!r}, which is not "
+                                     f"declared (declared: {sorted(supports)})")
+            if n in seen:
+                raise ModelSpecError(f"latent '{n}' is in two blocks ({seen[n]} and "
+                                     f"{list(b)}); a latent belongs to one block")
+            seen[n] = list(b)
+    out = [list(b) for b in blocks]
+    return out + [[n] for n in supports if n not in seen]
 
 
 def _spans_devices(x) -> bool:
@@ -133,23 +152,38 @@ class Analysis:
     compiled: object
     program: object = None
     timings: dict = dataclasses.field(default_factory=dict)
+    #: one line per declared block of several latents (its joint family, or why it is
+    #: refused) and per suggested block (:func:`vijax.conjugacy.joint_blocks.suggest`)
+    blocks: list = dataclasses.field(default_factory=list)
 
     @property
     def conjugate(self):
         return all(f is not None for f in self.families.values())
 
     def __str__(self):
-        lines = ["latent        support               family               statistics"]
+        lines = ["latent        support               family               structure   "
+                 "statistics"]
         infos = self.program.infos if self.program is not None else self.compiled.infos
+        notes = []
         for n, inf in infos.items():
             fam = inf.family or "NOT CONJUGATE"
-            if inf.dense:
+            if getattr(inf, "chain_axes", ()):  # a Gauss-Markov chain: steps x state
+                lay = inf.layout
+                fam += f"(T={lay.num_steps}, D={lay.state_dim})"
+            elif inf.dense:
                 fam += f"(event={inf.event_size}" + (
                     f", axes {inf.event_axes}" if not inf.layout.trailing else "") + ")"
-            lines.append(f"{n:<13} {str(inf.support):<21} {fam:<20} "
+            structure = ("joint block" if getattr(inf, "members", None)
+                         else getattr(inf, "structure", "factorized"))
+            lines.append(f"{n:<13} {str(inf.support):<21} {fam:<20} {structure:<11} "
                          f"{', '.join(inf.stats) if inf.family else ''}")
+            if inf.family and getattr(inf, "structure_note", None):
+                notes.append(f"  {n}: {structure}: {inf.structure_note}")
+        if notes:
+            lines += ["why this structure:"] + notes
         for n, r in self.reasons.items():
             lines.append(f"  {n}: {r}")
+        lines += [f"  {b}" for b in self.blocks]
         if self.timings:
             lines.append("analysis: " + ", ".join(
                 f"{k} {v:.3f} s" for k, v in self.timings.items() if v is not None))
@@ -203,4 +237,9 @@ def analyze(model: Model, data) -> Analysis:
         if inf.reason:
             reasons[n] = inf.reason
         stats[n] = tuple(inf.stats)
-    return Analysis(fams, reasons, stats, comp, prog, dict(prog.timings))
+    blocks = []
+    if comp is not None:  # joint blocks: declared ones checked, others suggested
+        from vijax.conjugacy import joint_blocks
+        blocks = (joint_blocks.describe(comp, model.blocks)
+                  + joint_blocks.suggest(comp, model.blocks))
+    return Analysis(fams, reasons, stats, comp, prog, dict(prog.timings), blocks)

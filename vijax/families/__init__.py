@@ -21,6 +21,8 @@ from vijax.families.normal import Normal
 from vijax.families.poisson import Poisson
 from vijax.families.registry import FAMILIES, register
 from vijax.families.wishart import Wishart
+from vijax.families.normal_gamma import NormalGamma, StudentT
+from vijax.families.normal_wishart import MultivariateT, NormalWishart
 
 # Registration order: the first family of a support is its default q; among the
 # conjugate ones the compiler picks the first that fits (see the registry).
@@ -42,3 +44,8 @@ __all__ = [
 ]
 __all__ += ["MarkovChain"]
 __all__ += ["Wishart"]
+
+# joint families of declared blocks (never picked for a single latent)
+registry.register_joint(NormalGamma)
+registry.register_joint(NormalWishart)
+__all__ += ["NormalGamma", "NormalWishart", "StudentT", "MultivariateT"]

@@ -64,7 +64,7 @@ def registered(cls: type):
 def get(name: str) -> type:
     """The family class registered as ``name``."""
     try:
-        return FAMILIES[name]
+        return FAMILIES[name] if name in FAMILIES else JOINT_FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown family {name!r}; registered: {tuple(FAMILIES)}") from None
 
@@ -124,3 +124,24 @@ __all__ = ["FAMILIES", "register", "unregister", "registered", "get", "families_
            "default_family", "conjugate_families", "walk_forms", "accepts_products",
            "select"]
 __all__ += ["chain_family"]
+
+
+#: joint families of declared blocks (``Model(..., blocks=[["mu", "tau"]])``), by name:
+#: kept apart from :data:`FAMILIES` so that the compiler never picks one for a single
+#: latent (:mod:`vijax.conjugacy.joint_blocks` matches blocks against these, in order)
+JOINT_FAMILIES: dict[str, type] = {}
+
+
+def register_joint(cls: type) -> type:
+    """Add a joint family (declaring ``roles``, ``role_supports``, ``role_families``,
+    ``joint_stats`` and ``joint_kind``) under its ``__name__``."""
+    JOINT_FAMILIES[cls.__name__] = cls
+    return cls
+
+
+def joint_families() -> tuple:
+    """The joint families, in registration order."""
+    return tuple(JOINT_FAMILIES.values())
+
+
+__all__ += ["JOINT_FAMILIES", "register_joint", "joint_families"]

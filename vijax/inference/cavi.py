@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.conjugacy import fused
+from vijax.conjugacy import fused, joint_blocks
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.program import program_for
 from vijax.errors import FitDivergedError, ModelSpecError
@@ -310,7 +310,8 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     checks.check_cavi_args(model, data, key, tol, max_iters, order)
     prog = program_for(model, data)  # analysed once per model and data shapes
     prog.require_conjugate()
-    compiled = prog.materialize(data)
+    # declared blocks of several latents become joint factors (Normal-Gamma, ...)
+    compiled = joint_blocks.apply(prog.materialize(data), prog.blocks)
     dtype = jnp.zeros(()).dtype
     key = jax.random.key(0) if key is None else key
     natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))

@@ -36,7 +36,14 @@ def variational_infos(model, compiled):
     Categorical, Poisson; a count latent's Poisson q has no reparameterization:
     score-function gradients)."""
     import dataclasses
+    from vijax.conjugacy.joint_blocks import multi_blocks
     from vijax.conjugacy.matching import LatentInfo
+    joint = multi_blocks(getattr(model, "blocks", ()))
+    if joint:
+        raise ModelSpecError(
+            f"blocks {[list(b) for b in joint]}: joint factors are fitted by vj.cavi only; "
+            "the gradient path fits a mean-field q (one factor per latent). Declare the "
+            "model without blocks for vj.fit_gradient")
     out = {}
     for n, sup in model.supports.items():
         inf = compiled.infos.get(n) if compiled is not None else None
@@ -79,9 +86,16 @@ def factor(info, natural, validate=True):
 
 
 def posterior(compiled, natural):
-    """latent -> family object (see :func:`factor`)."""
+    """latent -> family object (see :func:`factor`). A joint block's factor (keyed by
+    its block name in ``natural``) gives each member latent its exact marginal
+    (:meth:`vijax.conjugacy.joint_blocks.BlockInfo.marginals`)."""
     infos = _infos(compiled)
-    return {n: factor(infos[n], natural[n]) for n in natural}
+    out = {}
+    for n in natural:
+        q = factor(infos[n], natural[n])
+        marginals = getattr(infos[n], "marginals", None)
+        out.update(marginals(q) if marginals is not None else {n: q})
+    return out
 
 
 def default_init_jit(infos, key, dtype):
