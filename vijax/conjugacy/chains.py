@@ -262,3 +262,85 @@ def final_atom(sizes, inf, entry):
     k1 = np.where(fwd, eb % K, ea % K)
     idx = ((batch * (steps - 1) + t0) * K + k0) * K + k1
     return T.Atom(inf.name, cls.chain_pair_stat, union, np.array(idx))
+
+
+# ------------------------------------------------------------------ Gaussian chains
+
+def _gaps(shape, pairs):
+    """Per axis, the largest ``|coordinate difference|`` over every coupled pair."""
+    gap = np.zeros(len(shape), np.int64)
+    for ea, eb in pairs:
+        ca, cb = _coords(ea, shape), _coords(eb, shape)
+        for d in range(len(shape)):
+            if np.size(ca[d]):
+                gap[d] = max(gap[d], int(np.abs(ca[d] - cb[d]).max()))
+    return gap
+
+
+def gauss_decide(inf, pairs, event_axes) -> bool:
+    """Give the real latent ``inf`` the Gauss-Markov chain family when every coupled pair
+    ``(ea, eb)`` joins two elements at most one step apart along one event axis (time, of
+    at least 3 steps; the other event axes are the state of a step): True. Else record in
+    ``inf.structure_note`` why the factor stays dense, and return False."""
+    from vijax.families import registry
+    name, shape = inf.name, tuple(inf.support.shape)
+    cls = registry.chain_family(inf.support.kind)
+    if cls is None or not pairs:
+        return False
+    gap = _gaps(shape, pairs)
+    cands = [a for a in event_axes if gap[a] <= 1 and shape[a] >= 3]
+    size = int(np.prod([shape[a] for a in event_axes]))
+    if not cands:
+        far = [a for a in event_axes if gap[a] > 1]
+        why = (f"terms couple {name}[t] with {name}[t+{int(gap[far[0]])}] along axis {far[0]}"
+               if far else f"the coupled axes {tuple(event_axes)} are shorter than 3 steps")
+        inf.structure_note = (f"one dense event of {size} elements over axes "
+                              f"{tuple(event_axes)} (no Gauss-Markov chain: {why}; a chain "
+                              f"needs {name}[t-1]-{name}[t] couplings only, along one axis)")
+        return False
+    time = max(cands, key=lambda a: (shape[a], -a))
+    state = tuple(a for a in event_axes if a != time)
+    inf.family, inf.stats = cls.__name__, tuple(cls.stat_names)
+    inf.structure, inf.chain_axes = CHAIN, (time,) + state
+    inf.event_axes = tuple(sorted(inf.chain_axes))
+    lay = inf.layout
+    inf.structure_note = (
+        f"Gauss-Markov chain along axis {time} (T={lay.num_steps}, state D={lay.state_dim}"
+        + (f" over axes {state}" if state else "") + f"): terms couple {name}[t-1] and "
+        f"{name}[t] only; block-tridiagonal precision, O(T D^3) smoother instead of a dense "
+        f"{size}x{size} Gaussian")
+    return True
+
+
+def gauss_final_atoms(inf, entry):
+    """The walk atom of a Gauss-Markov latent on the chain's statistics, as
+    ``[(atom, mask)]``: ``x`` for ``z``, ``xxT[b, t, d, d']`` for a product within step
+    ``t``, ``pair[b, t, d, d']`` for ``z[t, d] z[t+1, d']``. A term mixing both kinds of
+    products is split in two, each with a 0/1 ``mask`` over its labels (None: all)."""
+    lay = inf.layout
+    steps, D = lay.num_steps, lay.state_dim
+    name, shape = inf.name, tuple(inf.support.shape)
+    if entry[0] == "single":
+        a = entry[1]
+        b, t, d = lay.element_position(T.host(T.explicit_idx(a, shape)))
+        flat = (b * steps + t) * D + d
+        if a.power == 1.0:
+            return [(T.Atom(name, "x", a.labels, np.asarray(flat)), None)]
+        return [(T.Atom(name, "xxT", a.labels, np.asarray(flat * D + d)), None)]
+    _, a, b_, union, ea, eb = entry
+    ba, ta, da = lay.element_position(ea)
+    _, tb, db = lay.element_position(eb)
+    same = ta == tb
+    out = []
+    if np.any(same):
+        idx = ((ba * steps + ta) * D + da) * D + db
+        out.append((T.Atom(name, "xxT", union, np.asarray(idx)), same))
+    if not np.all(same):
+        fwd = tb > ta
+        t0 = np.minimum(np.minimum(ta, tb), steps - 2)
+        d0, d1 = np.where(fwd, da, db), np.where(fwd, db, da)
+        idx = ((ba * (steps - 1) + t0) * D + d0) * D + d1
+        out.append((T.Atom(name, "pair", union, np.asarray(idx)), ~same))
+    if len(out) == 1:
+        return [(out[0][0], None)]
+    return [(atom, mask.astype(np.float64)) for atom, mask in out]

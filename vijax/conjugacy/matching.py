@@ -62,6 +62,7 @@ class LatentInfo:
     event_axes: tuple = ()  # latent axes forming one dense event
     structure: str = chains.FACTORIZED  # "factorized", "dense" or "chain"
     structure_note: str | None = None  # why that structure
+    chain_axes: tuple = ()  # a Gauss-Markov chain: (time axis, *state axes)
 
     @property
     def family_class(self):
@@ -70,8 +71,10 @@ class LatentInfo:
 
     @property
     def dense(self) -> bool:
-        """The family is one dense event over :attr:`event_axes` (``couples_elements``)."""
-        return self.family is not None and self.family_class.couples_elements
+        """The family is one dense event over :attr:`event_axes` (``couples_elements``),
+        or a Gauss-Markov chain over them: its values have a :attr:`layout`."""
+        return self.family is not None and (self.family_class.couples_elements
+                                            or bool(self.chain_axes))
 
     @property
     def event_ndim(self):
@@ -79,7 +82,12 @@ class LatentInfo:
 
     @property
     def layout(self) -> EventLayout:
-        """Declared value shape <-> the family's ``batch_shape + (event_size,)``."""
+        """Declared value shape <-> the family's ``batch_shape + (event_size,)`` (a
+        Gauss-Markov chain's: ``batch_shape + (T, D)``)."""
+        if self.chain_axes:
+            from vijax.families.gauss_markov import ChainLayout
+            return ChainLayout(tuple(self.support.shape), self.chain_axes[0],
+                               tuple(self.chain_axes[1:]))
         return EventLayout(self.support.shape, self.event_axes)
 
     @property
@@ -91,6 +99,8 @@ class LatentInfo:
         return self.layout.event_size if self.event_axes else 1
 
     def stat_shape(self, stat):
+        if self.chain_axes:
+            return tuple(self.family_class.chain_stat_shape(self.layout, stat))
         custom = getattr(self.family_class, "latent_stat_shape", None)  # a chain
         if custom is not None:
             return tuple(custom(self.support, stat))
@@ -275,6 +285,9 @@ def match(space, supports, value, reasons, all_latents):
             chains.decide(inf, chain_pairs[name])
             continue
         forms, coupled = used.get(name, set()), bool(pairs.get(name))
+        if coupled and chains.gauss_decide(
+                inf, pairs[name], _event_axes(inf.support.shape, pairs[name])):
+            continue
         cls = registry.select(inf.support.kind, forms, coupled)
         if cls is None:
             _no_single_family(inf, forms, where, coupled)
@@ -282,8 +295,9 @@ def match(space, supports, value, reasons, all_latents):
         if cls.couples_elements:
             inf.event_axes = _event_axes(inf.support.shape, pairs[name])
             inf.structure = chains.DENSE
-            inf.structure_note = (f"one dense event over axes {inf.event_axes}: terms "
-                                  f"multiply elements of '{name}' along them")
+            inf.structure_note = inf.structure_note or (
+                f"one dense event over axes {inf.event_axes}: terms multiply elements of "
+                f"'{name}' along them")
         elif inf.structure_note is None:
             inf.structure_note = f"no term multiplies two elements of '{name}'"
         inf.family, inf.stats = cls.__name__, tuple(cls.stat_names)
@@ -296,10 +310,14 @@ def match(space, supports, value, reasons, all_latents):
             continue
         if any(info[n].family is None for n in c):
             continue
-        atoms = []
+        variants = [((), t.consts)]  # a Gauss-Markov latent may split a term in two
         for name, entry in c.items():
-            atoms.append(_final_atom(space.sizes, info[name], entry))
-        final.append(T.compress(T.Term(t.consts, tuple(atoms), t.out, t.src), space.sizes))
+            opts = (chains.gauss_final_atoms(info[name], entry) if info[name].chain_axes
+                    else [(_final_atom(space.sizes, info[name], entry), None)])
+            variants = [(ats + (atom,), cs if mask is None else cs + ((mask, entry[3]),))
+                        for ats, cs in variants for atom, mask in opts]
+        for atoms, consts in variants:
+            final.append(T.compress(T.Term(consts, atoms, t.out, t.src), space.sizes))
     merged = [_fold_consts(space, T.compress(T._merge_diagonals(t), space.sizes), final=True)
               for t in merge_terms(space, final)]
     shapes = {n: {s: i.stat_shape(s) for s in i.stats} for n, i in info.items() if i.family}

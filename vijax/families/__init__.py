@@ -14,6 +14,7 @@ from vijax.families.beta import Beta
 from vijax.families.categorical import Categorical
 from vijax.families.dirichlet import Dirichlet
 from vijax.families.gamma import Gamma
+from vijax.families.gauss_markov import GaussMarkov
 from vijax.families.inverse_gamma import InverseGamma
 from vijax.families.markov_chain import MarkovChain
 from vijax.families.mvn import MultivariateNormal
@@ -37,6 +38,7 @@ register(MarkovChain)  # after Categorical: chains only where the compiler finds
 register(Bernoulli)
 register(Poisson)
 register(Wishart)
+register(GaussMarkov)  # never picked by select (no couples_elements): chains only
 
 __all__ = [
     "ExponentialFamily", "Normal", "MultivariateNormal", "Gamma", "InverseGamma", "Beta",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 __all__ += ["MarkovChain"]
 __all__ += ["Wishart"]
+__all__ += ["GaussMarkov"]
 
 # joint families of declared blocks (never picked for a single latent)
 registry.register_joint(NormalGamma)

@@ -283,6 +283,7 @@ class MultivariateNormal(ExponentialFamily):
         """Identity covariance around small random means, in the ``info.batch_shape +
         (info.event_size,)`` layout."""
         size = info.event_size
+        check_dense_size(getattr(info, "name", "?"), tuple(info.batch_shape), size, dtype)
         loc = 0.1 * start_random.normal(key, tuple(info.batch_shape) + (size,), dtype)
         cov = jnp.broadcast_to(jnp.eye(size, dtype=dtype), loc.shape + (size,))
         return cls.from_loc_cov(loc, cov)
@@ -330,6 +331,45 @@ class MultivariateNormal(ExponentialFamily):
         loc = jnp.broadcast_to(u["loc"], precision.shape[:-1])
         return cls({"x": jnp.einsum("...ij,...j->...i", precision, loc),
                     "xxT": -0.5 * precision})
+
+
+#: bytes a dense factor may use (None: the host's physical memory, or the default
+#: device's memory limit when smaller); :func:`check_dense_size` refuses beyond it
+DENSE_MEMORY_LIMIT: Optional[int] = None
+
+
+def dense_memory_limit() -> int:
+    """:data:`DENSE_MEMORY_LIMIT`, else ``min(physical memory, device bytes_limit)``."""
+    if DENSE_MEMORY_LIMIT is not None:
+        return int(DENSE_MEMORY_LIMIT)
+    import os
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        limit = min(limit, int(stats.get("bytes_limit", limit)))
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        pass
+    return int(limit)
+
+
+def check_dense_size(name: str, batch_shape: tuple, size: int, dtype, copies: int = 8):
+    """Raise :class:`~vijax.errors.ModelSpecError` before allocating a dense Gaussian
+    whose ``copies`` arrays of ``batch x size x size`` entries (a CAVI fit holds about 8:
+    natural and mean parameters, the update, Cholesky factor, inverse, workspace) exceed
+    :func:`dense_memory_limit` (a huge dense event otherwise ends in an out-of-memory
+    kill or a crash inside the factorization)."""
+    from vijax.errors import ModelSpecError
+    need = copies * math.prod(batch_shape) * size * size * jnp.dtype(dtype).itemsize
+    limit = dense_memory_limit()
+    if need > limit:
+        raise ModelSpecError(
+            f"latent '{name}': its dense Gaussian factor has an event of {size} elements "
+            f"(batch {tuple(batch_shape)}), whose {size}x{size} matrices need about "
+            f"{need / 2**30:.3g} GiB ({need} bytes, {copies} copies in "
+            f"{jnp.dtype(dtype).name}), more than the {limit / 2**30:.3g} GiB available. "
+            "Couple fewer elements (a chain x[t-1]-x[t] along one axis gets a linear-time "
+            "GaussMarkov factor), split the latent, or fit a factorized q by "
+            "vj.fit_gradient")
 
 
 def scale_from_unconstrained(raw: Array) -> Array:

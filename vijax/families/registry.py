@@ -17,7 +17,7 @@ Example:
     >>> registry.default_family("positive").__name__
     'Gamma'
     >>> [c.__name__ for c in registry.conjugate_families("real")]
-    ['Normal', 'MultivariateNormal']
+    ['Normal', 'MultivariateNormal', 'GaussMarkov']
 """
 
 from __future__ import annotations
