@@ -5,11 +5,11 @@ import sys
 
 import numpy as np
 
-from vijax import cli
+from vijax import cli, demo
 
 
 def test_vijax_demo_runs(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "vijax.cli", "demo", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "vijax.cli", "demo", "--plots", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all checks passed" in out.stdout
@@ -17,6 +17,21 @@ def test_vijax_demo_runs(tmp_path):
     # the Gibbs path on both models, with its table against the exact moments
     assert out.stdout.count("blocked Gibbs") == 2
     assert "Gibbs var" in out.stdout and "Sigma_ii" in out.stdout
+    # the lecture's pictures: their tables and all five figures
+    assert "[3] a skewed posterior" in out.stdout and "Laplace, log lam" in out.stdout
+    assert "[4] EM's lower bound" in out.stdout and "argmax bound" in out.stdout
+    for name in ("kl_bivariate_gaussian", "kl_two_mode", "elbo_traces", "laplace_vs_vi",
+                 "em_lower_bound"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_demo_plots_flag():
+    """``--plots DIR`` (and the older ``--out DIR``) name the figures' folder."""
+    p = cli.build_parser()
+    assert p.parse_args(["demo"]).plots == "vijax-demo-out"
+    assert p.parse_args(["demo", "--plots", "figs"]).plots == "figs"
+    assert p.parse_args(["demo", "--out", "old"]).plots == "old"
+    assert p.parse_args(["demo", "--plots", ""]).plots == ""
 
 
 def test_demo_gibbs_check_fails_on_wrong_variances():
@@ -26,11 +41,11 @@ def test_demo_gibbs_check_fails_on_wrong_variances():
     exact = rng.normal(1.0, 1.0, size=(4, 5000))
     row = ("z1", 1.0, 1.0, 1.0, 0.19)
     failures = []
-    cli._gibbs_table([row + (exact,)], failures, "t")
+    demo._gibbs_table([row + (exact,)], failures, "t")
     assert failures == []
-    cli._gibbs_table([row + (1.0 + np.sqrt(0.19) * (exact - 1.0),)], failures, "t")
+    demo._gibbs_table([row + (1.0 + np.sqrt(0.19) * (exact - 1.0),)], failures, "t")
     assert len(failures) == 1 and "variance of z1" in failures[0]
-    cli._gibbs_table([row + (exact + 0.2,)], failures, "t")
+    demo._gibbs_table([row + (exact + 0.2,)], failures, "t")
     assert len(failures) == 2 and "mean of z1" in failures[1]
 
 
