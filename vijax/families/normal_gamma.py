@@ -170,6 +170,10 @@ class NormalGamma(ExponentialFamily):
     def expected_log_base_measure(self) -> Array:
         return self._constant(0.0)
 
+    def log_prob(self, x) -> Array:
+        """``log q(mu, tau)`` of a value ``{"mean": mu, "precision": ...}``."""
+        return self.inner(self.natural, self.stats(x)) - self.log_normalizer(self.natural)
+
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> dict:
         """``tau ~ Gamma(a, b)``, then ``mu = m + eps / sqrt(kappa tau)``."""
         m, kappa, a, b = self.params()

@@ -203,6 +203,10 @@ class NormalWishart(ExponentialFamily):
     def expected_log_base_measure(self) -> Array:
         return self._constant(0.0)
 
+    def log_prob(self, x) -> Array:
+        """``log q(mu, L)`` of a value ``{"mean": mu, "precision": L}``."""
+        return self.inner(self.natural, self.stats(x)) - self.log_normalizer(self.natural)
+
     def sample(self, key: Array, sample_shape: tuple[int, ...] = ()) -> dict:
         """``L ~ W(V, nu)``, then ``mu = m + (sqrt(kappa) C^T)^{-1} eps`` with ``L = C C^T``."""
         m, kappa, w = self._parts(self.natural)
