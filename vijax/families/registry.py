@@ -61,6 +61,19 @@ def registered(cls: type):
             FAMILIES[cls.__name__] = previous
 
 
+@contextlib.contextmanager
+def without(name: str):
+    """Leave the family ``name`` out for the duration of a ``with`` block (e.g.
+    ``without("GaussMarkov")``: the compiler keeps a chain's dense Gaussian)."""
+    previous = dict(FAMILIES)
+    FAMILIES.pop(name, None)
+    try:
+        yield
+    finally:
+        FAMILIES.clear()
+        FAMILIES.update(previous)
+
+
 def get(name: str) -> type:
     """The family class registered as ``name``."""
     try:
@@ -123,7 +136,7 @@ def chain_family(kind: str) -> type | None:
 __all__ = ["FAMILIES", "register", "unregister", "registered", "get", "families_for",
            "default_family", "conjugate_families", "walk_forms", "accepts_products",
            "select"]
-__all__ += ["chain_family"]
+__all__ += ["chain_family", "without"]
 
 
 #: joint families of declared blocks (``Model(..., blocks=[["mu", "tau"]])``), by name:
