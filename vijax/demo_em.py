@@ -13,7 +13,8 @@ with ``q_n(c) = p(c | x, w_n)``, so the bound touches ``l`` at ``w_n`` (their ga
 
 What comes from the library: the iterates ``w_n`` and ``l(w_n)`` (:func:`vijax.em`,
 prepared once and run for ``n`` iterations), and ``q_n`` (the result's
-``posterior["c"]``, the E-step at ``w_n``) with its entropy. ``E_{q_n}[log p(x, c | w)]``
+``posterior["c"]``, the E-step at ``w_n``; its probabilities and entropy are computed
+from the Bernoulli natural parameters on the host). ``E_{q_n}[log p(x, c | w)]``
 is the model's own log joint evaluated at ``c = E_{q_n}[c]``: the compiler found it linear
 in ``c`` (a Bernoulli statistic), so this is the expectation exactly. ``l(w)`` is a plain
 ``logaddexp`` (independent of the library).
@@ -131,9 +132,12 @@ def em_bound(seed=0, start=START, num_bounds=NUM_BOUNDS, n=NUM_POINTS) -> EMBoun
     iterates = np.array([float(r.params["w"]) for r in runs])
     bounds = []
     for k in range(num_bounds):
-        q = runs[k].posterior["c"]
-        bounds.append(Bound(k, iterates[k], np.asarray(q.mean(), np.float64),
-                            float(jnp.sum(q.entropy())), float(runs[k].elbo),
+        # q_n(c_i = 1) = sigmoid(eta_i), eta the Bernoulli natural parameter (the logit);
+        # read on the host (no eager JAX ops to compile)
+        eta = np.asarray(runs[k].posterior["c"].natural["x"], np.float64)
+        r = 0.5 * (1.0 + np.tanh(0.5 * eta))
+        entropy = float(np.sum(np.logaddexp(0.0, eta) - r * eta))  # H = A(eta) - eta r
+        bounds.append(Bound(k, iterates[k], r, entropy, float(runs[k].elbo),
                             iterates[k + 1]))
     return EMBound(x, tuple(bounds), iterates, np.asarray(runs[-1].trace, np.float64),
                    runs[-1])

@@ -147,6 +147,7 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
     """
     import jax
     import jax.numpy as jnp
+    import optax
 
     from vijax.inference.cavi import cavi
     from vijax.inference.gibbs import gibbs
@@ -161,8 +162,12 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
     b = GAMMA_PRIOR[1] + len(counts)
 
     q = cavi(model, x, key=jax.random.key(seed)).posterior["lam"]
-    lap_log = laplace(model, x)
-    lap_lam = laplace(Model(model.log_joint, {"lam": real()}), x,
+    # a one-dimensional concave target: plain gradient ascent (step 0.1, curvature ~6)
+    # reaches the mode in ~25 steps, and compiles in a fraction of L-BFGS's time; the
+    # result's `ok` (a strict, stationary mode) is checked by `problems`
+    opt = optax.sgd(0.1)
+    lap_log = laplace(model, x, optimizer=opt)
+    lap_lam = laplace(Model(model.log_joint, {"lam": real()}), x, optimizer=opt,
                       init={"lam": float(np.mean(counts)) + 0.5})
     draws = np.asarray(gibbs(model, x, jax.random.key(seed + 1), num_samples=num_draws,
                              num_warmup=1, num_chains=num_chains).draws["lam"], np.float64)

@@ -36,7 +36,8 @@ def plot_laplace_comparison(folder, sp, filename="laplace_vs_vi.png"):
         ax.plot(sp.lam, dens, _STYLES[name], color=_COLORS[name], lw=1.8 if name == "exact"
                 else 1.5, label=f"{name}{kl}")
     ax.axvline(rows["exact"].mode, color=_COLORS["exact"], lw=0.6, alpha=0.6)
-    ax.set_xlim(float(sp.lam[0]) - 0.25 * rows["exact"].sd, float(sp.lam[-1]))
+    ax.set_xlim(float(sp.lam[0]) - 0.25 * rows["exact"].sd,
+                rows["exact"].mean + 7 * rows["exact"].sd)
     ax.set_xlabel("rate $\\lambda$")
     ax.set_ylabel("density")
     ax.set_title(f"Gamma-Poisson posterior Gamma({sp.shape:g}, {sp.rate:g}), "
