@@ -182,6 +182,20 @@ def test_skewed_problems_catch_wrong_fits(sp):
     assert any("Laplace mode in lam" in m for m in demo_laplace.problems(swapped))
 
 
+def test_bad_arguments_are_refused_by_name():
+    from vijax.errors import DataError, InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="start"):
+        demo_em.em_bound(start=1.0)
+    with pytest.raises(InvalidParameterError, match="num_bounds"):
+        demo_em.em_bound(num_bounds=0)
+    with pytest.raises(DataError, match="counts"):
+        demo_laplace.skewed_posterior(counts=(1, -2))
+    with pytest.raises(DataError, match="counts"):
+        demo_laplace.skewed_posterior(counts=(0.5, 1))
+    with pytest.raises(InvalidParameterError, match="num_draws"):
+        demo_laplace.skewed_posterior(num_draws=1)
+
+
 # ---- figures ----------------------------------------------------------------------------
 
 def test_figures_are_written(sp, eb, tmp_path):

@@ -120,11 +120,26 @@ class EMBound(NamedTuple):
 
 def em_bound(seed=0, start=START, num_bounds=NUM_BOUNDS, n=NUM_POINTS) -> EMBound:
     """Run :func:`vijax.em` from ``w_0 = start`` for ``0 .. num_bounds`` iterations and
-    collect, at each ``w_n``, the E-step posterior that defines ``l(w, w_n)``."""
+    collect, at each ``w_n``, the E-step posterior that defines ``l(w, w_n)``.
+
+    Raises:
+        InvalidParameterError: ``start`` outside ``(0, 1)``, ``num_bounds`` or ``n`` not a
+            positive int.
+    """
     import jax.numpy as jnp
 
     from vijax.inference.em import prepare
 
+    from vijax.errors import InvalidParameterError
+    if not (isinstance(num_bounds, int) and num_bounds >= 1):
+        raise InvalidParameterError(f"em_bound: num_bounds must be an int >= 1, got "
+                                    f"{num_bounds!r}")
+    if not (isinstance(n, int) and n >= 1):
+        raise InvalidParameterError(f"em_bound: n (points) must be an int >= 1, got {n!r}")
+    if not 0.0 < float(start) < 1.0:
+        raise InvalidParameterError(f"em_bound: start (w_0) must lie in (0, 1): the "
+                                    f"weight's log and log(1 - w) are finite only there; "
+                                    f"got {start!r}")
     x = make_data(seed, n)
     prep = prepare(mixture_model(n), jnp.asarray(x), params=("w",))
     start_w = {"w": jnp.asarray(start, jnp.zeros(()).dtype)}

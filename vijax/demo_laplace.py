@@ -144,6 +144,11 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
     Returns:
         :class:`SkewedPosterior`; ``rows`` in the order exact, CAVI, Gibbs, Laplace on
         ``log lam``, Laplace on ``lam``.
+
+    Raises:
+        DataError: ``counts`` not a non-empty 1-d sequence of non-negative integers.
+        InvalidParameterError: ``num_draws`` < 2 or ``num_chains`` < 1.
+        FitDivergedError: a Laplace fit found no strict mode (from :func:`vijax.laplace`).
     """
     import jax
     import jax.numpy as jnp
@@ -156,10 +161,20 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
     from vijax.models.conjugate_pairs import GAMMA_PRIOR, gamma_poisson
     from vijax.supports import real
 
+    from vijax.errors import DataError, InvalidParameterError
+    c = np.asarray(counts)
+    if c.ndim != 1 or c.size < 1 or not np.all(np.isfinite(c)) or np.any(c < 0) \
+            or np.any(c != np.round(c)):
+        raise DataError(f"skewed_posterior: counts must be a non-empty 1-d sequence of "
+                        f"non-negative integers (Poisson data), got {counts!r}")
+    for name, v, least in (("num_draws", num_draws, 2), ("num_chains", num_chains, 1)):
+        if not (isinstance(v, int) and v >= least):
+            raise InvalidParameterError(f"skewed_posterior: {name} must be an int >= "
+                                        f"{least}, got {v!r}")
     model = gamma_poisson().model
-    x = jnp.asarray(counts, jnp.int32)
-    a = GAMMA_PRIOR[0] + float(np.sum(counts))
-    b = GAMMA_PRIOR[1] + len(counts)
+    x = jnp.asarray(c, jnp.int32)
+    a = GAMMA_PRIOR[0] + float(np.sum(c))
+    b = GAMMA_PRIOR[1] + float(c.size)
 
     q = cavi(model, x, key=jax.random.key(seed)).posterior["lam"]
     # a one-dimensional concave target: plain gradient ascent (step 0.1, curvature ~6)
@@ -168,7 +183,7 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
     opt = optax.sgd(0.1)
     lap_log = laplace(model, x, optimizer=opt)
     lap_lam = laplace(Model(model.log_joint, {"lam": real()}), x, optimizer=opt,
-                      init={"lam": float(np.mean(counts)) + 0.5})
+                      init={"lam": float(np.mean(c)) + 0.5})
     draws = np.asarray(gibbs(model, x, jax.random.key(seed + 1), num_samples=num_draws,
                              num_warmup=1, num_chains=num_chains).draws["lam"], np.float64)
 
@@ -200,7 +215,7 @@ def skewed_posterior(counts=COUNTS, seed=0, num_draws=4000, num_chains=2) -> Ske
             np.log(np.where(lam > 0, lam, 1.0)), m_u, s_u)) / np.where(lam > 0, lam, 1.0), 0.0),
         "Laplace, lam": np.exp(normal_log_pdf(lam, m_l, s_l)),
     }
-    return SkewedPosterior(tuple(counts), a, b, q, lap_log, lap_lam, draws, rows, lam,
+    return SkewedPosterior(tuple(int(v) for v in c), a, b, q, lap_log, lap_lam, draws, rows, lam,
                            densities)
 
 
