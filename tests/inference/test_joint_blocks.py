@@ -190,3 +190,13 @@ def test_gradient_path_refuses_blocks(ng):
     _, model, x = ng
     with pytest.raises(ModelSpecError, match="fitted by vj.cavi only"):
         fit_gradient(model, x, key=jax.random.key(0), num_steps=2)
+
+
+def test_mean_field_fitters_refuse_declared_blocks():
+    """Fitters that update one factor per latent refuse a declared joint block instead of
+    silently fitting the mean-field approximation."""
+    zm = ZOO["normal_gamma"]()
+    x = zm.make_data(jax.random.key(0))
+    model = vj.Model(zm.model.log_joint, zm.model.supports, blocks=[["mu", "tau"]])
+    with pytest.raises(vj.ModelSpecError, match="joint block"):
+        vj.em(model, x, params=("tau",), init={"tau": jnp.ones(())})

@@ -220,6 +220,17 @@ def multi_blocks(blocks):
     return [tuple(b) for b in (blocks or ()) if len(b) > 1]
 
 
+def refuse_blocks(model, fitter: str):
+    """ModelSpecError when ``model`` declares blocks of several latents and ``fitter``
+    fits one factor per latent (it would silently fit a different approximation)."""
+    multi = multi_blocks(getattr(model, "blocks", ()))
+    if multi:
+        raise ModelSpecError(
+            f"the model declares the joint block(s) {[list(b) for b in multi]}, which "
+            f"{fitter} does not fit (it updates one factor per latent): fit the blocks with "
+            "vj.cavi, or declare the model without blocks= for a mean-field fit")
+
+
 def apply(compiled, blocks):
     """``compiled`` with each block of several latents made one joint factor (infos
     keyed by :func:`block_name` in place of the members; terms on joint statistics).

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from vijax import _compat
+from vijax.conjugacy import joint_blocks
 from vijax.errors import ModelSpecError
 from vijax.inference import checks, driver
 from vijax.inference import em_params as P
@@ -314,6 +315,7 @@ def prepare(model, data, *legacy, params=None, param_supports=None, m_step="auto
         if legacy:
             raise ModelSpecError("prepare(model, data, params=(...)) takes no further "
                                  "positional arguments")
+        joint_blocks.refuse_blocks(model, "vj.em")
         latents = {n: s for n, s in model.supports.items() if n not in (params or ())}
         order = None if order is None else tuple(checks.check_order(order, latents))
         spec = P.from_model(model, params, m_step=m_step, order=order,
