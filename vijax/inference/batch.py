@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax.conjugacy.program import program_for
+from vijax.conjugacy.program import data_spec, program_for
 from vijax.errors import DataError, ModelSpecError
 from vijax.inference import batch_driver as bd
 from vijax.inference import checks, stopping
@@ -92,17 +92,19 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         checks.check_tol("tol", tol)
     if order is not None:
         checks.check_order(order, model.supports)
-    one = jax.tree_util.tree_map(lambda x: x[0], datasets)
+    # shapes only: no device op (the analysis never reads data values)
+    one = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                                 data_spec(datasets))
     prog = program_for(model, one)  # analysed once, errors raised here
     prog.require_conjugate()
     if chunk_size is not None and int(chunk_size) < 1:
         raise ModelSpecError(f"chunk_size must be a positive integer, got {chunk_size}")
     chunk = n if chunk_size is None else min(int(chunk_size), n)
-    dtype = jnp.zeros(()).dtype
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
     tol = stopping.default_tol(dtype) if tol is None else float(tol)
-    key = jax.random.key(0) if key is None else key
-    checks.check_key(key if jnp.ndim(key) == 0 else key[0])
-    key_batched = jnp.ndim(key) >= 1
+    key_batched = key is not None and jnp.ndim(key) >= 1
+    if key is not None:  # None: jax.random.key(0), made inside the compiled fit
+        checks.check_key(key[0] if key_batched else key)
     if key_batched and key.shape[0] != n:
         raise DataError(f"key holds {key.shape[0]} keys for {n} data sets")
     order = None if order is None else tuple(order)
@@ -113,8 +115,9 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         take = lambda x: _padded(x, start, stop, chunk)  # noqa: E731
-        data_c = jax.tree_util.tree_map(take, datasets)
-        key_c = take(key) if key_batched else key
+        whole = chunk == n  # one chunk: the arrays as they are (no copy)
+        data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
+        key_c = take(key) if key_batched and not whole else key
         res = _fit_chunk(fns, data_c, key_c, init, tol, max_iters, start)
         if stop - start < chunk:  # drop the padding lanes
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
@@ -126,22 +129,33 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
 
 def _fit_chunk(fns, data, key, init, tol, max_iters, offset):
     """One chunk through the segments: the first one builds the result as well (most
-    batches stop within it); later ones (compiled on first use) continue the loop."""
-    first, more, finish = fns
-    carry, trace, result, running, bad = first(data, key, init, tol)
-    bad = np.asarray(bad)
-    if bad.any():
-        raise DataError(f"datasets has NaN/Inf values in lanes {_lanes(bad, offset=offset)}; "
-                        "remove or impute them before fitting")
+    batches stop within it); otherwise the loop restarts with its carry as an output and
+    goes on segment by segment (compiled on first use)."""
+    first, restart, more, finish = fns
+    trace, result, status, bad = first(data, key, init, tol)
+    steps, running, nbad = (int(v) for v in np.asarray(status))  # one host read
+    if nbad:
+        raise DataError(f"datasets has NaN/Inf values in lanes "
+                        f"{_lanes(np.asarray(bad), offset=offset)}; remove or impute them "
+                        "before fitting")
     traces = [trace]
-    if bool(running):
-        while bool(running):
-            carry, trace, running = more(data, carry, tol)
+    if running:
+        packed, trace, status = restart(data, key, init, tol)
+        traces = [trace]
+        steps, running, _ = (int(v) for v in np.asarray(status))
+        while running:
+            packed, trace, status = more(data, packed, tol)
+            steps, running, _ = (int(v) for v in np.asarray(status))
             traces.append(trace)
-        result = finish(data, carry)
-    steps = int(carry.t)  # the columns run; later ones only repeat the last value
-    trace = traces[0] if len(traces) == 1 else jnp.concatenate(traces, axis=1)
-    return result._replace(elbo_trace=trace[:, :steps] if steps < trace.shape[1] else trace)
+        result = finish(data, packed)
+    # step-major segments, rows past the last step unwritten: the steps run, per lane
+    trace = _crop(traces[0] if len(traces) == 1 else jnp.concatenate(traces), steps)
+    # the natural parameters are the posterior factors' (one output buffer for both)
+    natural = {name: dict(q.natural) for name, q in result.posterior.items()}
+    return result._replace(elbo_trace=trace, natural=natural)
+
+
+_crop = jax.jit(lambda trace, steps: trace[:steps].T, static_argnums=1)
 
 
 def _concatenate(outs):
@@ -167,14 +181,25 @@ def _padded(x, start, stop, chunk):
 
 
 def _fitter(model, prog, max_iters, order, damping, key_batched):
-    """``(first, more, finish)``: jitted functions of one batch's arrays (cached)."""
-    k = (id(model), max_iters, order, damping, key_batched, str(jnp.zeros(()).dtype))
+    """``(first, restart, more, finish)``: jitted functions of one batch's arrays (cached).
+
+    ``first(data, key, init, tol) -> (trace, result, status, bad)`` runs the first
+    segment and builds the result (most batches end within it: the loop's carry is not
+    an output, which would cost more than the result); when lanes are still running,
+    ``restart(data, key, init, tol) -> (packed, trace, status)`` runs the same segment
+    again (compiled on first use) and returns the carry, packed (:func:`_pack`: one array
+    per dtype); ``more(data, packed, tol) -> (packed, trace, status)`` runs one more
+    segment; ``finish(data, packed) -> result``. ``status`` is
+    ``[t, running, lanes with NaN/Inf data]`` (one host read)."""
+    k = (id(model), max_iters, order, damping, key_batched,
+         str(jax.dtypes.canonicalize_dtype(jnp.float64)))
     hit = _CACHE.get(k)
     if hit is not None and hit[0] is model:
         _CACHE.move_to_end(k)
         return hit[1]
     rows = min(max_iters, SEGMENT)
     analysis_s = float(prog.analysis_s)
+    layout = {}  # the carry's structure, recorded when ``first`` is traced
 
     def materialize(data):
         return jax.vmap(prog.materialize)(data)
@@ -185,11 +210,17 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     def advance(compiled, carry, tol):
         carry, trace = bd.advance(_arrays(step), compiled, carry, max_iters=max_iters,
                                   tol=tol, rows=rows)
-        return carry, trace, jnp.any(bd.active(carry, max_iters))
+        running = jnp.any(bd.active(carry, max_iters))
+        return carry, trace, running
 
-    def first(data, key, init, tol):
+    def status(carry, running, bad):
+        return jnp.stack([jnp.asarray(carry.t, jnp.int32), running.astype(jnp.int32),
+                          jnp.sum(bad).astype(jnp.int32)])
+
+    def segment0(data, key, init, tol):
         compiled = materialize(data)
         dtype = jnp.zeros(()).dtype
+        key = jax.random.key(0) if key is None else key
 
         def init_one(c, k):
             natural0 = mf.user_init(c, init, mf.default_init(c, k, dtype))
@@ -198,23 +229,65 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         info0 = jax.vmap(_info0)(states)
         carry = bd.start(_arrays(step), compiled, states, info0=info0, elbo0=states.elbo)
         carry, trace, running = advance(compiled, carry, tol)
-        bad = jnp.zeros(states.elbo.shape, bool)
+        return compiled, carry, trace, running
+
+    def first(data, key, init, tol):
+        compiled, carry, trace, running = segment0(data, key, init, tol)
+        bad = jnp.zeros(carry.lane.i.shape, bool)
         for x in jax.tree_util.tree_leaves(data):
             if jnp.issubdtype(x.dtype, jnp.inexact):
                 bad = bad | ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-        return carry, trace, _result(compiled, carry, analysis_s), running, bad
+        return (trace, _result(compiled, carry, analysis_s), status(carry, running, bad),
+                bad)
 
-    def more(data, carry, tol):
-        return advance(materialize(data), carry, tol)
+    def restart(data, key, init, tol):
+        _, carry, trace, running = segment0(data, key, init, tol)
+        packed, layout["carry"] = _pack(carry)
+        return packed, trace, status(carry, running, jnp.zeros((), bool))
 
-    def finish(data, carry):
-        return _result(materialize(data), carry, analysis_s)
+    def more(data, packed, tol):
+        carry, trace, running = advance(materialize(data), _unpack(packed, layout["carry"]),
+                                        tol)
+        return _pack(carry)[0], trace, status(carry, running, jnp.zeros((), bool))
 
-    fns = (jax.jit(first), jax.jit(more), jax.jit(finish))
+    def finish(data, packed):
+        return _result(materialize(data), _unpack(packed, layout["carry"]), analysis_s)
+
+    fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish))
     _CACHE[k] = (model, fns)  # the model is held: its id is not reused while cached
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return fns
+
+
+def _pack(tree):
+    """The leaves of ``tree`` (each ``[B, ...]``, or a scalar) as one ``[B, k]`` array per
+    dtype (scalars broadcast over ``B``), and the layout :func:`_unpack` needs. The
+    layout does not depend on ``B`` (one per fitter)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    nb = max(jnp.shape(x)[0] for x in leaves if jnp.ndim(x))
+    groups, where = {}, []
+    for x in leaves:
+        x = jnp.asarray(x)
+        flat = jnp.broadcast_to(x, (nb,)) if x.ndim == 0 else x
+        flat = flat.reshape(nb, -1)
+        cols = groups.setdefault(x.dtype.name, [])
+        start = sum(c.shape[1] for c in cols)
+        cols.append(flat)
+        where.append((x.dtype.name, start, flat.shape[1], x.shape[1:], x.ndim == 0))
+    packed = {d: jnp.concatenate(cols, axis=1) for d, cols in groups.items()}
+    return packed, (treedef, tuple(where))
+
+
+def _unpack(packed, layout):
+    """Inverse of :func:`_pack`."""
+    treedef, where = layout
+    leaves = []
+    for dname, start, width, shape, scalar in where:
+        block = packed[dname][:, start:start + width]
+        nb = block.shape[0]
+        leaves.append(block[0, 0] if scalar else block.reshape((nb,) + tuple(shape)))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _arrays(step):
@@ -249,7 +322,8 @@ def _result(compiled, carry, analysis_s):
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         carry.state.natural)
     posterior = jax.vmap(mf.posterior)(compiled, natural)
-    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, natural)
+    # ``natural`` is filled on the host from the posterior factors (same arrays)
+    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None)
 
 
 def _lanes(mask, limit=10, offset=0):

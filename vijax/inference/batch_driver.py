@@ -11,9 +11,10 @@ lane's trace of ``max_iters`` values, written at a per-lane index (a scatter). H
   bookkeeping only where the lane was active (``jnp.where``): a lane that stopped is
   frozen, so it reports its own ``num_iters``, ``converged``, ``failed_at``, ...;
 - the stopping rule is :func:`~vijax.inference.driver.lane_update`, the one ``run`` uses;
-- the trace is a ``[B, rows]`` buffer written one column per step
-  (``lax.dynamic_update_slice``); column ``k`` holds every lane's objective after step
-  ``t0 + k`` (a stopped lane's last value), so it equals ``run``'s trace, padded alike;
+- the trace is a ``[rows, B]`` buffer written one row per step
+  (``lax.dynamic_update_slice``); row ``k`` holds every lane's objective after step
+  ``t0 + k`` (a stopped lane's last value); :func:`padded` turns it into ``run``'s
+  trace, padded alike, per lane;
 - the loop ends when every lane has stopped, ``t`` reaches ``max_iters``, or ``rows``
   steps were taken: :func:`advance` can be called again on its output (a host loop of
   short segments keeps the trace buffer small; :func:`run_batched` is one segment of
@@ -74,16 +75,17 @@ def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: in
     """Run at most ``rows`` more steps (static), until every lane has stopped or ``t``
     reaches ``max_iters`` (may be traced).
 
-    Returns ``(carry, trace)`` with ``trace[b, k]`` lane ``b``'s objective after step
-    ``t0 + k`` (its last value for steps it did not take, and for columns past the last
-    step of the loop)."""
+    Returns ``(carry, trace)`` with ``trace[k, b]`` (step-major: one contiguous row
+    written per step) lane ``b``'s objective after step ``t0 + k`` (its last value for
+    steps it did not take); rows from ``carry.t - t0`` on were not written (zeros; see
+    :func:`padded`)."""
     rows = max(int(rows), 1)
     window = max(1, int(window))
     dtype = jnp.result_type(carry.lane.info.elbo)
     tol = jnp.asarray(tol, dtype)
     t0 = carry.t
     nb = carry.lane.i.shape[0]
-    trace = jnp.zeros((nb, rows), dtype)
+    trace = jnp.zeros((rows, nb), dtype)  # row k: every lane after step t0 + k (contiguous)
     vstep = jax.vmap(step)
     vupdate = jax.vmap(lambda lane, info: driver.lane_update(lane, info, tol, window,
                                                              stochastic)[0])
@@ -98,18 +100,24 @@ def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: in
         new, info = vstep(args, carry.state)
         lane = _select(on, vupdate(carry.lane, info), carry.lane)
         state = _select(on, new, carry.state)
-        col = lane.info.elbo[:, None]
-        trace = jax.lax.dynamic_update_slice(trace, col, (0, carry.t - t0))
+        trace = jax.lax.dynamic_update_slice(trace, lane.info.elbo[None, :],
+                                             (carry.t - t0, 0))
         return BatchCarry(carry.t + 1, state, lane), trace
 
     carry, trace = jax.lax.while_loop(cond, body, (carry, trace))
-    done = jnp.arange(rows) < carry.t - t0
-    return carry, jnp.where(done[None, :], trace, carry.lane.info.elbo[:, None])
+    return carry, trace
+
+
+def padded(carry: BatchCarry, trace, t0=0):
+    """``trace`` of :func:`advance` (started at step ``t0``) as ``[B, rows]``, the rows
+    not run filled with each lane's last objective (as :func:`vijax.run` pads)."""
+    done = jnp.arange(trace.shape[0]) < carry.t - t0
+    return jnp.where(done[:, None], trace, carry.lane.info.elbo[None, :]).T
 
 
 def as_run(carry: BatchCarry, trace) -> Run:
     """The batched :class:`~vijax.inference.driver.Run` (every field with the batch axis;
-    ``trace`` from :func:`advance`)."""
+    ``trace`` from :func:`padded`)."""
     lane = carry.lane
     return Run(carry.state, lane.info, trace, lane.i, lane.converged, lane.failed_at,
                lane.max_decrease, lane.excess)
@@ -129,4 +137,4 @@ def run_batched(step: Callable, args, states, *, max_iters: int, tol, elbo0=None
         return as_run(carry, carry.lane.info.elbo[:, None])
     carry, trace = advance(step, args, carry, max_iters=max_iters, tol=tol, rows=max_iters,
                            window=window, stochastic=stochastic)
-    return as_run(carry, trace)
+    return as_run(carry, padded(carry, trace))
