@@ -26,18 +26,24 @@ def plot_laplace_comparison(folder, sp, filename="laplace_vs_vi.png"):
     histogram of the Gibbs draws; ``sp`` a :class:`~vijax.demo_laplace.SkewedPosterior`."""
     fig, (ax,) = _figure(1, width=6.4, height=4.4)
     draws = np.asarray(sp.draws).ravel()
-    ax.hist(draws, bins=60, range=(0.0, float(sp.lam[-1])), density=True,
+    ax.hist(draws, bins=80, range=(0.0, float(sp.lam[-1])), density=True,
             color=_COLORS["Gibbs"], alpha=0.35, label=f"Gibbs ({draws.size} draws)")
     rows = {r.name: r for r in sp.rows}
+    m, s = sp.laplace_lam_params
+    left = min(0.0, m - 3.5 * s)  # the Gaussian in lam also has mass below 0: draw it
     for name, dens in sp.densities.items():
         r = rows[name]
         kl = ("" if name == "exact" else
               f", KL {r.kl:.1e}" if np.isfinite(r.kl) else ", KL inf")
-        ax.plot(sp.lam, dens, _STYLES[name], color=_COLORS[name], lw=1.8 if name == "exact"
+        lam = sp.lam
+        if name == "Laplace, lam":
+            lam = np.linspace(left, float(sp.lam[-1]), sp.lam.size)
+            dens = np.exp(-0.5 * ((lam - m) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+        ax.plot(lam, dens, _STYLES[name], color=_COLORS[name], lw=1.8 if name == "exact"
                 else 1.5, label=f"{name}{kl}")
     ax.axvline(rows["exact"].mode, color=_COLORS["exact"], lw=0.6, alpha=0.6)
-    ax.set_xlim(float(sp.lam[0]) - 0.25 * rows["exact"].sd,
-                rows["exact"].mean + 7 * rows["exact"].sd)
+    ax.axvline(0.0, color="black", lw=0.6)
+    ax.set_xlim(left, rows["exact"].mean + 7 * rows["exact"].sd)
     ax.set_xlabel("rate $\\lambda$")
     ax.set_ylabel("density")
     ax.set_title(f"Gamma-Poisson posterior Gamma({sp.shape:g}, {sp.rate:g}), "
