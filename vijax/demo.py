@@ -160,8 +160,9 @@ def pictures(seed, failures):
           f"p(lam | x) = Gamma({a:g}, {b:g}); Gibbs {sp.draws.shape[0]} x "
           f"{sp.draws.shape[1]} draws; KL by quadrature")
     print(demo_laplace.format_table(sp))
-    print("(one conjugate block: the CAVI factor is the exact posterior; Laplace matches "
-          "the mode and the curvature there, and misses the skew)")
+    print("(one conjugate block: the CAVI factor is the exact posterior. Laplace on lam "
+          "matches the mode and the curvature there and has no skew; on log lam, the "
+          "library's default for a positive latent, it is log-normal: skewed, too much)")
     failures += [f"skewed posterior: {m}" for m in demo_laplace.problems(sp)]
     eb = demo_em.em_bound(seed=seed)
     print(f"\n[4] EM's lower bound l(w, w_n) = E_q_n[log p(x, c | w)] + H(q_n) <= l(w): "
