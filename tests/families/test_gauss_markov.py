@@ -15,7 +15,7 @@ from vijax.families import GaussMarkov, registry
 from vijax.families.gauss_markov import ChainLayout
 from vijax.families.mvn import check_dense_size
 
-CASES = [(1, 1, ()), (4, 3, (2,))]
+CASES = [(1, 1, ()), (4, 3, (2,)), (3, 5, ())]  # D = 5: the LAPACK path
 N_DRAWS = 20000
 
 

@@ -119,9 +119,48 @@ def _mtv(a, v):
     return jnp.einsum("...ji,...j->...i", a, v)
 
 
+#: state dimensions up to this use unrolled elementwise Cholesky and triangular solves
+#: (fused by XLA inside the scans; a LAPACK call per step costs microseconds)
+_SMALL = 4
+
+
+def _cholesky(a):
+    """Lower Cholesky factor (NaN where ``a`` is not positive definite)."""
+    D = a.shape[-1]
+    if D > _SMALL:
+        return jnp.linalg.cholesky(a)
+    L = [[None] * D for _ in range(D)]
+    for i in range(D):
+        for j in range(i + 1):
+            v = a[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)), 0.0)
+            L[i][j] = jnp.sqrt(v) if i == j else v / L[j][j]
+    zero = jnp.zeros_like(a[..., 0, 0])
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(D)], -1)
+                      for i in range(D)], -2)
+
+
+def _trsolve(chol, b, trans=False):
+    """``L^{-1} b`` (``L^{-T} b`` with ``trans``) for ``b`` ``[..., D, K]``."""
+    D = chol.shape[-1]
+    if D > _SMALL:
+        return solve_triangular(chol, b, lower=True, trans="T" if trans else 0)
+    x = [None] * D
+    order = range(D - 1, -1, -1) if trans else range(D)
+    for i in order:
+        ks = range(i + 1, D) if trans else range(i)
+        coef = (lambda k: chol[..., k, i]) if trans else (lambda k: chol[..., i, k])
+        v = b[..., i, :] - sum((coef(k)[..., None] * x[k] for k in ks), 0.0)
+        x[i] = v / chol[..., i, i][..., None]
+    return jnp.stack(x, -2)
+
+
+def _trsolve_vec(chol, v, trans=False):
+    return _trsolve(chol, v[..., None], trans)[..., 0]
+
+
 def _tri_inv(chol):
     eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
-    return solve_triangular(chol, eye, lower=True)
+    return _trsolve(chol, eye)
 
 
 def precision_blocks(natural: Mapping[str, Array]) -> tuple[Array, Array]:
@@ -134,12 +173,12 @@ def factorize(j_diag: Array, j_off: Array) -> tuple[Array, Array]:
     ``[T, ..., D, D]`` and ``C_t = L_t^{-1} J_{t,t+1}`` ``[T-1, ..., D, D]``
     (NaN blocks where the precision is not positive definite)."""
     jd, jo = _tm(j_diag, 2), _tm(j_off, 2)
-    l0 = jnp.linalg.cholesky(jd[0])
+    l0 = _cholesky(jd[0])
 
     def step(l_prev, xs):
         jo_t, jd_next = xs
-        c = solve_triangular(l_prev, jo_t, lower=True)
-        l_next = jnp.linalg.cholesky(_sym(jd_next - jnp.swapaxes(c, -1, -2) @ c))
+        c = _trsolve(l_prev, jo_t)
+        l_next = _cholesky(_sym(jd_next - jnp.swapaxes(c, -1, -2) @ c))
         return l_next, (l_next, c)
 
     _, (rest, cs) = jax.lax.scan(step, l0, (jo, jd[1:]))
@@ -148,21 +187,20 @@ def factorize(j_diag: Array, j_off: Array) -> tuple[Array, Array]:
 
 def _solve(chol: Array, cs: Array, h: Array):
     """``w = L^{-1} h`` and ``m = L^{-T} w`` (time-major ``[T, ..., D]``)."""
-    w0 = solve_triangular(chol[0], h[0][..., None], lower=True)[..., 0]
+    w0 = _trsolve_vec(chol[0], h[0])
 
     def fwd(w_prev, xs):
         l_t, c_t, h_t = xs
-        w = solve_triangular(l_t, (h_t - _mtv(c_t, w_prev))[..., None], lower=True)[..., 0]
+        w = _trsolve_vec(l_t, h_t - _mtv(c_t, w_prev))
         return w, w
 
     _, rest = jax.lax.scan(fwd, w0, (chol[1:], cs, h[1:]))
     w = jnp.concatenate([w0[None], rest], 0)
-    m_last = solve_triangular(chol[-1], w[-1][..., None], lower=True, trans="T")[..., 0]
+    m_last = _trsolve_vec(chol[-1], w[-1], trans=True)
 
     def bwd(m_next, xs):
         l_t, c_t, w_t = xs
-        m = solve_triangular(l_t, (w_t - _mv(c_t, m_next))[..., None], lower=True,
-                             trans="T")[..., 0]
+        m = _trsolve_vec(l_t, w_t - _mv(c_t, m_next), trans=True)
         return m, m
 
     _, ms = jax.lax.scan(bwd, m_last, (chol[:-1], cs, w[:-1]), reverse=True)
