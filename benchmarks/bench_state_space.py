@@ -2,7 +2,7 @@
 vs today's dense Gaussian vs a hand-written Kalman/RTS smoother in JAX.
 
 The zoo model ``state_space(T, vectorized=True)`` (x_t = 0.9 x_{t-1} + N(0, 0.5^2),
-y_t = x_t + N(0, 0.4^2)) at T = 2000 and 20000 (``full``; ``tiny``: 200 and 2000):
+y_t = x_t + N(0, 0.4^2)) at T = 2000 and 20000 (``full``; ``tiny``: 50 and 500):
 
 - ``chain``: ``vj.cavi(model, y, max_iters=2)`` with the GaussMarkov factor the compiler
   picks (one sweep is the exact smoother; the second confirms convergence);
@@ -36,7 +36,7 @@ from vijax.conjugacy import program as P
 from vijax.families import registry
 from vijax.models.state_space import SSM_PARAMS, state_space
 
-SIZES = {"tiny": {"ts": (200, 2000), "dense_max": 200, "repeats": 3},
+SIZES = {"tiny": {"ts": (50, 500), "dense_max": 50, "repeats": 2},
          "full": {"ts": (2000, 20000), "dense_max": 2000, "repeats": 3}}
 SEED = 0
 
