@@ -46,6 +46,7 @@ SUITES: Dict[str, str] = {
     "sharding": "benchmarks.bench_sharding",
     "batch": "benchmarks.bench_batch",
     "svi": "benchmarks.bench_svi",
+    "state_space": "benchmarks.bench_state_space",
 }
 # suites that only profiles run (not part of "every suite")
 PROFILE_SUITES: Dict[str, str] = {"agreement": "benchmarks.gpu_check"}

@@ -102,6 +102,15 @@ class RandomFactor:
             self.q = MarkovChain({"unary": jnp.asarray(rng.normal(0.0, 1.0, S + (K,))),
                                   "pair": jnp.asarray(rng.normal(0.0, 1.0, S[:-1] + (
                                       S[-1] - 1, K, K)))})
+        elif fam == "GaussMarkov":  # a random chain precision; moments and draws from it
+            from vijax.families import GaussMarkov
+            lay = info.layout
+            b, steps, D = lay.batch_shape, lay.num_steps, lay.state_dim
+            a = rng.normal(0.0, 1.0, b + (steps, D, D)) / math.sqrt(D)
+            jd = a @ np.swapaxes(a, -1, -2) + 2.0 * np.eye(D)
+            jo = 0.5 / D * np.tanh(rng.normal(0.0, 1.0, b + (steps - 1, D, D)))
+            self.q = GaussMarkov.from_blocks(jnp.asarray(rng.normal(0.0, 1.0, b + (steps, D))),
+                                             jnp.asarray(jd), jnp.asarray(jo)).with_layout(lay)
         else:
             raise AssertionError(f"no random factor for family {fam}")
 
@@ -123,7 +132,7 @@ class RandomFactor:
             return {"log": digamma(self.alpha) - digamma(self.alpha.sum(-1, keepdims=True))}
         if fam == "Bernoulli":
             return {"x": self.p}
-        if fam == "MarkovChain":
+        if fam in ("MarkovChain", "GaussMarkov"):
             return {k: np.asarray(v) for k, v in self.q.mean_parameters().items()}
         return {"onehot": self.p}
 
@@ -150,6 +159,9 @@ class RandomFactor:
             return g / g.sum(-1, keepdims=True)
         if fam == "Bernoulli":
             return (rng.uniform(size=(n,) + shp) < self.p).astype(np.int32)
+        if fam == "GaussMarkov":
+            key = jax.random.key(int(rng.integers(2 ** 31)))
+            return np.asarray(self.q.sample(key, (n,)))
         if fam == "MarkovChain":
             key = jax.random.key(int(rng.integers(2 ** 31)))
             return np.asarray(self.q.sample(key, (n,))).astype(np.int32)

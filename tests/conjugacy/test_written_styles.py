@@ -147,7 +147,7 @@ CASES = [
      SHAPES, {"W": "Normal"}),
     ("matrix_full_cov", matrix_latent_with_full_covariance, {"W": vj.real((2, 3))}, SHAPES,
      {"W": MVN}),
-    ("fori_loop", ar1_fori_loop, {"x": vj.real((6,))}, SERIES, {"x": MVN}),
+    ("fori_loop", ar1_fori_loop, {"x": vj.real((6,))}, SERIES, {"x": "GaussMarkov"}),
     ("nested_jit", nested_jit, {"mu": vj.real(), "tau": vj.positive()}, OBS,
      {"mu": "Normal", "tau": "Gamma"}),
     ("mean", mean_instead_of_sum, {"mu": vj.real(), "tau": vj.positive()}, OBS,
