@@ -1,7 +1,7 @@
 """Child process of test_sharding.py: fits on one device and on a 4-device mesh.
 
-Run with ``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_ENABLE_X64=1
-JAX_PLATFORMS=cpu``. Prints one JSON line: per case, the ELBOs' relative difference,
+Fits: CAVI, gradient and SVI (``mesh=``). Run with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_ENABLE_X64=1 JAX_PLATFORMS=cpu``. Prints one JSON line: per case, the ELBOs' relative difference,
 the largest relative difference of the posterior means and natural parameters, and the
 shardings of the jitted loop's inputs and outputs that have the plate size as leading
 dimension (each must be split over the 4 devices).
@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import vijax as vj
 from vijax.inference import cavi as cavi_mod
 from vijax.inference import gradient as gradient_mod
+from vijax.inference import svi as svi_mod
 from vijax.models import ZOO
 
 
@@ -99,6 +100,13 @@ def main():
     grad_rec = Recorder(gradient_mod._fit_jit)
     cavi_mod._fit_jit = cavi_rec
     gradient_mod._fit_jit = grad_rec
+    svi_rec = Recorder(None)
+    svi_fit_fn = svi_mod._fit_fn
+
+    def recorded_fit_fn(*args):  # svi's jitted loop is built per configuration
+        svi_rec.fn = svi_fit_fn(*args)
+        return svi_rec
+    svi_mod._fit_fn = recorded_fit_fn
 
     gmm = ZOO["gaussian_mixture"](n=64, k=3, d=2)
     x = gmm.make_data(jax.random.key(0))
@@ -115,6 +123,9 @@ def main():
             "gradient_reparam": (lambda d, m: vj.fit_gradient(
                 zm.model, d, key, optimizer=optax.adam(1e-2), estimator="reparam",
                 num_samples=4, num_steps=50, tol=0, mesh=m), grad_rec),
+            # minibatches of a quarter of the rows, gathered from the split data
+            "svi": (lambda d, m: svi_mod.svi(zm.model, d, key, batch_size=n // 4, tol=0,
+                                             max_iters=40, mesh=m), svi_rec),
         }
         runs = {m: runs[m] for m in methods}
         out = {}
@@ -158,8 +169,9 @@ def main():
         report["nan"] = f"{type(e).__name__}: {e}"
     # Monte Carlo draws (sharded random numbers): on the GMM only, whose loop holds
     # plate-sized arrays (linear regression's loop sees d x d statistics)
-    report.update(fits("gaussian_mixture", gmm, x, 64, ("cavi", "gradient", "gradient_reparam")))
-    report.update(fits("linear_regression", lin, xy, 48, ("cavi", "gradient")))
+    report.update(fits("gaussian_mixture", gmm, x, 64,
+                       ("cavi", "gradient", "gradient_reparam", "svi")))
+    report.update(fits("linear_regression", lin, xy, 48, ("cavi", "gradient", "svi")))
     sys.stdout.write("SHARDING_REPORT " + json.dumps(report) + "\n")
 
 

@@ -1,4 +1,6 @@
-"""Data-sharded fits equal one-device fits (4 forced host devices, float64).
+"""Data-sharded fits equal one-device fits (4 forced host devices, float64): CAVI,
+gradient (score-function and reparameterized) and SVI (minibatches gathered from the
+split rows, 40 steps) on the GMM and linear regression.
 
 The device count is fixed when JAX starts, so the fits run in a child process
 (``sharding_child.py``) with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``;
@@ -28,7 +30,7 @@ from vijax.inference.sharding import plate_size, shard_data
 CHILD = pathlib.Path(__file__).with_name("sharding_child.py")
 TOL = 1e-10
 MODELS = ("gaussian_mixture", "linear_regression")
-METHODS = ("cavi", "gradient", "gradient_reparam")
+METHODS = ("cavi", "gradient", "gradient_reparam", "svi")
 
 
 @pytest.fixture(scope="module")
