@@ -187,3 +187,17 @@ def assert_expectation_matches_mc(model, data, rng, compiled=None, n_samples=300
         f"F(E_q[T]) = {exact:.6f} but Monte Carlo E_q[log p] = {mc:.6f} +- {se:.2g} "
         f"({abs(exact - mc) / se:.1f} standard errors)")
     return exact, mc, se
+
+
+def perturbed(fit, key, scale=0.05):
+    """A fit's factors with their unconstrained parameters jittered (same family): a
+    start next to that fit's optimum, for comparisons on multimodal models."""
+    import zlib
+    out = {}
+    for n, q in fit.posterior.items():
+        u = q.to_unconstrained()
+        leaves, tree = jax.tree_util.tree_flatten(u)
+        keys = jax.random.split(jax.random.fold_in(key, zlib.crc32(n.encode())), len(leaves))
+        leaves = [l + scale * jax.random.normal(k, jnp.shape(l)) for l, k in zip(leaves, keys)]
+        out[n] = type(q).from_unconstrained(jax.tree_util.tree_unflatten(tree, leaves))
+    return out

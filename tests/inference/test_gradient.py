@@ -1,7 +1,5 @@
 """The gradient path against CAVI on the zoo, and on non-conjugate models."""
 
-import zlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +7,7 @@ import optax
 import pytest
 
 import vijax as vj
+from tests.conjugacy.helpers import perturbed
 from vijax.models import CONJUGATE, ZOO
 
 # models with several local optima: the gradient fit starts near CAVI's optimum and
@@ -27,22 +26,10 @@ def cavi_fits():
     return out
 
 
-def _perturbed(fit, key, scale=0.05):
-    """CAVI's factors with their natural parameters jittered (same family)."""
-    out = {}
-    for n, q in fit.posterior.items():
-        u = q.to_unconstrained()
-        leaves, tree = jax.tree_util.tree_flatten(u)
-        keys = jax.random.split(jax.random.fold_in(key, zlib.crc32(n.encode())), len(leaves))
-        leaves = [l + scale * jax.random.normal(k, jnp.shape(l)) for l, k in zip(leaves, keys)]
-        out[n] = type(q).from_unconstrained(jax.tree_util.tree_unflatten(tree, leaves))
-    return out
-
-
 @pytest.mark.parametrize("name", CONJUGATE)
 def test_exact_gradient_agrees_with_cavi(cavi_fits, name):
     zm, data, fit = cavi_fits[name]
-    init = _perturbed(fit, jax.random.key(5)) if name in MULTIMODAL else None
+    init = perturbed(fit, jax.random.key(5)) if name in MULTIMODAL else None
     g = vj.fit_gradient(zm.model, data, jax.random.key(2),
                         optimizer=optax.adam(optax.exponential_decay(3e-2, 1500, 0.5)),
                         estimator="exact", num_steps=8000, tol=1e-13, init=init)
@@ -65,7 +52,7 @@ def test_reparam_gradient_agrees_with_cavi(cavi_fits, name):
     # covers convergence from the default start): the reparameterized estimator must
     # lead back to the same optimum, up to its noise
     zm, data, fit = cavi_fits[name]
-    init = _perturbed(fit, jax.random.key(6), scale=0.2)
+    init = perturbed(fit, jax.random.key(6), scale=0.2)
     opt = optax.adam(optax.exponential_decay(2e-2, 400, 0.3))
     g = vj.fit_gradient(zm.model, data, jax.random.key(3), optimizer=opt, estimator="reparam",
                         num_samples=16, num_steps=1600, tol=0.0, init=init)

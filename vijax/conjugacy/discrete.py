@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
+from vijax.conjugacy import chains  # pairs of elements (a chain's transitions)
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.algebra import _operand, mul_sym, simplify_const
 from vijax.conjugacy.values import Poison
@@ -329,7 +330,6 @@ def tabulate(w, eqn, invals):
     try:
         return _tabulate(w, eqn, invals)
     except _Mixed as e:
-        from vijax.conjugacy import chains  # pairs of elements (a chain's transitions)
         out = chains.tabulate_pairs(w, eqn, invals, e.name)
         return _mixed_poison(w, eqn, invals, e.name) if out is None else out
 
