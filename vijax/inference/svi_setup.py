@@ -9,6 +9,7 @@ optax schedule (``optax.constant_schedule(1.0)``, ``lambda count: 0.1``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from typing import Any, Callable, NamedTuple
 
@@ -142,9 +143,13 @@ def batch_indices(key, n: int, batch_size: int, steps: int, sampling: str = "epo
     order wait for the next epoch); ``"uniform"``: i.i.d. uniform rows. Use it to feed the
     same batches through an iterator."""
     ks = sampling_key(key)
-    out = [indices_at(ks, t, None, n, batch_size, sampling)[0] for t in range(steps)]
-    out = [np.asarray(jax.device_get(o)) for o in out]
-    return np.stack(out) if out else np.zeros((0, batch_size), np.int32)
+    rows = _rows_jit(ks, jnp.arange(steps), n, batch_size, sampling)  # one compiled call
+    return np.asarray(jax.device_get(rows)).reshape(steps, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _rows_jit(ks, steps, n, b, sampling):
+    return jax.vmap(lambda t: indices_at(ks, t, None, n, b, sampling)[0])(steps)
 
 
 def sampling_key(key):
