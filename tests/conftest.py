@@ -73,3 +73,23 @@ def rng(request):
 
     import numpy as np
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+# ---------------------------------------------------------------- the long slice
+def long_enabled(config) -> bool:
+    """Whether the long runs were asked for (``-m fuzz`` or ``VIJAX_FUZZ=1``)."""
+    import os
+    import re
+    markexpr = config.getoption("-m", default="") or ""
+    return bool(os.environ.get("VIJAX_FUZZ")) or (
+        "fuzz" in markexpr and not re.search(r"not\s+fuzz", markexpr))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Items marked ``fuzz`` are skipped in the default run (the long slice)."""
+    if long_enabled(config):
+        return
+    skip = pytest.mark.skip(reason="long run: select it with `pytest -m fuzz` or VIJAX_FUZZ=1")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)

@@ -201,3 +201,10 @@ def perturbed(fit, key, scale=0.05):
         leaves = [l + scale * jax.random.normal(k, jnp.shape(l)) for l, k in zip(leaves, keys)]
         out[n] = type(q).from_unconstrained(jax.tree_util.tree_unflatten(tree, leaves))
     return out
+
+
+def long_params(names, long):
+    """``names`` as pytest params, those in ``long`` marked ``fuzz``: the default run
+    skips them (tests/conftest.py), ``-m fuzz`` or ``VIJAX_FUZZ=1`` runs them too."""
+    import pytest
+    return [pytest.param(n, marks=pytest.mark.fuzz) if n in long else n for n in names]

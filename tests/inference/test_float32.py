@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import vijax as vj
+from tests.conjugacy.helpers import long_params
 from vijax.conjugacy.compile import compile_model
 from vijax.inference import meanfield as mf
 from vijax.models import CONJUGATE, ZOO, linear_regression
@@ -66,7 +67,12 @@ def _fit_both(model, data64, max_iters=2000, **kw):
     return fit64, fit32, [w for w in caught if issubclass(w.category, vj.ConvergenceWarning)]
 
 
-@pytest.mark.parametrize("name", CONJUGATE)
+#: chains have their own float32 tests (test_hmm.py, test_state_space_chain.py): their
+#: runs here are in the long slice
+LONG = {"hmm", "state_space"}
+
+
+@pytest.mark.parametrize("name", long_params(CONJUGATE, LONG))
 def test_float32_cavi_matches_float64(zoo, name):
     case = zoo[name]
     fit64, fit32, caught = _fit_both(case.model, case.data)
