@@ -93,3 +93,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "fuzz" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+    """Drop JAX's compiled executables after every test module: a worker that keeps
+    thousands of them runs out of memory mappings (vm.max_map_count, 65530; ~3 per CPU
+    executable), and XLA's compiler then crashes with a segmentation fault."""
+    yield
+    import gc
+    jax.clear_caches()
+    gc.collect()

@@ -670,32 +670,32 @@ def check_poison(case: Case):
 
 # ----------------------------------------------------------------- default (CI) run
 
-@ci(60)
+@ci(30)
 @given(case=conjugate_cases(), seed=st.integers(0, 2 ** 16))
 def test_conjugate_model_is_exact(case, seed):
     check_exact(case, seed)
 
 
-@ci(25)
+@ci(15)
 @given(case=st.one_of(conjugate_cases(max_components=2), poison_cases()),
        seed=st.integers(0, 2 ** 16))
 def test_shape_analysis_equals_concrete_walk(case, seed):
     check_shapes_match_concrete(case, seed)
 
 
-@ci(20)
+@ci(12)
 @given(case=conjugate_cases(kinds=KNOWN_EVIDENCE, max_components=2, proper=True))
 def test_cavi_reaches_known_log_evidence(case):
     check_cavi(case)
 
 
-@ci(10)
+@ci(6)
 @given(case=conjugate_cases(max_components=2))
 def test_cavi_elbo_finite_and_monotone(case):
     check_cavi(case)
 
 
-@ci(40)
+@ci(24)
 @given(case=poison_cases())
 def test_poison_is_refused_with_its_line(case):
     check_poison(case)

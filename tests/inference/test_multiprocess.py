@@ -40,6 +40,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# one worker runs this module (`-n 2 --dist loadgroup`): the child process runs once
+pytestmark = pytest.mark.xdist_group("multiprocess_child")
+
 @pytest.fixture(scope="module")
 def data():
     from vijax.models import ZOO
