@@ -200,3 +200,7 @@ def test_mean_field_fitters_refuse_declared_blocks():
     model = vj.Model(zm.model.log_joint, zm.model.supports, blocks=[["mu", "tau"]])
     with pytest.raises(vj.ModelSpecError, match="joint block"):
         vj.em(model, x, params=("tau",), init={"tau": jnp.ones(())})
+    with pytest.raises(vj.ModelSpecError, match="vj.batch_cavi"):
+        vj.batch_cavi(model, jnp.stack([x, x]))
+    with pytest.raises(vj.ModelSpecError, match="vj.svi"):
+        vj.svi(model, x, jax.random.key(0), batch_size=5)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import data_spec, program_for
 from vijax.errors import DataError, ModelSpecError
 from vijax.inference import batch_driver as bd
@@ -95,6 +96,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     # shapes only: no device op (the analysis never reads data values)
     one = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
                                  data_spec(datasets))
+    joint_blocks.refuse_blocks(model, "vj.batch_cavi")
     prog = program_for(model, one)  # analysed once, errors raised here
     prog.require_conjugate()
     if chunk_size is not None and int(chunk_size) < 1:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import program_for
 from vijax.errors import DataError, FitDivergedError, ModelSpecError
 from vijax.inference import driver, plates, sharding, stopping
@@ -119,6 +120,7 @@ def svi(model, data, key=None, batch_size=None, *, num_data=None, schedule=None,
         DataError: NaN/Inf data, no plate, a minibatch of the wrong shape.
         FitDivergedError: an update left its family's domain or the ELBO became non-finite.
     """
+    joint_blocks.refuse_blocks(model, "vj.svi")
     dtype = jnp.zeros(()).dtype
     key = jax.random.key(0) if key is None else key
     sched = S.make_schedule(schedule, tau, kappa)
