@@ -43,7 +43,7 @@ def _free_port():
 # one worker runs this module (`-n 2 --dist loadgroup`): the child process runs once
 pytestmark = pytest.mark.xdist_group("multiprocess_child")
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, even if interleaved
 def data():
     from vijax.models import ZOO
     gmm = ZOO["gaussian_mixture"](**child.SIZES["gaussian_mixture"])
@@ -53,7 +53,7 @@ def data():
             "linear_regression": {k: np.asarray(v) for k, v in xy.items()}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, even if interleaved
 def runs(data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multiprocess")
     path = tmp / "data.npz"
