@@ -40,10 +40,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-# one worker runs this module (`-n 2 --dist loadgroup`): the child process runs once
-pytestmark = pytest.mark.xdist_group("multiprocess_child")
 
-@pytest.fixture(scope="session")  # once per worker, even if interleaved
+@pytest.fixture(scope="module")  # one worker runs the module (--dist loadfile)
 def data():
     from vijax.models import ZOO
     gmm = ZOO["gaussian_mixture"](**child.SIZES["gaussian_mixture"])
@@ -53,7 +51,7 @@ def data():
             "linear_regression": {k: np.asarray(v) for k, v in xy.items()}}
 
 
-@pytest.fixture(scope="session")  # once per worker, even if interleaved
+@pytest.fixture(scope="module")  # one worker runs the module (--dist loadfile)
 def runs(data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multiprocess")
     path = tmp / "data.npz"

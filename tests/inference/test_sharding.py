@@ -33,10 +33,8 @@ MODELS = ("gaussian_mixture", "linear_regression")
 METHODS = ("cavi", "gradient", "gradient_reparam", "svi")
 
 
-# one worker runs this module (`-n 2 --dist loadgroup`): the child process runs once
-pytestmark = pytest.mark.xdist_group("sharding_child")
 
-@pytest.fixture(scope="session")  # once per worker, even if interleaved
+@pytest.fixture(scope="module")  # one worker runs the module (--dist loadfile)
 def report():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
