@@ -239,6 +239,9 @@ def _det_of_latent(w, s: T.Sym):
     for a positive-definite latent of dimension ``D <= 3``, written out as the Leibniz
     polynomial (jnp.linalg.det and slogdet do so for D <= 2, det for D = 3; ``L`` is
     symmetric, so ``L_ij`` and ``L_ji`` are one variable); else None."""
+    if not any(w.supports[a.latent].kind == "positive_definite"
+               for t in s.terms for a in t.atoms):
+        return None  # no matrix latent: nothing to look at (and no per-position work)
     shape = tuple(s.shape)
     n = int(math.prod(shape))
     latent, b_ref, polys = None, None, [dict() for _ in range(n)]
