@@ -356,6 +356,9 @@ class Categorical(_Discrete):
 
     def base_stats(self, point):
         point = np.asarray(point)
+        if point.size and np.all(point == point.flat[0]):  # e.g. the canonical point:
+            row = np.eye(self.num_categories)[point.flat[0]]  # a view, not [N, K] values
+            return {"onehot": np.broadcast_to(row, point.shape + row.shape), "x": point}
         return {"onehot": np.eye(self.num_categories)[point], "x": point}
 
 
