@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks import run as runner
+from tests.conjugacy.helpers import long_params
 
 TIMING_COLUMNS = {
     "compiler": {"xla_compile_s", "steady_median_ms", "ratio_median"},
@@ -40,7 +41,12 @@ def out_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("bench_results")
 
 
-@pytest.mark.parametrize("name", list(runner.SUITES))
+#: suites whose tiny run is in the long slice (each still runs with `python -m
+#: benchmarks.run NAME --size tiny`); the default run smokes the rest and the writers
+LONG_SUITES = {"compiler", "gradient", "sharding", "svi", "state_space"}
+
+
+@pytest.mark.parametrize("name", long_params(list(runner.SUITES), LONG_SUITES))
 def test_suite_tiny(name, out_dir):
     res = runner.run_suite(name, "tiny", "float32", out_dir)
     data = json.loads((out_dir / f"{name}.json").read_text())

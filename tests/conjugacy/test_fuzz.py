@@ -683,7 +683,7 @@ def test_shape_analysis_equals_concrete_walk(case, seed):
     check_shapes_match_concrete(case, seed)
 
 
-@ci(12)
+@ci(8)
 @given(case=conjugate_cases(kinds=KNOWN_EVIDENCE, max_components=2, proper=True))
 def test_cavi_reaches_known_log_evidence(case):
     check_cavi(case)

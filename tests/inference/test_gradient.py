@@ -15,10 +15,10 @@ from vijax.models import CONJUGATE, ZOO
 MULTIMODAL = {"gaussian_mixture", "lda", "ppca", "hmm"}
 
 
-#: covered elsewhere in the default run (the chain families' own gradient tests in
-#: test_hmm.py / test_state_space_chain.py; the reparam estimator on the other models):
-#: their runs here are in the long slice
-LONG_EXACT = {"hmm", "state_space"}
+#: in the long slice: the chains (their own gradient tests in test_hmm.py /
+#: test_state_space_chain.py) and the slowest zoo models (lda, ppca); the default run
+#: keeps the rest of the zoo for each estimator
+LONG_EXACT = {"hmm", "state_space", "lda", "ppca"}
 LONG_REPARAM = {"hmm", "state_space", "lda", "ppca"}
 
 
