@@ -23,7 +23,7 @@ from vijax import _compat
 from vijax.conjugacy import fused, joint_blocks
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.program import program_for
-from vijax.errors import FitDivergedError, ModelSpecError
+from vijax.errors import ModelSpecError
 from vijax.inference import checks, driver, envelope, sharding
 from vijax.inference import meanfield as mf
 from vijax.inference import stopping
@@ -345,18 +345,11 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
 
 
 def _raise_if_failed(result, order, strict, tol=None):
+    checks.raise_failed_update(
+        result, order, "CAVI", "iteration",
+        "(e.g. a non-positive precision or concentration). Check that its prior is proper "
+        "and its hyper-parameters are valid.")
     d = result.diagnostics
-    bad = int(d["invalid_latent"])
-    if bad >= 0:
-        name = order[bad]
-        raise FitDivergedError(
-            f"CAVI update of latent '{name}' at iteration {int(d['invalid_iter'])} left its "
-            "family's valid region (e.g. a non-positive precision or concentration). Check "
-            "that its prior is proper and its hyper-parameters are valid.",
-            step=int(d["invalid_iter"]), latent=name, last_state=result.natural)
-    if bool(d["nonfinite"]):
-        raise FitDivergedError("the ELBO became non-finite during CAVI",
-                               step=int(result.num_iters), last_state=result.natural)
     problems = []
     if float(d["excess_decrease"]) > 0:
         problems.append(

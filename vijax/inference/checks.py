@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax import _compat
-from vijax.errors import (ArgumentTypeError, DataError, InvalidParameterError,
-                          ModelSpecError)
+from vijax.errors import (ArgumentTypeError, DataError, FitDivergedError,
+                          InvalidParameterError, ModelSpecError)
 from vijax.model import check_data
 
 
@@ -378,3 +378,19 @@ def nan_if_failed(result, posterior_of):
     failed = d["nonfinite"] | (d["invalid_latent"] >= 0)
     natural = jax.tree_util.tree_map(lambda x: jnp.where(failed, jnp.nan, x), result.natural)
     return result._replace(natural=natural, posterior=posterior_of(natural))
+
+
+def raise_failed_update(result, order, what: str, unit: str, hint: str):
+    """:class:`FitDivergedError` for a fit that failed: the latent (by its position in
+    ``order``) whose update left its family's valid region, with the ``unit`` ("iteration",
+    "step") it happened at; else a non-finite ELBO. ``what`` names the algorithm."""
+    d = result.diagnostics
+    bad = int(d["invalid_latent"])
+    if bad >= 0:
+        name, step = order[bad], int(d["invalid_iter"])
+        raise FitDivergedError(
+            f"{what} update of latent '{name}' at {unit} {step} left its family's valid "
+            f"region {hint}", step=step, latent=name, last_state=result.natural)
+    if bool(d["nonfinite"]) or not bool(jnp.isfinite(result.elbo)):
+        raise FitDivergedError(f"the ELBO became non-finite during {what}",
+                               step=int(result.num_iters), last_state=result.natural)

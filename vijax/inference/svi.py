@@ -34,8 +34,8 @@ import numpy as np
 
 from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import program_for
-from vijax.errors import DataError, FitDivergedError, ModelSpecError
-from vijax.inference import driver, plates, sharding, stopping
+from vijax.errors import DataError, ModelSpecError
+from vijax.inference import checks, driver, plates, sharding, stopping
 from vijax.inference import meanfield as mf
 from vijax.inference import svi_setup as S
 from vijax.inference.driver import Info
@@ -47,14 +47,12 @@ batch_indices = S.batch_indices
 
 
 class SviState(NamedTuple):
-    """The in-memory loop's carry: the globals' natural parameters, the step count, a
-    placeholder (``perm``, unused: each step computes its rows of the epoch's order,
-    :func:`vijax.inference.svi_setup.epoch_rows`), and (``local_init="warm"``) every
-    row's local natural parameters."""
+    """The in-memory loop's carry: the globals' natural parameters, the step count (each
+    step computes its rows of the epoch's order, :func:`vijax.inference.svi_setup.epoch_rows`),
+    and (``local_init="warm"``) every row's local natural parameters."""
 
     natural: dict
     count: Any
-    perm: Any
     local: dict
 
 
@@ -154,7 +152,7 @@ def svi(model, data, key=None, batch_size=None, *, num_data=None, schedule=None,
         raise DataError(f"svi: num_data={num_data} but the data's plate has {n} rows")
     b = S.check_batch_size(batch_size, n)
     ks = S.sampling_key(key)
-    first = plates.take(data, plate, S.indices_at(ks, 0, None, n, b, sampling)[0])
+    first = plates.take(data, plate, S.indices_at(ks, 0, n, b, sampling))
     st = S.setup(model, plate, first, b, key, sched, int(local_iters), local_tol, dtype)
     window = default_window(n, b) if window is None else max(1, int(window))
     max_iters = int(max_iters)
@@ -196,17 +194,16 @@ def _fit_fn(st, n, b, sampling, warm, max_iters, window, local_iters, local_tol,
 
     def fit(data, natural0, local0, local_full0, ks, tol, const_prior):
         def step(state):
-            idx, perm = S.indices_at(ks, state.count, state.perm, n, b, sampling)
+            idx = S.indices_at(ks, state.count, n, b, sampling)
             batch = plates.take(data, plate, idx)
             take = lambda a: jnp.take(a, idx, axis=0)  # noqa: E731
             loc = jax.tree_util.tree_map(take, state.local) if warm else local0
             glob, out = core(state.natural, state.count, batch, loc, const_prior)
             local = (jax.tree_util.tree_map(lambda a, v: a.at[idx].set(v), state.local,
                                             out.local) if warm else state.local)
-            return SviState(glob, state.count + 1, perm, local), out.info
+            return SviState(glob, state.count + 1, local), out.info
 
-        perm0 = jnp.zeros((), jnp.int32)  # unused: the epoch order is computed per step
-        state = SviState(natural0, jnp.asarray(0), perm0, local_full0 if warm else {})
+        state = SviState(natural0, jnp.asarray(0), local_full0 if warm else {})
         info0 = jax.tree_util.tree_map(
             lambda s: jnp.zeros(s.shape, s.dtype),
             jax.eval_shape(lambda s: step(s)[1], state))
@@ -272,18 +269,11 @@ def _result(st, out, natural, elbo_exact, sampling, window, tol, strict, prog,
 
 
 def _raise_if_failed(result, order, strict, tol):
+    checks.raise_failed_update(
+        result, order, "SVI", "step",
+        "(or the step size left (0, 1]). Check its prior and hyper-parameters, or the "
+        "schedule.")
     d = result.diagnostics
-    bad = int(d["invalid_latent"])
-    if bad >= 0:
-        name = order[bad]
-        raise FitDivergedError(
-            f"SVI update of latent '{name}' at step {int(d['invalid_iter'])} left its "
-            "family's valid region (or the step size left (0, 1]). Check its prior and "
-            "hyper-parameters, or the schedule.", step=int(d["invalid_iter"]), latent=name,
-            last_state=result.natural)
-    if bool(d["nonfinite"]) or not bool(jnp.isfinite(result.elbo)):
-        raise FitDivergedError("the ELBO became non-finite during SVI",
-                               step=int(result.num_iters), last_state=result.natural)
     problems = []
     if not bool(result.converged) and tol > 0:
         problems.append(

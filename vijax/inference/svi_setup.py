@@ -149,21 +149,19 @@ def batch_indices(key, n: int, batch_size: int, steps: int, sampling: str = "epo
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _rows_jit(ks, steps, n, b, sampling):
-    return jax.vmap(lambda t: indices_at(ks, t, None, n, b, sampling)[0])(steps)
+    return jax.vmap(lambda t: indices_at(ks, t, n, b, sampling))(steps)
 
 
 def sampling_key(key):
     return jax.random.fold_in(key, 0x5171)
 
 
-def indices_at(ks, t, perm, n, b, sampling):
-    """``(idx, perm)``: the rows of step ``t`` (traced or not). ``perm`` is passed through
-    (kept for callers that carry it; the epoch order is computed per step)."""
+def indices_at(ks, t, n, b, sampling):
+    """The rows of step ``t`` (traced or not); the epoch order is computed per step."""
     if sampling == "uniform":
-        idx = jax.random.randint(jax.random.fold_in(ks, t), (b,), 0, n)
-        return idx, perm
+        return jax.random.randint(jax.random.fold_in(ks, t), (b,), 0, n)
     nb = n // b
-    return epoch_rows(ks, t // nb, (t % nb) * b, n, b), perm
+    return epoch_rows(ks, t // nb, (t % nb) * b, n, b)
 
 
 _GOLDEN = 0x9E3779B9
