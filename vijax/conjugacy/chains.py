@@ -143,14 +143,11 @@ def tabulate_pairs(w, eqn, invals, z):
         ind_k = discrete.indicator(w, z, k, first)
         for l in range(K):
             val = np.where(colour == 0, k, l)
-            out = w.eval_eqn(eqn, [discrete.substitute(w, v, z, val) for v in invals])
+            out = discrete.evaluate_substituted(
+                w, eqn, [discrete.substitute(w, v, z, val) for v in invals])
             if isinstance(out, Poison):
                 poisons.append(out)
                 continue
-            if not isinstance(out, T.Sym):
-                out = T.host(w.concrete(out))
-                out = T.astype_view(np.asarray(out), np.float64) if T.is_concrete(out) \
-                    else out.astype(w.dtype)
             ind = mul_sym(w, ind_k, discrete.indicator(w, z, l, second))
             terms.extend(mul_sym(w, ind, _operand(w, out, shape)).terms)
     if poisons:

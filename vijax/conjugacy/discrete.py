@@ -334,6 +334,17 @@ def tabulate(w, eqn, invals):
         return _mixed_poison(w, eqn, invals, e.name) if out is None else out
 
 
+def evaluate_substituted(w, eqn, sub):
+    """``eqn`` evaluated on inputs in which a discrete latent's value was substituted: a
+    Poison, a Sym, or a constant (float64 on the host, else the walk's dtype)."""
+    out = w.eval_eqn(eqn, sub)
+    if isinstance(out, (Poison, T.Sym)):
+        return out
+    out = T.host(w.concrete(out))
+    return T.astype_view(np.asarray(out), np.float64) if T.is_concrete(out) \
+        else out.astype(w.dtype)
+
+
 def _tabulate(w, eqn, invals):
     z = sorted(discrete_latents(w, invals))[0]
     sup = w.supports[z]
@@ -364,15 +375,10 @@ def _tabulate(w, eqn, invals):
     total = None
     poisons = []
     for k in range(_num_values(sup)):
-        sub = [substitute(w, v, z, k) for v in invals]
-        out_k = w.eval_eqn(eqn, sub)
+        out_k = evaluate_substituted(w, eqn, [substitute(w, v, z, k) for v in invals])
         if isinstance(out_k, Poison):
             poisons.append(out_k)
             continue
-        if not isinstance(out_k, T.Sym):
-            out_k = T.host(w.concrete(out_k))
-            out_k = T.astype_view(np.asarray(out_k), np.float64) if T.is_concrete(out_k) \
-                else out_k.astype(w.dtype)
         ind_k = identity_indicator(w, z, k, axes, shape) if axes is not None else \
             indicator(w, z, k, emap)
         piece = mul_sym(w, ind_k, _operand(w, out_k, shape))
