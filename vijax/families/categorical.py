@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
+from vijax.families.quantiles import class_quantile
 
 
 def _safe_log_probs(p: Array) -> Array:
@@ -140,11 +141,7 @@ class Categorical(ExponentialFamily):
     def quantile(self, q: Array) -> Array:
         """The smallest class index ``k`` with ``p_0 + ... + p_k >= q`` (classes in
         index order), as a float of the parameters' dtype; NaN outside ``[0, 1]``."""
-        q = self._quantile_shape(q)
-        cdf = jnp.cumsum(self.probs, -1)
-        k = jnp.sum(cdf < q[..., None], -1)
-        x = jnp.minimum(k, self.num_classes - 1).astype(q.dtype)
-        return jnp.where((q >= 0) & (q <= 1), x, jnp.nan)
+        return class_quantile(self.probs, self._quantile_shape(q))
 
     def usual_params(self) -> dict[str, Array]:
         return {"probs": self.probs}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
                                  check_param, family)
+from vijax.families.quantiles import class_quantile
 
 
 def _to_time_major(a: Array, nd: int) -> Array:
@@ -202,10 +203,7 @@ class MarkovChain(ExponentialFamily):
         (T,)``; NaN outside ``[0, 1]``."""
         q = jnp.asarray(q, self.dtype)
         q = jnp.reshape(q, q.shape + (1,) * (len(self.batch_shape) + 1))
-        cdf = jnp.cumsum(self.probs, -1)
-        k = jnp.sum(cdf < q[..., None], -1)
-        x = jnp.minimum(k, self.num_classes - 1).astype(q.dtype)
-        return jnp.where((q >= 0) & (q <= 1), x, jnp.nan)
+        return class_quantile(self.probs, q)
 
     def usual_params(self) -> dict[str, Array]:
         return {"marginals": self.probs}

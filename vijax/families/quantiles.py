@@ -138,3 +138,13 @@ def poisson_quantile(rate: Array, q: Array) -> Array:
 
     bound = jnp.ceil(rate + 40.0 * jnp.sqrt(rate) + 60.0)
     return count_quantile(cdf_at_least, q, bound)
+
+
+def class_quantile(probs: Array, q: Array) -> Array:
+    """The smallest class index ``k`` with ``p_0 + ... + p_k >= q`` (classes in index
+    order; ``probs`` ``[..., K]``, ``q`` broadcastable to its leading axes), as a float of
+    ``q``'s dtype; NaN outside ``[0, 1]``."""
+    cdf = jnp.cumsum(probs, -1)
+    k = jnp.sum(cdf < q[..., None], -1)
+    x = jnp.minimum(k, probs.shape[-1] - 1).astype(q.dtype)
+    return jnp.where((q >= 0) & (q <= 1), x, jnp.nan)
