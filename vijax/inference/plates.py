@@ -9,33 +9,30 @@ Stochastic VI needs, for a model ``log p(X, Z) = log p(beta) + sum_n log p(x_n, 
 - which terms of the compiled form ``F`` are **per-observation** (sum over the plate,
   scaled by ``N / B`` on a minibatch of ``B``) and which are the prior (unscaled).
 
-The terms are classified from structure only, never from data values: the model is
-compiled for minibatches of two sizes (``B`` and ``2B``, shapes only) and a term whose
-labels or constants change size with the batch is a plate term. Refused
-(:class:`ModelSpecError`, naming the latents):
-
-- a term that pairs two different plate elements (``sum_{n,m}``; e.g. ``(sum_n x_n)^2``
-  times a latent statistic): its sum is not additive over observations;
-- a plate-free term whose constant was reduced from plate-carrying data before it met a
-  latent (found by a reachability walk of the data-to-constants jaxpr), unless it is a
-  sum over observations: such a term (``t * sum_n x_n^2`` in a normal model) must double
-  when every observation of a probe minibatch is duplicated (random float data, the
-  integer leaves of the first minibatch); ``mu * jnp.mean(x)`` or ``(sum_n x_n)^2``
-  terms do not and are refused.
+The terms are classified from structure only, never from the plate's data values: the
+model is compiled for minibatches of ``B``, ``2B`` and ``N`` rows (shapes only); a term
+whose labels or constants change size with the batch is a plate term, and the program
+that computes F's constants from the data is read in lockstep across the three sizes
+(:mod:`vijax.inference.plate_sums`) to find which plate-free constants are sums over
+observations (``t * sum_n x_n^2``, the count ``N / 2`` of ``log t``), possibly merged
+with a prior part (``(a0 - 1 + N / 2) log t``). Refused (:class:`ModelSpecError`, naming
+the latents and the line): a term that pairs two plate elements (``(sum_n x_n)^2`` times a
+statistic, ``x_n * sum_m x_m``) or reads a reduction that is not a sum over observations
+(``mu * jnp.mean(x)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax import _compat
 from vijax.conjugacy.program import data_spec, program_for
 from vijax.errors import DataError, ModelSpecError
+from vijax.inference import plate_sums
 from vijax.inference.sharding import plate_size
 from vijax.model import Model
 
@@ -158,87 +155,98 @@ def classify_terms(comp_b, comp_2b, b: int):
     return tuple(plate)
 
 
-def _reach(jaxpr, deps_in):
-    """Per outvar of ``jaxpr``: the set of inputs (ids) it depends on (call-like
-    equations entered, every other equation all-to-all)."""
-    env = {}
-    for v, d in zip(jaxpr.invars, deps_in):
-        env[v] = d
+class Split(NamedTuple):
+    """How a minibatch's ``F`` is scaled to estimate the whole data's.
 
-    def read(v):
-        return frozenset() if _compat.is_literal(v) else env.get(v, frozenset())
+    ``kinds`` per term: ``"plate"`` (a sum over observations: times ``N / B``),
+    ``"prior"`` (as it is), or ``("mixed", j, i)``: its ``j``-th constant is
+    ``p + sum_n g(x_n)`` with prior part ``p = priors["terms"][i]`` (becomes
+    ``p + (N / B)(c - p)``). ``priors["const"]``: the prior part of F's constant."""
 
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        try:
-            inner, _ = _compat.sub_jaxpr(eqn)
-            inner_ok = len(inner.invars) == len(ins) and len(inner.outvars) == len(eqn.outvars)
-        except (KeyError, AttributeError):
-            inner_ok = False
-        if inner_ok:
-            outs = _reach(inner, ins)
+    kinds: tuple
+    priors: dict
+
+
+def _probe_sizes(plate: Plate, b: int):
+    n = plate.n
+    return (b, 2 * b, n if n not in (b, 2 * b) else 3 * b)
+
+
+def split_terms(model, first_batch, plate: Plate, b: int) -> Split:
+    """Classify every term of the minibatch program from structure (see
+    :mod:`vijax.inference.plate_sums`): the programs for ``B``, ``2B`` and ``N`` (or
+    ``3B``) rows are traced on the data's shapes and walked in lockstep; values of
+    ``first_batch`` are read only for its leaves without the plate.
+
+    Raises ModelSpecError, naming the latents and the line, for a term that pairs two
+    observations or reads the data through a reduction that is not a sum over them."""
+    sizes = _probe_sizes(plate, b)
+    fns, specs, boxes = [], [], []
+    for s in sizes:
+        prog = batch_program(model, first_batch, plate, s)
+        leaves, treedef = jax.tree_util.tree_flatten(batch_spec(first_batch, plate, s))
+        box = {}
+        fns.append(_constants_fn(prog, treedef, box))
+        specs.append(leaves)
+        boxes.append(box)
+    try:
+        outs = plate_sums.classify(fns, specs, plate.carries,
+                                   jax.tree_util.tree_leaves(first_batch), sizes)
+    except plate_sums.Structure as e:
+        raise ModelSpecError(
+            f"svi: the model compiles to different programs for minibatches of "
+            f"{', '.join(map(str, sizes))} observations ({e}); pick another batch_size, "
+            "or fit with vj.cavi") from e
+    comp_b, comp_2b = boxes[0]["comp"], boxes[1]["comp"]
+    is_plate = classify_terms(comp_b, comp_2b, b)
+    k, kinds, term_priors = 1, [], []
+    for t, p in zip(comp_b.terms, is_plate):
+        nc, ni = len(t.consts), sum(a.idx is not None for a in t.atoms)
+        cs, ix = outs[k:k + nc], outs[k + nc:k + nc + ni]
+        k += nc + ni
+        allowed = (plate_sums.FREE, plate_sums.ROW) if p else (plate_sums.FREE,)
+        if any(v.cls not in allowed for v in ix):
+            _refuse(t, "reads the data through an index that is not per observation")
+        if p:
+            if any(v.cls not in allowed for v in cs):
+                _refuse(t, "pairs different observations (a per-observation value times a "
+                        "reduction of the data over the plate)")
+            kinds.append("plate")
+            continue
+        sums = [j for j, v in enumerate(cs) if v.cls != plate_sums.FREE]
+        if not sums:
+            kinds.append("prior")
+        elif len(sums) == 1 and cs[sums[0]].cls == plate_sums.SUM:
+            kinds.append(("mixed", sums[0], len(term_priors)))
+            term_priors.append(cs[sums[0]].val)
         else:
-            u = frozenset().union(*ins) if ins else frozenset()
-            outs = [u] * len(eqn.outvars)
-        for v, d in zip(eqn.outvars, outs):
-            env[v] = d
-    return [read(v) for v in jaxpr.outvars]
+            _refuse(t, "reads the data through a reduction over the plate that is not a "
+                    "sum over observations (e.g. jnp.mean(x) or jnp.sum(x) ** 2)")
+    const = outs[0]
+    if const.cls not in (plate_sums.FREE, plate_sums.SUM):
+        raise ModelSpecError(
+            "svi: the data-only part of the log joint (terms without latents) is not a sum "
+            "over observations (e.g. jnp.mean(x) or jnp.sum(x) ** 2), so a minibatch "
+            "cannot estimate the ELBO by rescaling. Write the log joint as a sum over "
+            "observations, or fit with vj.cavi.")
+    return Split(tuple(kinds), {"const": const.val, "terms": tuple(term_priors)})
 
 
-def reduced_terms(prog, spec, plate: Plate, is_plate):
-    """Indices of the plate-free terms whose constants depend on plate-carrying data
-    leaves: the walker summed the data over the plate before they met a latent (e.g.
-    ``sum_n x_n^2`` times a precision). Found by a reachability walk of the
-    data-to-constants jaxpr (structure only)."""
-    leaves, treedef = jax.tree_util.tree_flatten(spec)
-
-    def fn(*ls):
-        comp = prog.materialize(jax.tree_util.tree_unflatten(treedef, list(ls)))
-        return [[c for c, _ in t.consts] + [a.idx for a in t.atoms if a.idx is not None]
-                for t in comp.terms]
-
-    closed, shapes = _compat.make_jaxpr(fn, *leaves)
-    jaxpr, _ = _compat.open_jaxpr(closed)
-    deps = _reach(jaxpr, [frozenset([i]) if c else frozenset()
-                          for i, c in enumerate(plate.carries)])
-    out, k = [], 0
-    for i, (per_term, p) in enumerate(zip(shapes, is_plate)):
-        m = len(per_term)
-        if not p and any(deps[k + j] for j in range(m)):
-            out.append(i)
-        k += m
-    return tuple(out)
+def _constants_fn(prog, treedef, box):
+    """data leaves -> [F's constant, then per term its constants and index arrays]."""
+    def fn(*leaves):
+        comp = prog.materialize(jax.tree_util.tree_unflatten(treedef, list(leaves)))
+        box["comp"] = comp  # read for its structure (labels, shapes) only
+        out = [comp.const]
+        for t in comp.terms:
+            out += [c for c, _ in t.consts] + [a.idx for a in t.atoms if a.idx is not None]
+        return out
+    return fn
 
 
-def probe_data(batch, plate: Plate, key):
-    """``batch`` with its plate-carrying float leaves replaced by draws from U(0.5, 1.5)
-    (a generic point: identities that hold there hold for all data with probability 1);
-    integer leaves (indices, counts) are kept."""
-    leaves, treedef = jax.tree_util.tree_flatten(batch)
-    out = []
-    for i, (l, c) in enumerate(zip(leaves, plate.carries)):
-        l = jnp.asarray(l)
-        if c and jnp.issubdtype(l.dtype, jnp.floating):
-            l = jax.random.uniform(jax.random.fold_in(key, i), l.shape, l.dtype, 0.5, 1.5)
-        out.append(l)
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def check_reduced(comp_b, comp_2b, index, stats):
-    """A reduced term (see :func:`reduced_terms`) is a sum over observations iff it
-    doubles when every observation is duplicated (checked at the generic probe point
-    and the mean parameters ``stats``); returns the indices that do, refuses the rest."""
-    from vijax.conjugacy import terms as T
-    for i in index:
-        t1, t2 = comp_b.terms[i], comp_2b.terms[i]
-        v1 = jnp.sum(T.eval_term(t1, stats, comp_b.sizes))
-        v2 = jnp.sum(T.eval_term(t2, stats, comp_2b.sizes))
-        eps = float(jnp.finfo(jnp.result_type(v1)).eps)
-        if not bool(jnp.abs(v2 - 2 * v1) <= 1e3 * eps * (jnp.abs(v2) + 1)):
-            raise ModelSpecError(
-                f"svi: latent(s) {sorted(t1.latents())} cannot be classified: a term of F "
-                f"(src {t1.src}) reads the data through a reduction over the plate that is "
-                "not a sum over observations (e.g. jnp.mean(x) or jnp.sum(x) ** 2), which a "
-                "minibatch cannot estimate by rescaling. Write the log joint as a sum over "
-                "observations, or fit with vj.cavi.")
-    return tuple(index)
+def _refuse(term, why):
+    raise ModelSpecError(
+        f"svi: latent(s) {sorted(term.latents())} cannot be classified: a term of F "
+        f"(src {term.src}) {why}, so it is not a sum over the data's plate and a minibatch "
+        "cannot estimate it by rescaling. Write the log joint as a sum over observations, "
+        "or fit with vj.cavi.")

@@ -164,7 +164,7 @@ def svi(model, data, key=None, batch_size=None, *, num_data=None, schedule=None,
     fit = _fit_fn(st, n, b, sampling, warm, max_iters, window, int(local_iters), local_tol,
                   full_prog)
     out, natural, elbo_exact = fit(data, st.natural0, st.local0, local_full0, ks, tol,
-                                   st.const_prior)
+                                   st.priors)
     return _result(st, out, natural, elbo_exact, sampling, window, tol, strict, full_prog,
                    in_memory=True)
 
@@ -192,13 +192,13 @@ def _fit_fn(st, n, b, sampling, warm, max_iters, window, local_iters, local_tol,
         return fn
     core, plate = st.core, st.plate
 
-    def fit(data, natural0, local0, local_full0, ks, tol, const_prior):
+    def fit(data, natural0, local0, local_full0, ks, tol, priors):
         def step(state):
             idx = S.indices_at(ks, state.count, n, b, sampling)
             batch = plates.take(data, plate, idx)
             take = lambda a: jnp.take(a, idx, axis=0)  # noqa: E731
             loc = jax.tree_util.tree_map(take, state.local) if warm else local0
-            glob, out = core(state.natural, state.count, batch, loc, const_prior)
+            glob, out = core(state.natural, state.count, batch, loc, priors)
             local = (jax.tree_util.tree_map(lambda a, v: a.at[idx].set(v), state.local,
                                             out.local) if warm else state.local)
             return SviState(glob, state.count + 1, local), out.info

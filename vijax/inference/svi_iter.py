@@ -80,7 +80,7 @@ def fit_iterator(model, batches, key, batch_size, n, schedule, max_iters, tol, w
                 break
             check_data(batch)
             _check_shape(batch, spec, i)
-        natural, out = step(natural, jnp.asarray(i), batch, st.local0, st.const_prior)
+        natural, out = step(natural, jnp.asarray(i), batch, st.local0, st.priors)
         info = out.info
         e = float(info.elbo)
         trace.append(e)

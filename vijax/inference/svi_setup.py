@@ -82,7 +82,7 @@ class Setup(NamedTuple):
     core: Callable
     natural0: dict  # globals' starting natural parameters
     local0: dict  # a minibatch's starting local natural parameters (B rows)
-    const_prior: Any  # the prior part of F's constant
+    priors: Any  # prior parts: F's constant's and the mixed terms' (plates.Split)
     schedule: Callable
     core_key: tuple  # identifies ``core`` for caching compiled fits
 
@@ -90,9 +90,8 @@ class Setup(NamedTuple):
 def setup(model, plate, first_batch, b, key, schedule, local_iters, local_tol, dtype):
     """Compile the minibatch program, classify its terms and build the step.
 
-    ``first_batch``: one minibatch (``b`` rows): its shapes, and its integer leaves for the
-    probe point of :func:`vijax.inference.plates.check_reduced` (float leaves are
-    replaced by random values there)."""
+    ``first_batch``: one minibatch (``b`` rows): its shapes, and the values of its leaves
+    without the plate (see :func:`vijax.inference.plates.split_terms`)."""
     n = plate.n
     if not plate.global_:
         raise ModelSpecError(
@@ -106,33 +105,20 @@ def setup(model, plate, first_batch, b, key, schedule, local_iters, local_tol, d
     global_order = tuple(k for k in order if k in plate.global_)
     w = n / b
     if w == 1:
-        is_plate, const_prior = None, jnp.zeros((), dtype)
+        kinds, priors = None, {"const": jnp.zeros((), dtype), "terms": ()}
     else:
-        probe = plates.probe_data(first_batch, plate, jax.random.fold_in(key, 0x9b))
-        leaves, treedef = jax.tree_util.tree_flatten(probe)
-        doubled = jax.tree_util.tree_unflatten(treedef, [
-            jnp.concatenate([l, l]) if c else l for l, c in zip(leaves, plate.carries)])
-        prog_2b = plates.batch_program(model, first_batch, plate, 2 * b)
-        comp_b, comp_2b = prog_b.materialize(probe), prog_2b.materialize(doubled)
-        is_plate = plates.classify_terms(comp_b, comp_2b, b)
-        reduced = plates.reduced_terms(prog_b, plates.batch_spec(first_batch, plate, b),
-                                       plate, is_plate)
-        if reduced:
-            stats = mf.mean_params(comp_b, mf.default_init_jit(prog_b, key, dtype))
-            reduced = plates.check_reduced(comp_b, comp_2b, reduced, stats)
-            is_plate = tuple(p or i in reduced for i, p in enumerate(is_plate))
-        # F's constant: c(S) = c_prior + sum_{n in S} c_n, so c_prior = 2 c(S) - c(S + S)
-        const_prior = (2 * jnp.asarray(comp_b.const, dtype)
-                       - jnp.asarray(comp_2b.const, dtype))
-    core = make_core(prog_b, fams, is_plate, w, local_order, global_order, schedule,
+        split = plates.split_terms(model, first_batch, plate, b)
+        kinds = split.kinds
+        priors = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), split.priors)
+    core = make_core(prog_b, fams, kinds, w, local_order, global_order, schedule,
                      local_iters, local_tol)
-    core_key = (id(prog_b), is_plate, w, local_order, global_order, schedule, local_iters,
+    core_key = (id(prog_b), kinds, w, local_order, global_order, schedule, local_iters,
                 local_tol)
     start = mf.default_init_jit(prog_b, key, dtype)
     natural0 = {k: start[k] for k in global_order}
     local0 = {k: start[k] for k in local_order}
     return Setup(plate, n, b, prog_b, fams, local_order, global_order, core, natural0,
-                 local0, const_prior, schedule, core_key)
+                 local0, priors, schedule, core_key)
 
 
 def batch_indices(key, n: int, batch_size: int, steps: int, sampling: str = "epoch"):

@@ -39,20 +39,29 @@ class StepOut(NamedTuple):
     info: Any
 
 
-def weighted_form(comp, is_plate, const_prior, w):
-    """``F_w``: plate terms times ``w``, prior terms as they are, and F's constant
-    ``c_prior + w (c - c_prior)``. ``w == 1`` returns ``comp`` itself."""
+def weighted_form(comp, kinds, priors, w):
+    """``F_w``: plate terms times ``w``, prior terms as they are, a mixed term's constant
+    ``c = p + sum_n g(x_n)`` as ``p + w (c - p)``, and F's constant likewise
+    (``kinds``, ``priors``: :class:`vijax.inference.plates.Split`). ``w == 1`` returns
+    ``comp`` itself."""
     if w == 1:
         return comp
     terms = []
-    for t, p in zip(comp.terms, is_plate):
-        if p and t.consts:
+    for t, kind in zip(comp.terms, kinds):
+        if kind == "plate" and t.consts:
             (c0, l0), *rest = t.consts
             t = t.with_(consts=((c0 * w, l0), *rest))
-        elif p:
+        elif kind == "plate":
             t = T.scale_term(t, jnp.asarray(w, jnp.result_type(comp.const)))
+        elif kind != "prior":
+            _, j, i = kind
+            p = priors["terms"][i]
+            consts = list(t.consts)
+            c, ls = consts[j]
+            consts[j] = (p + w * (c - p), ls)
+            t = t.with_(consts=tuple(consts))
         terms.append(t)
-    const = const_prior + w * (comp.const - const_prior)
+    const = priors["const"] + w * (comp.const - priors["const"])
     return Compiled(comp.infos, const, terms, comp.sizes)
 
 
@@ -88,14 +97,14 @@ def local_step(comp, fams, natural, mu, order, local_iters, local_tol):
     return natural, mu, e, inv, i
 
 
-def make_core(prog_b, fams, is_plate, w, local_order, global_order, schedule: Callable,
+def make_core(prog_b, fams, kinds, w, local_order, global_order, schedule: Callable,
               local_iters: int, local_tol):
-    """``core(natural, count, batch, local, const_prior) -> (natural, StepOut)``: one SVI
+    """``core(natural, count, batch, local, priors) -> (natural, StepOut)``: one SVI
     step on the minibatch ``batch`` (data pytree of ``B`` rows) from the globals' natural
     parameters ``natural`` and the minibatch's starting local parameters ``local``;
-    ``const_prior`` is the prior part of F's constant."""
+    ``kinds``, ``priors``: how F's terms scale (:class:`vijax.inference.plates.Split`)."""
 
-    def core(natural, count, batch, local, const_prior):
+    def core(natural, count, batch, local, priors):
         comp = prog_b.materialize(batch)
         nat = {**natural, **local}
         mu = {n: fams[n].mean_params(nat[n]) for n in nat}
@@ -105,7 +114,7 @@ def make_core(prog_b, fams, is_plate, w, local_order, global_order, schedule: Ca
         else:
             inv_l, sweeps = jnp.asarray(-1), jnp.asarray(0)
         rho = jnp.asarray(schedule(count), jnp.result_type(comp.const))
-        scaled = weighted_form(comp, is_plate, const_prior, w)
+        scaled = weighted_form(comp, kinds, priors, w)
         nat, mu, e, inv_g = sweep(lambda m: (scaled, m), fams, nat, mu, global_order,
                                   damping=rho)
         if local_order and w != 1:
