@@ -22,6 +22,7 @@ from vijax.families.normal import Normal
 from vijax.families.poisson import Poisson
 from vijax.families.registry import FAMILIES, register
 from vijax.families.wishart import Wishart
+from vijax.families.inverse_wishart import InverseWishart
 from vijax.families.normal_gamma import NormalGamma, StudentT
 from vijax.families.normal_wishart import MultivariateT, NormalWishart
 
@@ -38,6 +39,7 @@ register(MarkovChain)  # after Categorical: chains only where the compiler finds
 register(Bernoulli)
 register(Poisson)
 register(Wishart)
+register(InverseWishart)  # after Wishart: picked only for S^{-1} statistics
 register(GaussMarkov)  # never picked by select (no couples_elements): chains only
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
 ]
 __all__ += ["MarkovChain"]
 __all__ += ["Wishart"]
+__all__ += ["InverseWishart"]
 __all__ += ["GaussMarkov"]
 
 # joint families of declared blocks (never picked for a single latent)
