@@ -113,48 +113,56 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     max_iters = int(max_iters)
     fns = _fitter(model, prog, max_iters, order, damping, key_batched)
 
-    outs = []
+    outs, counts = [], np.zeros(3, np.int64)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         take = lambda x: _padded(x, start, stop, chunk)  # noqa: E731
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res = _fit_chunk(fns, data_c, key_c, init, tol, max_iters, start)
-        if stop - start < chunk:  # drop the padding lanes
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol, start)
+        if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
+            cnt = None
         outs.append(res)
+        counts = None if cnt is None or counts is None else counts + cnt
     result = outs[0] if len(outs) == 1 else _concatenate(outs)
-    _report(result, n, tol, strict)
+    # a constant of the analysis: made on the host (as vj.cavi's), not an output array
+    diag = dict(result.diagnostics,
+                analysis_s=np.full(n, prog.analysis_s, result.elbo.dtype))
+    result = result._replace(diagnostics=diag)
+    _report(result, n, tol, strict, counts)
     return result
 
 
-def _fit_chunk(fns, data, key, init, tol, max_iters, offset):
+def _fit_chunk(fns, data, key, init, tol, offset):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
-    goes on segment by segment (compiled on first use)."""
-    first, restart, more, finish = fns
-    trace, result, status, bad = first(data, key, init, tol)
-    steps, running, nbad = (int(v) for v in np.asarray(status))  # one host read
+    goes on segment by segment (compiled on first use). Returns the result and the
+    counts of failed, unconverged and excess-decrease lanes (:func:`_report`)."""
+    first, restart, more, finish, bad_lanes = fns
+    trace, result, status = first(data, key, init, tol)
+    steps, running, nbad, *counts = (int(v) for v in np.asarray(status))  # one host read
     if nbad:
         raise DataError(f"datasets has NaN/Inf values in lanes "
-                        f"{_lanes(np.asarray(bad), offset=offset)}; remove or impute them "
-                        "before fitting")
+                        f"{_lanes(np.asarray(bad_lanes(data)), offset=offset)}; remove or "
+                        "impute them before fitting")
     traces = [trace]
     if running:
         packed, trace, status = restart(data, key, init, tol)
         traces = [trace]
-        steps, running, _ = (int(v) for v in np.asarray(status))
+        steps, running, _, *counts = (int(v) for v in np.asarray(status))
         while running:
             packed, trace, status = more(data, packed, tol)
-            steps, running, _ = (int(v) for v in np.asarray(status))
+            steps, running, _, *counts = (int(v) for v in np.asarray(status))
             traces.append(trace)
-        result = finish(data, packed)
+        result, counts = finish(data, packed)
+        counts = np.asarray(counts)
     # step-major segments, rows past the last step unwritten: the steps run, per lane
     trace = _crop(traces[0] if len(traces) == 1 else jnp.concatenate(traces), steps)
     # the natural parameters are the posterior factors' (one output buffer for both)
     natural = {name: dict(q.natural) for name, q in result.posterior.items()}
-    return result._replace(elbo_trace=trace, natural=natural)
+    return result._replace(elbo_trace=trace, natural=natural), np.asarray(counts, np.int64)
 
 
 _crop = jax.jit(lambda trace, steps: trace[:steps].T, static_argnums=1)
@@ -183,16 +191,19 @@ def _padded(x, start, stop, chunk):
 
 
 def _fitter(model, prog, max_iters, order, damping, key_batched):
-    """``(first, restart, more, finish)``: jitted functions of one batch's arrays (cached).
+    """``(first, restart, more, finish, bad_lanes)``: jitted functions of one batch's
+    arrays (cached).
 
-    ``first(data, key, init, tol) -> (trace, result, status, bad)`` runs the first
-    segment and builds the result (most batches end within it: the loop's carry is not
-    an output, which would cost more than the result); when lanes are still running,
+    ``first(data, key, init, tol) -> (trace, result, status)`` runs the first segment
+    and builds the result (most batches end within it: the loop's carry is not an
+    output, which would cost more than the result); when lanes are still running,
     ``restart(data, key, init, tol) -> (packed, trace, status)`` runs the same segment
     again (compiled on first use) and returns the carry, packed (:func:`_pack`: one array
     per dtype); ``more(data, packed, tol) -> (packed, trace, status)`` runs one more
-    segment; ``finish(data, packed) -> result``. ``status`` is
-    ``[t, running, lanes with NaN/Inf data]`` (one host read)."""
+    segment; ``finish(data, packed) -> (result, counts)``. ``status`` is
+    ``[t, running, lanes with NaN/Inf data, failed, unconverged, excess]`` (one host
+    read; the last three are :func:`_result`'s counts, zeros from ``restart``/``more``);
+    ``bad_lanes(data)`` names the NaN/Inf lanes (run only when there are some)."""
     k = (id(model), max_iters, order, damping, key_batched,
          str(jax.dtypes.canonicalize_dtype(jnp.float64)))
     hit = _CACHE.get(k)
@@ -200,7 +211,6 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         _CACHE.move_to_end(k)
         return hit[1]
     rows = min(max_iters, SEGMENT)
-    analysis_s = float(prog.analysis_s)
     layout = {}  # the carry's structure, recorded when ``first`` is traced
 
     def materialize(data):
@@ -215,9 +225,18 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         running = jnp.any(bd.active(carry, max_iters))
         return carry, trace, running
 
-    def status(carry, running, bad):
-        return jnp.stack([jnp.asarray(carry.t, jnp.int32), running.astype(jnp.int32),
-                          jnp.sum(bad).astype(jnp.int32)])
+    def status(carry, running, bad, counts):
+        # ``[t, running, lanes with NaN/Inf data, failed, unconverged, excess]``
+        return jnp.concatenate([jnp.stack([jnp.asarray(carry.t, jnp.int32),
+                                           running.astype(jnp.int32),
+                                           jnp.sum(bad).astype(jnp.int32)]), counts])
+
+    def bad_lanes(data):
+        bad = False
+        for x in jax.tree_util.tree_leaves(data):
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                bad = bad | ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+        return bad
 
     def segment0(data, key, init, tol):
         compiled = materialize(data)
@@ -235,27 +254,26 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def first(data, key, init, tol):
         compiled, carry, trace, running = segment0(data, key, init, tol)
-        bad = jnp.zeros(carry.lane.i.shape, bool)
-        for x in jax.tree_util.tree_leaves(data):
-            if jnp.issubdtype(x.dtype, jnp.inexact):
-                bad = bad | ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
-        return (trace, _result(compiled, carry, analysis_s), status(carry, running, bad),
-                bad)
+        result, counts = _result(compiled, carry)
+        return trace, result, status(carry, running, bad_lanes(data), counts)
 
     def restart(data, key, init, tol):
         _, carry, trace, running = segment0(data, key, init, tol)
         packed, layout["carry"] = _pack(carry)
-        return packed, trace, status(carry, running, jnp.zeros((), bool))
+        return packed, trace, status(carry, running, jnp.zeros((), bool),
+                                     jnp.zeros(3, jnp.int32))
 
     def more(data, packed, tol):
         carry, trace, running = advance(materialize(data), _unpack(packed, layout["carry"]),
                                         tol)
-        return _pack(carry)[0], trace, status(carry, running, jnp.zeros((), bool))
+        return _pack(carry)[0], trace, status(carry, running, jnp.zeros((), bool),
+                                              jnp.zeros(3, jnp.int32))
 
     def finish(data, packed):
-        return _result(materialize(data), _unpack(packed, layout["carry"]), analysis_s)
+        return _result(materialize(data), _unpack(packed, layout["carry"]))
 
-    fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish))
+    fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
+           jax.jit(bad_lanes))
     _CACHE[k] = (model, fns)  # the model is held: its id is not reused while cached
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -306,9 +324,11 @@ def _info0(state):
                 jnp.asarray(-1))
 
 
-def _result(compiled, carry, analysis_s):
-    """The batched :class:`FitResult` of a carry (``elbo_trace`` attached by the caller),
-    as :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters."""
+def _result(compiled, carry):
+    """The batched :class:`FitResult` of a carry (``elbo_trace`` attached by the caller,
+    ``analysis_s`` by :func:`batch_cavi`), as :func:`vijax.cavi` builds it per lane:
+    failed lanes get NaN parameters. Also ``[failed, unconverged, excess]``: how many
+    lanes :func:`_report` will name (so that it reads nothing when all are 0)."""
     lane = carry.lane
     failed = lane.failed_at >= 0
     invalid = jnp.where(failed, lane.info.extra, -1)
@@ -317,15 +337,16 @@ def _result(compiled, carry, analysis_s):
     diag = {"max_decrease": lane.max_decrease, "nonfinite": nonfinite,
             "invalid_latent": invalid,
             "invalid_iter": jnp.where(invalid >= 0, lane.failed_at + 1, -1),
-            "excess_decrease": lane.excess, "rounding_bound": lane.info.bound,
-            "analysis_s": jnp.full(elbo.shape, analysis_s, elbo.dtype)}
+            "excess_decrease": lane.excess, "rounding_bound": lane.info.bound}
     bad = nonfinite | (invalid >= 0)
     natural = jax.tree_util.tree_map(
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         carry.state.natural)
     posterior = jax.vmap(mf.posterior)(compiled, natural)
+    counts = jnp.stack([jnp.sum(bad), jnp.sum(~lane.converged & ~bad),
+                        jnp.sum((lane.excess > 0) & ~bad)]).astype(jnp.int32)
     # ``natural`` is filled on the host from the posterior factors (same arrays)
-    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None)
+    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None), counts
 
 
 def _lanes(mask, limit=10, offset=0):
@@ -334,7 +355,12 @@ def _lanes(mask, limit=10, offset=0):
     return "[" + ", ".join(str(i) for i in idx[:limit]) + more + "]"
 
 
-def _report(result, n, tol, strict):
+def _report(result, n, tol, strict, counts=None):
+    """Warn (or raise when ``strict``) about failed, unconverged and excess-decrease
+    lanes, naming them. ``counts`` (``[failed, unconverged, excess]`` from the fit, or
+    None) lets a clean batch skip reading the per-lane arrays."""
+    if counts is not None and not (counts[0] or counts[2] or (counts[1] and tol != 0)):
+        return
     d = result.diagnostics
     failed = np.asarray(d["nonfinite"]) | (np.asarray(d["invalid_latent"]) >= 0)
     unconverged = ~np.asarray(result.converged) & ~failed
