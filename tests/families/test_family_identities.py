@@ -95,6 +95,7 @@ def test_declared_statistics_and_supports():
         "Categorical": (("onehot",), 0, "categorical"), "Bernoulli": (("x",), 0, "binary"),
         "Poisson": (("x",), 0, "count"), "MarkovChain": (("unary", "pair"), 1, "categorical"),
         "Wishart": (("x", "logdet"), 2, "positive_definite"),
+        "InverseWishart": (("inv", "logdet"), 2, "positive_definite"),
         "GaussMarkov": (("x", "xxT", "pair"), 2, "real"),
     }
     assert set(FAMILIES) == set(expected)
