@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vijax.conjugacy import rules, rules_control, rules_linalg, rules_nonlinear, rules_poison
+from vijax.conjugacy import rules_covariance
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.values import Poison, Reason, is_symbolic, latents_of
 from vijax.conjugacy.walker import Lazy, RuleTable, Walker
@@ -34,9 +35,12 @@ def merge(*tables):
 
 
 def _route(eqn, invals):
-    """Factorizations of positive-definite latents (:mod:`~vijax.conjugacy.rules_linalg`)
-    first, then equations with a non-conjugate input."""
-    return rules_linalg.route(eqn, invals) or rules_poison.route(eqn, invals)
+    """Solves with a covariance latent's Cholesky factor
+    (:mod:`~vijax.conjugacy.rules_covariance`) and factorizations of positive-definite
+    latents (:mod:`~vijax.conjugacy.rules_linalg`) first, then equations with a
+    non-conjugate input."""
+    return (rules_covariance.route(eqn, invals) or rules_linalg.route(eqn, invals)
+            or rules_poison.route(eqn, invals))
 
 
 TABLE = RuleTable(
