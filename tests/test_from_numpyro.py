@@ -64,6 +64,25 @@ def np_gmm(x, k):
         numpyro.sample("x", dist.Normal(mu[z], 1.0 / jnp.sqrt(tau[z])).to_event(1), obs=x)
 
 
+def np_linear_regression(X, y):
+    alpha = numpyro.sample("alpha", dist.Gamma(1.0, 1.0))
+    beta = numpyro.sample("beta", dist.Gamma(1.0, 1.0))
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0 / jnp.sqrt(alpha)).expand([X.shape[1]])
+                       .to_event(1))
+    with numpyro.plate("N", X.shape[0]):
+        numpyro.sample("y", dist.Normal(X @ w, 1.0 / jnp.sqrt(beta)), obs=y)
+
+
+def np_lda(doc, word, d, k, v, alpha=0.5, eta=0.3):
+    with numpyro.plate("D", d):
+        theta = numpyro.sample("theta", dist.Dirichlet(jnp.full((k,), alpha)))
+    with numpyro.plate("K", k):
+        beta = numpyro.sample("beta", dist.Dirichlet(jnp.full((v,), eta)))
+    with numpyro.plate("N", doc.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(theta[doc]))
+        numpyro.sample("w", dist.Categorical(beta[z]), obs=word)
+
+
 def _probe(model, key):
     """A random point of the model's latents (inside the supports)."""
     out = {}
@@ -97,21 +116,40 @@ def _exact_posterior(name, x):
     return {"log": a + s - 1, "x": -(b + n)}
 
 
-def _same_model(model, data, ref, ref_data, n=3):
-    """The same log joint at random points, and the same compiled form F at random
-    factors (so CAVI's updates and ELBO agree), in one compiled program."""
+def _same_model(model, data, ref, ref_data, n=3, sweeps=0, init=None):
+    """The same log joint at random points, the same compiled form F at random factors
+    (so CAVI's updates and ELBO agree), and, with ``sweeps``, vj.cavi's algorithm run that
+    many sweeps from one start in the hand-written model's update order (NumPyro declares
+    the sites in another order): the same natural parameters and ELBO to 1e-10. One
+    compiled program. Returns the NumPyro model's CAVI state (or None)."""
     from vijax.inference import meanfield as mf
     c1 = vj.compile(model, data).materialize(data)
     c2 = vj.compile(ref, ref_data).materialize(ref_data)
     zs = [_probe(model, jax.random.key(i)) for i in range(n)]
     nats = [mf.default_init(c1, jax.random.key(i), jnp.float64) for i in range(n)]
+    order = tuple(ref.supports)
 
-    def both(zs, nats):
+    def cavi(c):
+        alg = vj.algorithms.cavi(c, order)
+        nat = mf.user_init(c, init, mf.default_init(c, jax.random.key(0), jnp.float64))
+        return jax.lax.fori_loop(0, sweeps, lambda i, s: alg.step(s)[0], alg.init(nat))
+
+    def both(zs, nats, c1, c2):
         lj = [(model.log_joint(z, data), ref.log_joint(z, ref_data)) for z in zs]
-        return lj + [(mf.elbo(c1, e), mf.elbo(c2, e)) for e in nats]
+        lj += [(mf.elbo(c1, e), mf.elbo(c2, e)) for e in nats]
+        return lj, ((cavi(c1), cavi(c2)) if sweeps else None)
 
-    for a, b in jax.jit(both)(zs, nats):
+    pairs, fits = jax.jit(both)(zs, nats, c1, c2)
+    for a, b in pairs:
         assert abs(float(a) - float(b)) < 1e-10
+    if fits is None:
+        return None
+    _same_fit(*fits)
+    return fits[0]
+
+
+def _families(model, data):
+    return {n: getattr(c, "__name__", c) for n, c in vj.analyze(model, data).families.items()}
 
 
 @pytest.mark.parametrize("fn, zoo_name", [
@@ -161,24 +199,89 @@ def test_gaussian_mixture_matches_hand_written():
     x = zm.make_data(jax.random.key(0))
     model, data = from_numpyro(np_gmm, x, 2)
     assert model.supports == zm.model.supports
-    assert {n: c.__name__ for n, c in vj.analyze(model, data).families.items()} == zm.families
-    _same_model(model, data, zm.model, x)
+    assert _families(model, data) == zm.families
     r = jax.nn.softmax(3.0 * jax.random.normal(jax.random.key(5), (12, 2)))
-    order = tuple(zm.model.supports)  # sites are declared in another order in NumPyro
-    from vijax.inference import meanfield as mf
+    _same_model(model, data, zm.model, x, sweeps=8, init={"z": r})
 
-    def sweeps(c1, c2):  # vj.cavi's algorithm, 8 sweeps from the same start, both models
-        out = []
-        for c in (c1, c2):
-            alg = vj.algorithms.cavi(c, order)
-            nat = mf.user_init(c, {"z": r}, mf.default_init(c, jax.random.key(0), jnp.float64))
-            s = jax.lax.fori_loop(0, 8, lambda i, s: alg.step(s)[0], alg.init(nat))
-            out.append(s)
-        return out
 
-    a, b = jax.jit(sweeps)(vj.compile(model, data).materialize(data),
-                           vj.compile(zm.model, x).materialize(x))
-    _same_fit(a, b)
+def test_linear_regression_matches_hand_written(zoo):
+    """Dense Gaussian weights with Gamma precisions; X is an argument of the NumPyro
+    model (a constant of its log joint), y its observed site."""
+    case = zoo["linear_regression"]
+    X, y = case.data["X"], case.data["y"]
+    model, data = from_numpyro(np_linear_regression, X, y)
+    assert model.supports == case.model.supports and sorted(data) == ["y"]
+    assert _families(model, data) == case.zoo_model.families
+    a = _same_model(model, data, case.model, case.data, sweeps=30)
+    # at the fixed point q(w) has precision E[alpha] I + E[beta] X^T X and natural
+    # location E[beta] X^T y (Gamma naturals: log = shape - 1, x = -rate)
+    ea, eb = [float((a.natural[n]["log"] + 1) / -a.natural[n]["x"]) for n in ("alpha", "beta")]
+    X, y = np.asarray(X), np.asarray(y)
+    np.testing.assert_allclose(-2 * np.asarray(a.natural["w"]["xxT"]),
+                               ea * np.eye(X.shape[1]) + eb * X.T @ X, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(a.natural["w"]["x"]), eb * X.T @ y, rtol=1e-6)
+
+
+def test_lda_matches_hand_written(zoo):
+    """theta_d, beta_k ~ Dirichlet, z_n ~ Categorical(theta[doc_n]), w_n ~
+    Categorical(beta[z_n]); the token's document index is an argument."""
+    case = zoo["lda"]
+    doc, word = case.data["doc"], case.data["word"]
+    d, k = case.model.supports["theta"].shape[0], case.model.supports["beta"].shape[0]
+    v = case.model.supports["beta"].num_categories
+    model, data = from_numpyro(np_lda, doc, word, d, k, v)
+    assert model.supports == case.model.supports and sorted(data) == ["w"]
+    assert _families(model, data) == case.zoo_model.families
+    r = jax.nn.softmax(3.0 * jax.random.normal(jax.random.key(5), (doc.shape[0], k)))
+    _same_model(model, data, case.model, case.data, sweeps=8, init={"z": r})
+
+
+def test_fixed_covariance_multivariate_normal_is_read(zoo):
+    """NumPyro's MultivariateNormal with a constant covariance (prior or likelihood) is
+    read through its Cholesky solve: the known-noise regression's exact posterior."""
+    case = zoo["linear_regression_known_noise"]
+    X, y = case.data["X"], case.data["y"]
+    d = X.shape[1]
+
+    def prior_mvn(X, y):
+        w = numpyro.sample("w", dist.MultivariateNormal(jnp.zeros(d), precision_matrix=jnp.eye(d)))
+        with numpyro.plate("N", X.shape[0]):
+            numpyro.sample("y", dist.Normal(X @ w, 0.5), obs=y)
+
+    def likelihood_mvn(X, y):
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
+        numpyro.sample("y", dist.MultivariateNormal(X @ w, 0.25 * jnp.eye(X.shape[0])), obs=y)
+
+    for fn in (prior_mvn, likelihood_mvn):
+        model, data = from_numpyro(fn, X, y)
+        assert _families(model, data) == {"w": "MultivariateNormal"}
+        _same_model(model, data, case.model, case.data, sweeps=1)
+
+
+def test_unreadable_numpyro_code_is_refused_by_site():
+    """A covariance built from a latent (NumPyro takes its Cholesky factor) and logits of
+    a latent (NumPyro normalizes them with logsumexp) are not read: the analysis names the
+    site, the primitive and NumPyro's source line, and vj.cavi refuses."""
+    def precision_from_latent(X, y):
+        alpha = numpyro.sample("alpha", dist.Gamma(1.0, 1.0))
+        w = numpyro.sample("w", dist.MultivariateNormal(jnp.zeros(2),
+                                                        precision_matrix=alpha * jnp.eye(2)))
+        numpyro.sample("y", dist.Normal(X @ w, 0.5).to_event(1), obs=y)
+
+    def logits_of_latent(x):
+        pi = numpyro.sample("pi", dist.Dirichlet(jnp.ones(2)))
+        with numpyro.plate("N", x.shape[0]):
+            numpyro.sample("x", dist.Categorical(logits=jnp.log(pi)), obs=x)
+
+    for (fn, args), (site, prim) in zip(
+            [(precision_from_latent, (jnp.eye(2), jnp.ones(2))),
+             (logits_of_latent, (jnp.array([0, 1, 1]),))],
+            [("alpha", "cholesky"), ("pi", "reduce_max")]):
+        model, data = from_numpyro(fn, *args)
+        reason = str(vj.analyze(model, data).reasons[site])
+        assert prim in reason and "numpyro" in reason, reason
+        with pytest.raises(NonConjugateError):
+            vj.cavi(model, data)
 
 
 @pytest.mark.parametrize("constraint, shape, want", [

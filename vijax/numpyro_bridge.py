@@ -23,9 +23,16 @@ the latents' supports:
   ``[tiny, 1 - eps]``, a branch on the latent the compiler would refuse; the densities
   agree wherever NumPyro does not clamp.
 
-Whatever else the compiler cannot read (e.g. ``Bernoulli(logits=...)`` of a latent) is
-reported by ``vj.analyze`` / ``vj.cavi`` under the site's name, with NumPyro's source line;
-such latents are fitted by ``vj.fit_gradient``.
+Everything else is NumPyro's own code, read as it is: ``Normal``, ``Gamma``, ``Poisson``,
+``Dirichlet``, ``Categorical(probs)`` indexed by a categorical latent (mixtures, LDA) and
+``MultivariateNormal`` with a constant covariance, precision or scale (its Cholesky solve is
+linear in the value). What the compiler cannot read is reported by ``vj.analyze`` /
+``vj.cavi`` under the site's name, with the primitive and NumPyro's source line; e.g. a
+``MultivariateNormal`` whose covariance depends on a latent (NumPyro takes its Cholesky
+factor), ``Categorical(logits=...)`` or ``Bernoulli(logits=...)`` of a latent (a
+``logsumexp`` / ``log_sigmoid`` normalizer). Such latents are fitted by
+``vj.fit_gradient``, or the site is rewritten (``Normal(0, 1/sqrt(alpha))`` per element
+instead of ``MultivariateNormal(0, precision_matrix=alpha * I)``).
 """
 
 from __future__ import annotations
