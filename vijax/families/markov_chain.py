@@ -50,20 +50,124 @@ def _backward(unary: Array, pair: Array) -> Array:
     return jnp.concatenate([rest, jnp.zeros_like(u[None, 0])], 0)
 
 
-def forward_backward(natural: Mapping[str, Array]) -> tuple[Natural, Array]:
-    """Unary ``[..., T, K]`` and pairwise ``[..., T-1, K, K]`` marginals and ``A``:
-    ``p(z_t = k) = exp(alpha_t + beta_t - A)``,
-    ``p(z_t = k, z_{t+1} = l) = exp(alpha_t[k] + pair_t[k, l] + unary_{t+1}[l]
-    + beta_{t+1}[l] - A)``."""
-    unary, pair = natural["unary"], natural["pair"]
-    alpha, log_z = _forward(unary, pair)
-    beta = _backward(unary, pair)
+def _sequential_forward_backward(unary: Array, pair: Array) -> tuple[Natural, Array]:
+    """Log-space forward-backward, one ``lax.scan`` each way, each message normalized
+    per step (``log Z`` is the sum of the normalizers), marginals normalized per step: their
+    rounding error does not grow with ``T``. Short chains, the fallback of the scaled
+    version, and the gradient path use it."""
     u = _to_time_major(unary, 1)
     p = _to_time_major(pair, 2)
-    uni = jnp.exp(alpha + beta - log_z[..., None])
-    pw = jnp.exp(alpha[:-1, ..., :, None] + p + (u[1:] + beta[1:])[..., None, :]
-                 - log_z[..., None, None])
+
+    def fwd(alpha, xs):
+        p_t, u_t = xs
+        nxt = jax.nn.logsumexp(alpha[..., :, None] + p_t, axis=-2) + u_t
+        z = jax.nn.logsumexp(nxt, -1, keepdims=True)
+        return nxt - z, (nxt - z, z[..., 0])
+
+    z0 = jax.nn.logsumexp(u[0], -1, keepdims=True)
+    _, (rest, zs) = jax.lax.scan(fwd, u[0] - z0, (p, u[1:]))
+    alpha = jnp.concatenate([(u[0] - z0)[None], rest], 0)
+    log_z = z0[..., 0] + jnp.sum(zs, 0)
+
+    def bwd(beta, xs):
+        p_t, u_next = xs
+        prev = jax.nn.logsumexp(p_t + (u_next + beta)[..., None, :], axis=-1)
+        prev = prev - jnp.max(prev, -1, keepdims=True)
+        return prev, prev
+
+    _, rest = jax.lax.scan(bwd, jnp.zeros_like(u[0]), (p, u[1:]), reverse=True)
+    beta = jnp.concatenate([rest, jnp.zeros_like(u[None, 0])], 0)
+    uni = jax.nn.softmax(alpha + beta, -1)
+    pw = alpha[:-1, ..., :, None] + p + (u[1:] + beta[1:])[..., None, :]
+    pw = jnp.exp(pw - jax.nn.logsumexp(pw, (-2, -1), keepdims=True))
     return ({"unary": jnp.moveaxis(uni, 0, -2), "pair": jnp.moveaxis(pw, 0, -3)}, log_z)
+
+
+#: chains at least this long use the scaled linear-space forward-backward (about 5x
+#: faster per step on CPU; its ``lax.cond`` fallback doubles the compiled program, which
+#: short chains do not repay)
+SCALED_MIN_STEPS = 1024
+
+
+def _step_matrices(u: Array, p: Array):
+    """Time-major step matrices ``M_t = exp(p_t + u_{t+1} - c_t)`` ``[T-1, ..., K, K]``
+    (largest entry 1) and their log scales ``c_t``."""
+    s = p + u[1:, ..., None, :]
+    c = jnp.max(s, (-2, -1), keepdims=True)
+    c = jnp.where(jnp.isfinite(c), c, 0.0)
+    return jnp.exp(s - c), c[..., 0, 0]
+
+
+def _matvec(a: Array, m: Array, left: bool) -> Array:
+    """``a @ m`` (``left``) or ``m @ a`` over the last axes; for small ``K`` as ``K``
+    broadcast multiply-adds, which XLA fuses into one loop (a batched dot per step is
+    several times slower inside a scan on CPU)."""
+    K = m.shape[-1]
+    if K > 16:
+        return jnp.einsum("...k,...kl->...l" if left else "...lk,...k->...l", a, m)
+    if left:
+        return sum(a[..., j, None] * m[..., j, :] for j in range(K))
+    return sum(m[..., :, j] * a[..., j, None] for j in range(K))
+
+
+def _scaled_forward_backward(unary: Array, pair: Array):
+    """Forward-backward in linear space with a normalization per step (Rabiner 1989):
+    ``a_t = a_{t-1} M_t / n_t``, ``b_{t-1} = M_t b_t / max``, ``log Z = sum_t (log n_t +
+    c_t)``. Marginals are normalized per time step, so their rounding error does not grow
+    with ``T``. Returns ``((marginals, log Z), ok)``: ``ok`` is False where a message
+    under- or overflowed (potentials whose range exceeds the dtype's exponent range; then
+    :func:`forward_backward` falls back to log space)."""
+    u = _to_time_major(unary, 1)
+    p = _to_time_major(pair, 2)
+    m, c = _step_matrices(u, p)
+    u0 = jnp.max(u[0], -1, keepdims=True)
+    a0 = jnp.exp(u[0] - u0)
+    n0 = jnp.sum(a0, -1, keepdims=True)
+
+    def fwd(a, m_t):
+        a = _matvec(a, m_t, True)
+        n = jnp.sum(a, -1, keepdims=True)
+        return a / n, (a / n, n[..., 0])
+
+    _, (alpha, n) = jax.lax.scan(fwd, a0 / n0, m)
+    log_z = u0[..., 0] + jnp.log(n0[..., 0]) + jnp.sum(jnp.log(n) + c, 0)
+
+    def bwd(b, m_t):
+        b = _matvec(b, m_t, False)
+        b = b / jnp.max(b, -1, keepdims=True)
+        return b, b
+
+    _, beta = jax.lax.scan(bwd, jnp.ones_like(a0), m, reverse=True)
+    alpha = jnp.concatenate([(a0 / n0)[None], alpha], 0)
+    beta = jnp.concatenate([beta, jnp.ones_like(a0)[None]], 0)
+    uni = alpha * beta
+    uni_sum = jnp.sum(uni, -1, keepdims=True)
+    pw = alpha[:-1, ..., :, None] * m * beta[1:, ..., None, :]
+    pw_sum = jnp.sum(pw, (-2, -1), keepdims=True)
+    # finite messages and positive normalizers <=> finite marginals (checked on the
+    # [T, ..., K] messages, not the [T-1, ..., K, K] pairs)
+    ok = (jnp.all(jnp.isfinite(log_z)) & jnp.all(jnp.isfinite(beta))
+          & jnp.all(uni_sum > 0) & jnp.all(pw_sum > 0) & jnp.all(jnp.isfinite(pw_sum)))
+    return ({"unary": jnp.moveaxis(uni / uni_sum, 0, -2),
+             "pair": jnp.moveaxis(pw / pw_sum, 0, -3)}, log_z), ok
+
+
+def forward_backward(natural: Mapping[str, Array]) -> tuple[Natural, Array]:
+    """Unary ``[..., T, K]`` and pairwise ``[..., T-1, K, K]`` marginals and ``A``:
+    ``p(z_t = k) = alpha_t[k] beta_t[k] / Z``, ``p(z_t = k, z_{t+1} = l) = alpha_t[k]
+    exp(pair_t[k, l] + unary_{t+1}[l]) beta_{t+1}[l] / Z``.
+
+    Chains of ``T >= SCALED_MIN_STEPS`` run in linear space with scaling
+    (:func:`_scaled_forward_backward`); where that under- or overflows (potentials whose
+    range exceeds the dtype's exponent range), the log-space scans
+    (:func:`_sequential_forward_backward`, used for shorter chains) give the answer
+    instead (a ``lax.cond``)."""
+    unary, pair = natural["unary"], natural["pair"]
+    if unary.shape[-2] < SCALED_MIN_STEPS:
+        return _sequential_forward_backward(unary, pair)
+    (mu, log_z), ok = _scaled_forward_backward(unary, pair)
+    return jax.lax.cond(ok, lambda: (mu, log_z),
+                        lambda: _sequential_forward_backward(unary, pair))
 
 
 @family
@@ -305,7 +409,11 @@ class MarkovChain(ExponentialFamily):
 
     @classmethod
     def factor_from_unconstrained(cls, u: Mapping[str, Array]):
-        """Marginals, entropy ``A - <eta, mu>`` (one forward-backward) and the sampler."""
+        """Marginals, entropy ``A - <eta, mu>`` (one forward-backward) and the sampler.
+
+        The gradient path differentiates this through forward-backward: the log-space
+        scans (one program, no fallback branch: a third of the scaled version's
+        compile time under ``grad``)."""
         q = cls.from_unconstrained(u)
-        mu, log_z = forward_backward(q.natural)
+        mu, log_z = _sequential_forward_backward(q.natural["unary"], q.natural["pair"])
         return mu, jnp.sum(log_z - cls.inner(q.natural, mu)), q.sample
