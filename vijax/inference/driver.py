@@ -186,6 +186,10 @@ def lane_update(lane: Lane, info, tol, window: int = 1, stochastic: bool = False
     return new, ok, conv
 
 
+#: steps per chunk of :func:`run`'s loop (the trace is written a chunk at a time)
+TRACE_CHUNK = 16
+
+
 class _Carry(NamedTuple):
     state: Any
     lane: Lane
@@ -225,25 +229,47 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
     info0 = initial_info(step, state, info0, elbo0)
     dtype = jnp.result_type(info0.elbo)
     tol = jnp.asarray(tol, dtype)
-    carry = _Carry(state, lane_start(info0), jnp.full((n,), info0.elbo))
+    k = min(TRACE_CHUNK, n)
+    carry = _Carry(state, lane_start(info0), jnp.zeros((n,), dtype))
 
-    def cond(c):
-        return lane_active(c.lane, max_iters)
+    def chunk_cond(c):
+        return lane_active(c[1], max_iters) & (c[3] < k)
 
-    def body(c):
-        new, info = step(c.state)
-        lane, ok, conv = lane_update(c.lane, info, tol, window, stochastic)
+    def chunk_body(c):
+        state, lane0, chunk, j = c
+        new, info = step(state)
+        lane, ok, conv = lane_update(lane0, info, tol, window, stochastic)
         e = lane.info.elbo
         if progress:
             sink = _dispatch if progress is True else progress
-            i = c.lane.i
+            i = lane0.i
             jax.lax.cond(((i + 1) % every == 0) | (i + 1 == max_iters) | conv | ~ok,
                          lambda: jax.debug.callback(sink, i + 1, e),
                          lambda: None)
-        return _Carry(new, lane, c.trace.at[c.lane.i].set(e))
+        return new, lane, chunk.at[j].set(e), j + 1
+
+    def chunk(c):
+        # at most k steps into a k-entry buffer, then the buffer into the trace at the
+        # chunk's first step i0 (a multiple of k: a chunk that ends early ends the run);
+        # the last chunk of a trace whose length is not a multiple of k is written at
+        # n - k, after the entries already there
+        state, lane, buf, _ = jax.lax.while_loop(
+            chunk_cond, chunk_body, (c.state, c.lane, jnp.zeros((k,), dtype), 0))
+        i0 = c.lane.i
+        at = jnp.minimum(i0, n - k)
+        j = jnp.arange(k)
+        buf = jnp.where(j >= i0 - at, buf[jnp.clip(j - (i0 - at), 0, k - 1)],
+                        jax.lax.dynamic_slice(c.trace, (at,), (k,)))
+        return _Carry(state, lane, jax.lax.dynamic_update_slice(c.trace, buf, (at,)))
 
     run_loop = length is not None or max_iters > 0
-    c = jax.lax.while_loop(cond, body, carry) if run_loop else carry
+    c = carry
+    if run_loop:
+        # the first chunk outside the loop over chunks: under vmap JAX's batched while
+        # loop selects every carry leaf per lane at every iteration, the trace included
+        # (one pass over [lanes, max_iters] per step when the trace was the step loop's
+        # carry); fits that end within k steps now never run the outer loop
+        c = jax.lax.while_loop(lambda c: lane_active(c.lane, max_iters), chunk, chunk(c))
     lane = c.lane
     trace = jnp.where(jnp.arange(n) < lane.i, c.trace, lane.info.elbo)
     trace = trace if length is not None else trace[:max_iters]
