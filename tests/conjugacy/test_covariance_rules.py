@@ -110,10 +110,11 @@ def test_half_solve_alone_and_lu_solve_are_refused():
     # C^{-1} d summed linearly: not a statistic of S (an unpaired factor inverse)
     _refused(lambda z, x: jnp.sum(solve_triangular(jnp.linalg.cholesky(z["S"]), (x - M).T,
                                                    lower=True))
-             + iw_logpdf(z["S"], PSI0, NU0), "'S'")
+             + iw_logpdf(z["S"], PSI0, NU0), r"appears as half\(S\)")
     # jnp.linalg.solve: an LU factorization whose pivots depend on S's value
     _refused(lambda z, x: -0.5 * jnp.linalg.slogdet(z["S"])[1]
              - 0.5 * (x[0] - M) @ jnp.linalg.solve(z["S"], x[0] - M)
-             + iw_logpdf(z["S"], PSI0, NU0), "'S'")
+             + iw_logpdf(z["S"], PSI0, NU0), "LU factor of 'S'")
     # S and S^{-1} together: no positive-definite family has both statistics
-    _refused(lambda z, x: iw_logpdf(z["S"], PSI0, NU0) - jnp.trace(z["S"]), "'S'")
+    _refused(lambda z, x: iw_logpdf(z["S"], PSI0, NU0) - jnp.trace(z["S"]),
+             r"both as S and as inv\(S\)")

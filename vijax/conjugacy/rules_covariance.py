@@ -13,7 +13,8 @@ a Sym whose atom is the walk-internal statistic ``half`` (``G``, labels ``(a, h)
 a product of two of them summed over ``h`` is ``sum_h G_ah G_ch = (S^{-1})_ac``: the
 ``inv`` statistic of the Inverse-Wishart family (``T(S) = (S^{-1}, log|S|)``). Pairs are
 merged after every rule that sees a ``half`` atom (:func:`route`); a ``half`` atom left
-unpaired at the end is not a statistic of any family, so the latent is refused. The
+unpaired at the end is not a statistic of any family, so the latent is refused (the
+report says it "appears as half(S)": a factor inverse used other than in ``S^{-1}``). The
 log-determinant comes from :mod:`~vijax.conjugacy.rules_linalg` (``log C_ii``).
 
 Covered: one ``D x D`` matrix (a latent of shape ``()`` or one element of a batch chosen
