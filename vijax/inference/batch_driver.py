@@ -97,7 +97,7 @@ def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: in
     def body(c):
         carry, trace = c
         on = active(carry, max_iters)
-        new, info = _materialized(vstep(args, carry.state), carry.t)
+        new, info = driver.materialized(vstep(args, carry.state), carry.lane.i >= 0)
         lane = _select(on, vupdate(carry.lane, info), carry.lane)
         state = _select(on, new, carry.state)
         trace = jax.lax.dynamic_update_slice(trace, lane.info.elbo[None, :],
@@ -106,24 +106,6 @@ def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: in
 
     carry, trace = jax.lax.while_loop(cond, body, (carry, trace))
     return carry, trace
-
-
-def _materialized(tree, t):
-    """``tree`` unchanged in value, each float leaf computed once.
-
-    XLA fuses an elementwise value into every fusion that reads it: the step's ELBO
-    (a sum over the model's terms, ~20 operands per lane) was evaluated again in each
-    fusion of the bookkeeping (the stopping rule, the monotonicity checks, the trace
-    row, the frozen-lane selects: ~7 times per step). A division is an expensive op that
-    XLA does not duplicate, so ``x / 1`` (exact: ``x / 1 == x`` for every float,
-    NaN and infinities included) makes each leaf one materialized buffer; the divisor
-    is the loop counter's ``t >= 0`` so that it is not a constant that XLA folds away.
-    """
-    def one(x):
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            return x
-        return x / (t >= 0).astype(jnp.result_type(x))
-    return jax.tree_util.tree_map(one, tree)
 
 
 def padded(carry: BatchCarry, trace, t0=0):

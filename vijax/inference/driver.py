@@ -237,7 +237,8 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
 
     def chunk_body(c):
         state, lane0, chunk, j = c
-        new, info = step(state)
+        # scalars (the ELBO, the bound) once per step under vmap; cheap without it
+        new, info = materialized(step(state), lane0.i >= 0)
         lane, ok, conv = lane_update(lane0, info, tol, window, stochastic)
         e = lane.info.elbo
         if progress:
@@ -275,6 +276,32 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
     trace = trace if length is not None else trace[:max_iters]
     return Run(c.state, lane.info, trace, lane.i, lane.converged, lane.failed_at,
                lane.max_decrease, lane.excess)
+
+
+def materialized(tree, true):
+    """``tree`` unchanged in value, each float leaf shaped like ``true`` computed once.
+
+    XLA fuses an elementwise value into every fusion that reads it: in a batched loop
+    the step's ELBO (a sum over the model's terms, ~20 operands per lane) was evaluated
+    again in each fusion of the bookkeeping (the stopping rule, the monotonicity checks,
+    the trace, the per-lane selects: ~7 times per step). A division is an expensive op
+    that XLA does not duplicate, so ``x / 1`` (exact: ``x / 1 == x`` for every float,
+    NaN and infinities included) makes such a leaf one buffer. ``true`` must be a traced
+    boolean array that is always true (e.g. ``steps >= 0``), so that XLA cannot fold the
+    division, and shaped like the leaves it applies to (one value per lane: a divisor
+    broadcast from a smaller shape becomes a multiplication by its reciprocal, which XLA
+    duplicates again); other leaves are returned as they are.
+    """
+    true = jnp.asarray(true)
+
+    def one(x):
+        dtype = jnp.result_type(x)
+        if jnp.shape(x) != true.shape:
+            return x
+        if jnp.issubdtype(dtype, jnp.floating):
+            return x / true.astype(dtype)
+        return x
+    return jax.tree_util.tree_map(one, tree)
 
 
 def _as_info(info) -> Info:
