@@ -200,3 +200,32 @@ def test_batched_driver_lanes_equal_driver_run(window, stochastic):
     n = np.asarray(out.num_iters)
     assert int(out.failed_at[3]) == 4 and bool(out.converged[4]) and n[4] <= 7
     assert len(set(n.tolist())) > 2 and n.max() == 12  # lanes stop at different steps
+
+
+@pytest.mark.parametrize("max_iters,tol", [(37, 0.0), (37, 1e-3), (16, 0.0), (5, 0.0)])
+def test_run_trace_across_chunks(max_iters, tol):
+    """``driver.run`` writes its trace a chunk of steps at a time (the last chunk of a
+    length that is not a multiple of the chunk after the entries already there): the
+    trace is every step's ELBO, padded with the last, alone and under vmap."""
+    from vijax.inference import driver
+    rates = jnp.array([0.5, 0.9, 0.97])  # tol=1e-3: converge at 6, 26 and after 37
+
+    def fit(r):
+        def step(x):
+            x = r * x
+            return x, driver.Info(-x * x - 1.0, True, 0.0, False, ())
+        return driver.run(step, jnp.asarray(1.0), max_iters=max_iters, tol=tol,
+                          elbo0=jnp.asarray(-2.0))
+
+    batched = jax.jit(jax.vmap(fit))(rates)
+    for b, r in enumerate(np.asarray(rates, np.float64)):
+        one = jax.jit(fit)(rates[b])
+        n = int(one.num_iters)
+        want = -(r ** (2 * np.arange(1, n + 1))) - 1.0
+        # converged when |change| <= tol |L|: r^2k (1 - r^2) <= tol (1 + r^2k)
+        assert n == (max_iters if tol == 0 else (6, 26, 37)[b])
+        np.testing.assert_allclose(one.trace[:n], want, rtol=1e-12)
+        np.testing.assert_array_equal(one.trace[n:], one.trace[n - 1])
+        for got, ref in zip(jax.tree_util.tree_leaves(_lane(batched, b)),
+                            jax.tree_util.tree_leaves(one)):
+            np.testing.assert_array_equal(got, ref)
