@@ -15,8 +15,8 @@ Per method: compile time (vj.gibbs: first call minus a second, steady call with 
 key; NUTS: NumPyro's kernel stepped in one ``lax.scan`` compiled ahead of time), run
 time, sweeps (Gibbs) or NUTS iterations per second (warmup included), the minimum
 effective sample size over every coordinate of the continuous latents (ArviZ's bulk ESS,
-the same estimator for both), and effective samples per second of run time. Posterior means of the two methods are
-compared (in posterior sds) as a check that both sample the same posterior.
+the same estimator for both), and effective samples per second of run time. Posterior
+means of the two methods are compared (in posterior sds): both sample the same posterior.
 
 Run: ``python -c "import sys; from benchmarks import run; run.SUITES['gibbs'] =
 'benchmarks.bench_gibbs'; sys.exit(run.main(['gibbs', '--dtype', 'float64']))"``;
