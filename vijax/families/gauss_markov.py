@@ -1,17 +1,22 @@
 """A Gauss-Markov chain: a Gaussian over ``T`` steps of dimension ``D`` whose precision is
 block-tridiagonal (the linear-Gaussian state-space model's smoothing posterior).
 
-Everything runs in ``O(T D^3)`` time by one block-tridiagonal Cholesky factorization
-``Lambda = L L^T`` (``L`` lower block-bidiagonal: diagonal blocks ``L_t``, blocks
-``C_t^T`` below them) written as ``lax.scan`` s:
+Everything runs in ``O(T D^3)`` time in two ``lax.scan`` s, a Kalman filter and a
+Rauch-Tung-Striebel smoother in information form. The forward scan is the block Cholesky
+factorization ``Lambda = L L^T`` (``L`` lower block-bidiagonal: diagonal blocks ``L_t``,
+blocks ``C_t^T`` below them) fused with the forward solve ``w = L^{-1} h``:
 
-    L_0 L_0^T = J_00,   C_t = L_t^{-1} J_{t,t+1},   L_{t+1} L_{t+1}^T = J_{t+1,t+1} - C_t^T C_t.
+    L_0 L_0^T = J_00,   C_t = L_t^{-1} J_{t,t+1},   L_{t+1} L_{t+1}^T = J_{t+1,t+1} - C_t^T C_t,
 
-The mean solves ``L L^T m = h`` (a forward and a backward sweep) and the covariance blocks
-on and next to the diagonal come from the backward recursion of selected inversion (the
-Rauch-Tung-Striebel smoother in information form):
+and gives ``A = |w|^2 / 2 - sum_t log|L_t|``. The backward scan gives the mean and the
+covariance blocks on and next to the diagonal (selected inversion), with the gains
+``B_t = L_t^{-T} C_t``:
 
-    S_{t,t+1} = -L_t^{-T} C_t S_{t+1,t+1},   S_tt = L_t^{-T} L_t^{-1} - S_{t,t+1} C_t^T L_t^{-1}.
+    m_t = L_t^{-T} w_t - B_t m_{t+1},   S_tt = L_t^{-T} L_t^{-1} + B_t S_{t+1,t+1} B_t^T,
+    S_{t,t+1} = -B_t S_{t+1,t+1}.
+
+Scalar states (``D = 1``) run the same recursions on the pivots ``P_t = L_t^2`` with
+scalar operations only (no square roots, no matrix calls).
 """
 
 from __future__ import annotations
@@ -112,15 +117,24 @@ def _tm(a, nd):
 
 
 def _mv(a, v):
+    """``a v`` (small ``D``: a broadcast product XLA fuses inside a scan, not a dot call)."""
+    if a.shape[-1] <= _SMALL:
+        return jnp.sum(a * v[..., None, :], -1)
     return jnp.einsum("...ij,...j->...i", a, v)
 
 
 def _mtv(a, v):
-    return jnp.einsum("...ji,...j->...i", a, v)
+    return _mv(jnp.swapaxes(a, -1, -2), v)
 
 
-#: state dimensions up to this use unrolled elementwise Cholesky and triangular solves
-#: (fused by XLA inside the scans; a LAPACK call per step costs microseconds)
+def _mm(a, b):
+    if a.shape[-1] <= _SMALL:
+        return jnp.sum(a[..., :, :, None] * b[..., None, :, :], -2)
+    return a @ b
+
+
+#: state dimensions up to this use unrolled elementwise Cholesky, triangular solves and
+#: products (fused by XLA inside the scans; a LAPACK or dot call per step costs microseconds)
 _SMALL = 4
 
 
@@ -154,10 +168,6 @@ def _trsolve(chol, b, trans=False):
     return jnp.stack(x, -2)
 
 
-def _trsolve_vec(chol, v, trans=False):
-    return _trsolve(chol, v[..., None], trans)[..., 0]
-
-
 def _tri_inv(chol):
     eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
     return _trsolve(chol, eye)
@@ -168,60 +178,161 @@ def precision_blocks(natural: Mapping[str, Array]) -> tuple[Array, Array]:
     return -2.0 * _sym(natural["xxT"]), -natural["pair"]
 
 
+def _scalar_pivots(jd, jo):
+    """``D = 1``, time-major ``[T, ...]``: the pivots ``P_t = J_tt - J_{t-1,t}^2 / P_{t-1}``
+    (``L_t^2``), one scan."""
+    def pivot(p, xs):
+        jo_t, jd_n = xs
+        p = jd_n - jo_t * jo_t / p
+        return p, p
+
+    _, ps = jax.lax.scan(pivot, jd[0], (jo, jd[1:]))
+    return jnp.concatenate([jd[:1], ps], 0)
+
+
+def _scalar_forward(jd, jo, h):
+    """``D = 1`` filter, time-major ``[T, ...]``, one scan of scalar operations over all
+    ``T`` steps (``J_{-1,0} = J_{T-1,T} = 0``):
+
+        P_t = J_tt - B_{t-1} J_{t-1,t},   k_t = h_t - B_{t-1} k_{t-1},   B_t = J_{t,t+1} / P_t.
+
+    Returns ``r_t = 1 / P_t`` (``L_t^{-2}``), ``mk_t = k_t / P_t`` (``L_t^{-T} w_t``) and
+    ``J_{t,t+1}`` padded to ``T`` steps."""
+    jo_next = jnp.concatenate([jo, jnp.zeros_like(jd[:1])], 0)
+
+    def step(c, xs):
+        b_prev, jo_prev, k_prev = c
+        jd_t, h_t, jo_t = xs
+        r = 1.0 / (jd_t - b_prev * jo_prev)
+        k = h_t - b_prev * k_prev
+        return (jo_t * r, jo_t, k), (r, k * r)
+
+    zero = jnp.zeros_like(jd[0])
+    _, (r, mk) = jax.lax.scan(step, (zero, zero, zero), (jd, h, jo_next))
+    return r, mk, jo_next
+
+
+def _scalar_smoothed(jd, jo, h, covariances=True):
+    """``D = 1`` filter + smoother (two scans), time-major ``[T, ...]``: ``m``, ``S_tt``,
+    ``S_{t,t+1}`` and ``A = sum_t (mk_t^2 P_t - log P_t) / 2`` (``mk_t^2 P_t = w_t^2``);
+    backward ``m_t = mk_t - B_t m_{t+1}``, ``S_tt = r_t + B_t^2 S_{t+1}``."""
+    r, mk, jo_next = _scalar_forward(jd, jo, h)
+    a = 0.5 * jnp.sum(mk * mk / r + jnp.log(r), 0)
+    zero = jnp.zeros_like(jd[0])
+    if not covariances:
+        def mean_step(m_next, xs):
+            r_t, mk_t, jo_t = xs
+            m = mk_t - jo_t * r_t * m_next
+            return m, m
+
+        _, m = jax.lax.scan(mean_step, zero, (r, mk, jo_next), reverse=True)
+        return m, None, None, a
+
+    def step(c, xs):
+        m_next, s_next = c
+        r_t, mk_t, jo_t = xs
+        b = jo_t * r_t
+        c = (mk_t - b * m_next, r_t + b * b * s_next)
+        return c, c
+
+    _, (m, s) = jax.lax.scan(step, (zero, zero), (r, mk, jo_next), reverse=True)
+    return m, s, -jo * r[:-1] * s[1:], a
+
+
+def _block_filter(jd, jo, h=None):
+    """Block Cholesky of the time-major precision fused with the forward solve: ``L_t``
+    ``[T, ..., D, D]``, ``C_t = L_t^{-1} J_{t,t+1}`` ``[T-1, ..., D, D]`` and (with ``h``)
+    ``w = L^{-1} h`` ``[T, ..., D]``, in one scan (NaN blocks where ``Lambda`` is not
+    positive definite)."""
+    l0 = _cholesky(jd[0])
+    w0 = None if h is None else _trsolve(l0, h[0][..., None])[..., 0]
+
+    def step(c, xs):
+        l_prev, w_prev = c
+        jo_t, jd_n, h_n = xs
+        cc = _trsolve(l_prev, jo_t)
+        l_next = _cholesky(_sym(jd_n - _mm(jnp.swapaxes(cc, -1, -2), cc)))
+        w = None if h_n is None else _trsolve(l_next, (h_n - _mtv(cc, w_prev))[..., None])[
+            ..., 0]
+        return (l_next, w), (l_next, cc, w)
+
+    _, (ls, cs, ws) = jax.lax.scan(step, (l0, w0), (jo, jd[1:], None if h is None else h[1:]))
+    chol = jnp.concatenate([l0[None], ls], 0)
+    return chol, cs, None if h is None else jnp.concatenate([w0[None], ws], 0)
+
+
 def factorize(j_diag: Array, j_off: Array) -> tuple[Array, Array]:
     """Block Cholesky of the block-tridiagonal precision, time-major: ``L_t``
-    ``[T, ..., D, D]`` and ``C_t = L_t^{-1} J_{t,t+1}`` ``[T-1, ..., D, D]``
-    (NaN blocks where the precision is not positive definite)."""
-    jd, jo = _tm(j_diag, 2), _tm(j_off, 2)
-    l0 = _cholesky(jd[0])
-
-    def step(l_prev, xs):
-        jo_t, jd_next = xs
-        c = _trsolve(l_prev, jo_t)
-        l_next = _cholesky(_sym(jd_next - jnp.swapaxes(c, -1, -2) @ c))
-        return l_next, (l_next, c)
-
-    _, (rest, cs) = jax.lax.scan(step, l0, (jo, jd[1:]))
-    return jnp.concatenate([l0[None], rest], 0), cs
+    ``[T, ..., D, D]`` and ``C_t = L_t^{-1} J_{t,t+1}`` ``[T-1, ..., D, D]``."""
+    return _factor(_tm(j_diag, 2), _tm(j_off, 2))[:2]
 
 
-def _solve(chol: Array, cs: Array, h: Array):
-    """``w = L^{-1} h`` and ``m = L^{-T} w`` (time-major ``[T, ..., D]``)."""
-    w0 = _trsolve_vec(chol[0], h[0])
-
-    def fwd(w_prev, xs):
-        l_t, c_t, h_t = xs
-        w = _trsolve_vec(l_t, h_t - _mtv(c_t, w_prev))
-        return w, w
-
-    _, rest = jax.lax.scan(fwd, w0, (chol[1:], cs, h[1:]))
-    w = jnp.concatenate([w0[None], rest], 0)
-    m_last = _trsolve_vec(chol[-1], w[-1], trans=True)
-
-    def bwd(m_next, xs):
-        l_t, c_t, w_t = xs
-        m = _trsolve_vec(l_t, w_t - _mv(c_t, m_next), trans=True)
-        return m, m
-
-    _, ms = jax.lax.scan(bwd, m_last, (chol[:-1], cs, w[:-1]), reverse=True)
-    return w, jnp.concatenate([ms, m_last[None]], 0)
+def _factor(jd, jo, h=None):
+    """``(L_t, C_t, w_t)`` time-major (``D = 1``: from the scalar filter's pivots)."""
+    if jd.shape[-1] > 1:
+        return _block_filter(jd, jo, h)
+    if h is None:
+        lt, w = jnp.sqrt(_scalar_pivots(jd[..., 0, 0], jo[..., 0, 0])), None
+    else:
+        r, mk, _ = _scalar_forward(jd[..., 0, 0], jo[..., 0, 0], h[..., 0])
+        lt = jax.lax.rsqrt(r)
+        w = (mk * lt)[..., None]
+    return lt[..., None, None], (jo[..., 0, 0] / lt[:-1])[..., None, None], w
 
 
-def _covariances(chol: Array, cs: Array) -> tuple[Array, Array]:
-    """Diagonal blocks ``S_tt`` ``[T, ..., D, D]`` and ``S_{t,t+1}`` ``[T-1, ..., D, D]``
-    of ``Lambda^{-1}`` (selected inversion, backward)."""
-    linv = _tri_inv(chol)
-    s_last = jnp.swapaxes(linv[-1], -1, -2) @ linv[-1]
+def _backward(mk, b, ip=None):
+    """The RTS smoother's backward scan: ``m_t = mk_t - B_t m_{t+1}`` and (with ``ip``)
+    ``S_tt = ip_t + B_t S_{t+1,t+1} B_t^T``; ``mk`` ``[T, ..., D]`` (or ``[T, ...]`` for
+    scalar states, ``B`` then ``[T-1, ...]``). Returns ``m`` and ``S`` (or None)."""
+    scalar = mk.ndim == b.ndim
+    bm = (lambda b_, m_: b_ * m_) if scalar else _mv  # noqa: E731
 
-    def bwd(s_next, xs):
-        li, c = xs
-        lit = jnp.swapaxes(li, -1, -2)
-        cross = -lit @ c @ s_next
-        s = _sym(lit @ li - cross @ jnp.swapaxes(c, -1, -2) @ li)
-        return s, (s, cross)
+    def quad(b_, s_):
+        return b_ * b_ * s_ if scalar else _sym(_mm(_mm(b_, s_), jnp.swapaxes(b_, -1, -2)))
 
-    _, (ss, crosses) = jax.lax.scan(bwd, s_last, (linv[:-1], cs), reverse=True)
-    return jnp.concatenate([ss, s_last[None]], 0), crosses
+    if ip is None:
+        def mean_step(m_next, xs):
+            mk_t, b_t = xs
+            m = mk_t - bm(b_t, m_next)
+            return m, m
+
+        _, ms = jax.lax.scan(mean_step, mk[-1], (mk[:-1], b), reverse=True)
+        return jnp.concatenate([ms, mk[-1:]], 0), None
+
+    def step(c, xs):
+        m_next, s_next = c
+        mk_t, b_t, ip_t = xs
+        c = (mk_t - bm(b_t, m_next), ip_t + quad(b_t, s_next))
+        return c, c
+
+    _, (ms, ss) = jax.lax.scan(step, (mk[-1], ip[-1]), (mk[:-1], b, ip[:-1]), reverse=True)
+    return jnp.concatenate([ms, mk[-1:]], 0), jnp.concatenate([ss, ip[-1:]], 0)
+
+
+def _gains(chol, cs):
+    """``L_t^{-T}`` and ``B_t = L_t^{-T} C_t`` (the smoother's gains), time-major."""
+    lit = jnp.swapaxes(_tri_inv(chol), -1, -2)
+    return lit, _mm(lit[:-1], cs)
+
+
+def _smoothed(natural, covariances=True):
+    """Filter and smoother, time-major: ``m`` ``[T, ..., D]``, ``S_tt`` ``[T, ..., D, D]``,
+    ``S_{t,t+1} = -B_t S_{t+1,t+1}`` ``[T-1, ..., D, D]`` (None without ``covariances``)
+    and ``A = |w|^2 / 2 - log|L|``, from two scans; scalar states (``D = 1``) with scalar
+    recursions (``ip_t = 1 / P_t``, ``B_t = J_{t,t+1} / P_t``, ``mk_t = k_t / P_t``)."""
+    jd, jo = precision_blocks(natural)
+    jd, jo, h = _tm(jd, 2), _tm(jo, 2), _tm(natural["x"], 1)
+    if jd.shape[-1] == 1:
+        m, s, cross, a = _scalar_smoothed(jd[..., 0, 0], jo[..., 0, 0], h[..., 0], covariances)
+        if s is None:
+            return m[..., None], None, None, a
+        return m[..., None], s[..., None, None], cross[..., None, None], a
+    chol, cs, w = _block_filter(jd, jo, h)
+    a = 0.5 * jnp.sum(w * w, (0, -1)) - _logdet_half(chol)
+    lit, b = _gains(chol, cs)
+    ip = _mm(lit, jnp.swapaxes(lit, -1, -2)) if covariances else None
+    m, s = _backward(_mv(lit, w), b, ip)
+    return m, s, None if s is None else -_mm(b, s[1:]), a
 
 
 def _logdet_half(chol: Array) -> Array:
@@ -229,27 +340,52 @@ def _logdet_half(chol: Array) -> Array:
     return jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), (0, -1))
 
 
-def _moments(chol, cs, m):
-    """Mean parameters (time axis back in place) from the factor and the mean."""
-    s, cross = _covariances(chol, cs)
+def _moments(m, s, cross):
+    """Mean parameters (time axis back in place) from the smoothed moments."""
     xxT = s + m[..., :, None] * m[..., None, :]
     pair = cross + m[:-1, ..., :, None] * m[1:, ..., None, :]
     back = lambda a, nd: jnp.moveaxis(a, 0, a.ndim - nd - 1)  # noqa: E731
     return {"x": back(m, 1), "xxT": back(xxT, 2), "pair": back(pair, 2)}
 
 
+def _factor_moments(chol, cs, m):
+    """Mean parameters from a given factor and mean (covariances by the smoother)."""
+    lit, b = _gains(chol, cs)
+    mk = m.at[:-1].add(_mv(b, m[1:]))  # m_t = mk_t - B_t m_{t+1}
+    _, s = _backward(mk, b, _mm(lit, jnp.swapaxes(lit, -1, -2)))
+    return _moments(m, s, -_mm(b, s[1:]))
+
+
 def _draw(chol, cs, eps):
-    """``L^{-T} eps`` (time-major ``eps`` ``[T, *sample, ..., D]``)."""
-    linv = _tri_inv(chol)
-    u_last = _mtv(linv[-1], eps[-1])
+    """``L^{-T} eps`` (time-major ``eps`` ``[T, *sample, ..., D]``): the smoother's mean
+    recursion with ``mk_t = L_t^{-T} eps_t``."""
+    lit, b = _gains(chol, cs)
+    ns = eps.ndim - chol.ndim + 1
+    grow = lambda a: a.reshape(a.shape[:1] + (1,) * ns + a.shape[1:])  # noqa: E731
+    return _backward(_mv(grow(lit), eps), grow(b))[0]
 
-    def bwd(u_next, xs):
-        li, c, e = xs
-        u = _mtv(li, e - _mv(c, u_next))
-        return u, u
 
-    _, us = jax.lax.scan(bwd, u_last, (linv[:-1], cs, eps[:-1]), reverse=True)
-    return jnp.concatenate([us, u_last[None]], 0)
+def _dominant(jd, jo):
+    """Every row of ``Lambda`` strictly diagonally dominant with a positive diagonal (then
+    ``Lambda`` is positive definite, by Gershgorin), per batch; no scan."""
+    diag = jnp.diagonal(jd, axis1=-2, axis2=-1)
+    ao = jnp.abs(jo)
+    pad = [(0, 0)] * (jo.ndim - 3)
+    radius = (jnp.sum(jnp.abs(jd), -1) - jnp.abs(diag)
+              + jnp.pad(jnp.sum(ao, -1), pad + [(0, 1), (0, 0)])
+              + jnp.pad(jnp.sum(ao, -2), pad + [(1, 0), (0, 0)]))
+    return jnp.all(jnp.isfinite(radius) & (diag > radius), (-2, -1))
+
+
+def _positive_definite(jd, jo):
+    """``Lambda`` positive definite (every pivot positive and finite), per batch."""
+    jd, jo = _tm(jd, 2), _tm(jo, 2)
+    if jd.shape[-1] == 1:
+        p = _scalar_pivots(jd[..., 0, 0], jo[..., 0, 0])
+        return jnp.all(jnp.isfinite(p) & (p > 0), 0)
+    chol, _, _ = _block_filter(jd, jo)
+    d = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    return jnp.all(jnp.isfinite(chol) & (d[..., None] > 0), (0, -2, -1))
 
 
 def _chol_from_raw(raw: Array) -> Array:
@@ -334,15 +470,23 @@ class GaussMarkov(ExponentialFamily):
     # ------------------------------------------------------------ log-normalizer
     @classmethod
     def _parts(cls, natural):
+        """Time-major factor ``L_t``, ``C_t``, mean and ``A`` (filter + mean smoother)."""
         jd, jo = precision_blocks(natural)
-        chol, cs = factorize(jd, jo)
-        w, m = _solve(chol, cs, _tm(natural["x"], 1))
+        chol, cs, w = _factor(_tm(jd, 2), _tm(jo, 2), _tm(natural["x"], 1))
         a = 0.5 * jnp.sum(w * w, (0, -1)) - _logdet_half(chol)
-        return chol, cs, m, a
+        lit, b = _gains(chol, cs)
+        return chol, cs, _backward(_mv(lit, w), b)[0], a
 
     @classmethod
     def log_normalizer(cls, natural: Mapping[str, Array]) -> Array:
-        return cls._parts(natural)[3]
+        """From the forward (filter) scan alone."""
+        jd, jo = precision_blocks(natural)
+        jd, jo, h = _tm(jd, 2), _tm(jo, 2), _tm(natural["x"], 1)
+        if jd.shape[-1] == 1:
+            r, mk, _ = _scalar_forward(jd[..., 0, 0], jo[..., 0, 0], h[..., 0])
+            return 0.5 * jnp.sum(mk * mk / r + jnp.log(r), 0)
+        chol, _, w = _block_filter(jd, jo, h)
+        return 0.5 * jnp.sum(w * w, (0, -1)) - _logdet_half(chol)
 
     @classmethod
     def mean_params(cls, natural: Mapping[str, Array]) -> Natural:
@@ -350,8 +494,9 @@ class GaussMarkov(ExponentialFamily):
 
     @classmethod
     def mean_and_log_normalizer(cls, natural):
-        chol, cs, m, a = cls._parts(natural)
-        return _moments(chol, cs, m), a
+        """Kalman filter (``A`` from its pass) + RTS smoother: two scans."""
+        m, s, cross, a = _smoothed(natural)
+        return _moments(m, s, cross), a
 
     @classmethod
     def natural_from_mean(cls, mean: Mapping[str, Array]) -> Natural:
@@ -378,11 +523,12 @@ class GaussMarkov(ExponentialFamily):
 
     @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
+        """``Lambda`` positive definite and ``h`` finite. A strictly diagonally dominant
+        ``Lambda`` (checked without a scan) is; otherwise the pivots decide (one scan)."""
         jd, jo = precision_blocks(natural)
-        chol, _ = factorize(jd, jo)
-        d = jnp.diagonal(chol, axis1=-2, axis2=-1)
-        return (jnp.all(jnp.isfinite(chol) & (d[..., None] > 0), (0, -2, -1))
-                & jnp.all(jnp.isfinite(natural["x"]), (-2, -1)))
+        dom = _dominant(jd, jo)
+        pd = jax.lax.cond(jnp.all(dom), lambda a, b: dom, _positive_definite, jd, jo)
+        return pd & jnp.all(jnp.isfinite(natural["x"]), (-2, -1))
 
     @classmethod
     def is_valid_mean(cls, mean: Mapping[str, Array]) -> Array:
@@ -468,9 +614,13 @@ class GaussMarkov(ExponentialFamily):
 
     def entropy(self) -> Array:
         jd, jo = precision_blocks(self.natural)
-        chol, _ = factorize(jd, jo)
+        jd, jo = _tm(jd, 2), _tm(jo, 2)
+        if jd.shape[-1] == 1:
+            logdet_half = 0.5 * jnp.sum(jnp.log(_scalar_pivots(jd[..., 0, 0], jo[..., 0, 0])), 0)
+        else:
+            logdet_half = _logdet_half(_block_filter(jd, jo)[0])
         n = self.num_steps * self.state_dim
-        return 0.5 * n * (1.0 + _LOG_2PI) - _logdet_half(chol)
+        return 0.5 * n * (1.0 + _LOG_2PI) - logdet_half
 
     def log_prob(self, x: Array) -> Array:
         x = self._flat(jnp.asarray(x))
@@ -485,7 +635,7 @@ class GaussMarkov(ExponentialFamily):
     @classmethod
     def mode(cls, natural: Mapping[str, Array]) -> tuple[Array, Array]:
         """The mean (the mode of a Gaussian), valid where ``Lambda`` is positive definite."""
-        _, _, m, _ = cls._parts(natural)
+        m = _smoothed(natural, covariances=False)[0]
         x = jnp.moveaxis(m, 0, m.ndim - 2)
         valid = cls.is_valid_natural(natural)
         return x, jnp.broadcast_to(valid[..., None, None], x.shape)
@@ -530,7 +680,7 @@ class GaussMarkov(ExponentialFamily):
         chol = _tm(_chol_from_raw(u["chol"]), 2)
         cs = _tm(jnp.swapaxes(u["off"], -1, -2), 2)
         m = _tm(u["loc"], 1)
-        mean = _moments(chol, cs, m)
+        mean = _factor_moments(chol, cs, m)
         n = u["loc"].size
         entropy = 0.5 * n * (1.0 + _LOG_2PI) - jnp.sum(
             jnp.diagonal(u["chol"], axis1=-2, axis2=-1))
