@@ -99,9 +99,10 @@ class RandomFactor:
         elif fam == "MarkovChain":  # random potentials; moments and draws from the family
             from vijax.families import MarkovChain
             K, S = sup.num_categories, tuple(shp)
+            # the pair potential in the compiler's layout (no time axis when homogeneous)
             self.q = MarkovChain({"unary": jnp.asarray(rng.normal(0.0, 1.0, S + (K,))),
-                                  "pair": jnp.asarray(rng.normal(0.0, 1.0, S[:-1] + (
-                                      S[-1] - 1, K, K)))})
+                                  "pair": jnp.asarray(rng.normal(0.0, 1.0, info.stat_shape(
+                                      "pair")))})
         elif fam == "GaussMarkov":  # a random chain precision; moments and draws from it
             from vijax.families import GaussMarkov
             lay = info.layout

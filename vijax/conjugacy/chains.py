@@ -261,6 +261,131 @@ def final_atom(sizes, inf, entry):
     return T.Atom(inf.name, cls.chain_pair_stat, union, np.array(idx))
 
 
+# ------------------------------------------------------------------ homogeneous chains
+
+def _other_keys(sizes, term, atom):
+    """Per position of ``atom``'s label grid, an integer key of every other operand of
+    ``term`` there (its coordinates, or the flat entry an indexed atom reads), or None
+    when an index is not a constant."""
+    union = atom.labels
+    grid = [sizes[l] for l in union]
+    coords = np.indices(grid)
+
+    def coord_key(labels):
+        common = [l for l in labels if l in union]
+        if not common:
+            return np.zeros(grid, np.int64)
+        return np.ravel_multi_index([coords[union.index(l)] for l in common],
+                                    [sizes[l] for l in common])
+
+    keys = [coord_key(ls) for _, ls in term.consts]
+    for x in term.atoms:
+        if x is atom:
+            continue
+        if x.idx is None or not set(x.labels) <= set(union):
+            keys.append(coord_key(x.labels))
+        elif not T.is_concrete(x.idx):
+            return None
+        else:
+            idx = np.asarray(x.idx)
+            order = [x.labels.index(l) for l in union if l in x.labels]
+            idx = np.transpose(idx, order) if idx.ndim else idx
+            keys.append(np.broadcast_to(
+                idx.reshape([sizes[l] if l in x.labels else 1 for l in union]), grid))
+    return keys
+
+
+def _first_step(sizes, term, atom, steps, K):
+    """``{label: coordinate}`` reading the term at its first step, when its coefficient
+    of the pair statistic ``pair[b, t, k, l]`` (``atom``'s entries) is the same at every
+    step ``t``; else None.
+
+    Over ``atom``'s label grid the step ``t`` must be a one-to-one function of some labels
+    (the time labels), and the term at each step must carry the same multiset of ``(b, k,
+    l, keys of every other operand)`` over the other labels (keys: coordinates, or the
+    entry an indexed atom reads): decided from labels and index maps, never from values.
+    The term is then its first step times the pair statistic summed over steps."""
+    if atom.idx is None or not T.is_concrete(atom.idx) or np.ndim(atom.idx) == 0:
+        return None
+    flat = np.asarray(atom.idx)
+    t0 = flat // (K * K) % (steps - 1)
+    tl = [i for i in range(t0.ndim) if t0.shape[i] > 1 and np.any(np.diff(t0, axis=i))]
+    keys = _other_keys(sizes, term, atom)
+    if keys is None or not tl or any(atom.labels[i] in term.out for i in tl):
+        return None
+    rest = [i for i in range(t0.ndim) if i not in tl]
+    n_t = int(np.prod([t0.shape[i] for i in tl]))
+
+    def by_step(a):  # [time-label positions, other positions]
+        a = np.broadcast_to(a, t0.shape)
+        return np.transpose(a, tl + rest).reshape(n_t, -1)
+
+    step = by_step(t0)
+    if n_t != steps - 1 or np.any(step != step[:, :1]):
+        return None
+    order = np.argsort(step[:, 0], kind="stable")
+    if not np.array_equal(step[order, 0], np.arange(steps - 1)):
+        return None  # not every step exactly once
+    cols = [by_step(c)[order] for c in [flat // (K * K) // (steps - 1), flat % (K * K)] + keys]
+    radix = [int(c.max()) + 1 if c.size else 1 for c in cols]
+    if float(np.prod(radix, dtype=np.float64)) < 2.0 ** 62:  # one integer per position
+        code = np.zeros(cols[0].shape, np.int64)
+        for c, r in zip(cols, radix):
+            code = code * r + c
+        same = np.all(code == code[:1]) or np.all(np.sort(code, 1) == np.sort(code[:1], 1))
+    else:
+        rows = np.stack(cols, -1)
+        same = all(np.array_equal(np.unique(rows[i], axis=0), np.unique(rows[0], axis=0))
+                   for i in range(1, len(rows)))
+    if not same:
+        return None
+    first = np.unravel_index(int(order[0]), [t0.shape[i] for i in tl])
+    return {atom.labels[i]: int(c) for i, c in zip(tl, first)}
+
+
+def sum_over_steps(sizes, infos, terms):
+    """Give each Markov-chain latent whose terms are the same at every step (an HMM
+    with one transition matrix: see :func:`_first_step`) the pair statistic summed over
+    time, ``sum_t one_hot(z_t) one_hot(z_{t+1})^T`` ``[..., K, K]`` (its factor's pair
+    potential then has no time axis, and forward-backward forms no ``[T, K, K]``
+    array): its terms are read at their first step, their pair atom on the summed
+    statistic. Sets ``time_homogeneous`` on those latents; returns the terms."""
+    for name, inf in infos.items():
+        cls = inf.family_class
+        if (inf.structure != CHAIN or inf.chain_axes or cls is None
+                or getattr(cls, "chain_pair_stat", None) is None):
+            continue
+        stat, K, steps = cls.chain_pair_stat, inf.support.num_categories, inf.support.shape[-1]
+        found, ok = {}, steps >= 3
+        for i, t in enumerate(terms):
+            pair = [a for a in t.atoms if a.latent == name and a.stat == stat]
+            if not ok or not pair:
+                continue
+            fix = _first_step(sizes, t, pair[0], steps, K) if len(pair) == 1 else None
+            ok = fix is not None
+            found[i] = fix
+        if not ok or not found:
+            continue
+        terms = list(terms)
+        for i, fix in found.items():
+            t = terms[i]
+            for label, j in fix.items():
+                t = T._fix_label(t, label, j, sizes)
+            atoms = []
+            for a in t.atoms:
+                if a.latent == name and a.stat == stat:
+                    flat = np.asarray(a.idx)
+                    b = flat // (K * K) // (steps - 1)
+                    a = a.__class__(a.latent, a.stat, a.labels, b * K * K + flat % (K * K),
+                                    a.power)
+                atoms.append(a)
+            terms[i] = T.compress(t.with_(atoms=tuple(atoms)), sizes)
+        inf.time_homogeneous = True
+        inf.structure_note = (inf.structure_note or "") + (
+            "; the same transition potential at every step (pair statistic summed over t)")
+    return terms
+
+
 # ------------------------------------------------------------------ Gaussian chains
 
 def _gaps(shape, pairs):

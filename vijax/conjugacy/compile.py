@@ -110,7 +110,8 @@ jax.tree_util.register_pytree_node(Compiled, _flatten, _unflatten)
 
 def point_statistics(inf: LatentInfo, z):
     """Family statistics of one latent's value ``z`` (in the family's layout)."""
-    return inf.family_class.point_stats(inf.to_family(z), inf.support)
+    kw = {"summed": True} if getattr(inf, "time_homogeneous", False) else {}
+    return inf.family_class.point_stats(inf.to_family(z), inf.support, **kw)
 
 
 def _latent_value(space, name, sup):

@@ -63,6 +63,9 @@ class LatentInfo:
     structure: str = chains.FACTORIZED  # "factorized", "dense" or "chain"
     structure_note: str | None = None  # why that structure
     chain_axes: tuple = ()  # a Gauss-Markov chain: (time axis, *state axes)
+    #: a Markov chain whose terms are the same at every step: its pair statistic is
+    #: summed over time (:func:`vijax.conjugacy.chains.sum_over_steps`)
+    time_homogeneous: bool = False
 
     @property
     def family_class(self):
@@ -103,7 +106,8 @@ class LatentInfo:
             return tuple(self.family_class.chain_stat_shape(self.layout, stat))
         custom = getattr(self.family_class, "latent_stat_shape", None)  # a chain
         if custom is not None:
-            return tuple(custom(self.support, stat))
+            kw = {"homogeneous": True} if self.time_homogeneous else {}
+            return tuple(custom(self.support, stat, **kw))
         nd = self.family_class.stat_event_ndims[stat]
         if self.dense:
             return tuple(self.batch_shape) + (self.event_size,) * nd
@@ -320,6 +324,7 @@ def match(space, supports, value, reasons, all_latents):
             final.append(T.compress(T.Term(consts, atoms, t.out, t.src), space.sizes))
     merged = [_fold_consts(space, T.compress(T._merge_diagonals(t), space.sizes), final=True)
               for t in merge_terms(space, final)]
+    merged = chains.sum_over_steps(space.sizes, info, merged)  # homogeneous Markov chains
     shapes = {n: {s: i.stat_shape(s) for s in i.stats} for n, i in info.items() if i.family}
     merged = [t.with_(atoms=tuple(T.as_identity(a, shapes[a.latent][a.stat], space)
                                   for a in t.atoms)) for t in merged]

@@ -150,6 +150,9 @@ def user_init(compiled, init, base):
                                      "probabilities for a discrete latent)")
             nat = q.natural
         ref = base[n]
+        conform = getattr(cls, "conform_natural", None)  # e.g. a chain's pair layout
+        if conform is not None:
+            nat = conform(nat, {s: jnp.shape(r) for s, r in ref.items()}, n)
         for s in ref:
             if jnp.shape(nat[s]) != jnp.shape(ref[s]):
                 raise ModelSpecError(f"init for '{n}': parameter '{s}' has shape "
