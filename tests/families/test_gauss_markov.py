@@ -15,7 +15,9 @@ from vijax.families import GaussMarkov, registry
 from vijax.families.gauss_markov import ChainLayout
 from vijax.families.mvn import check_dense_size
 
-CASES = [(1, 1, ()), (4, 3, (2,)), (3, 5, ())]  # D = 5: the LAPACK path
+#: D = 1: the scalar recursions (T = 6: two steps per loop iteration); D = 3: the unrolled
+#: elementwise blocks; D = 5: the LAPACK path
+CASES = [(1, 1, ()), (6, 1, (2,)), (4, 3, (2,)), (3, 5, ())]
 N_DRAWS = 20000
 
 
@@ -134,9 +136,9 @@ def test_invalid_precision_is_reported_not_nan():
         GaussMarkov.from_natural(nat)
 
 
-def test_float32_matches_the_dense_float64_answer():
+@pytest.mark.parametrize("T,D", [(50, 2), (200, 1)])  # D = 1, T = 200: 4 steps per iteration
+def test_float32_matches_the_dense_float64_answer(T, D):
     r = np.random.default_rng(5)
-    T, D = 50, 2
     m, jd, jo = _blocks(r, T, D, ())
     lam = _dense(jd, jo)
     cov = np.linalg.inv(lam)
@@ -154,6 +156,33 @@ def test_float32_matches_the_dense_float64_answer():
     np.testing.assert_allclose(mu["x"], m, atol=10 * cond * eps * np.abs(m).max())
     np.testing.assert_allclose(np.diagonal(mu["xxT"], 0, -2, -1), var + m ** 2,
                                atol=10 * cond * eps * np.max(var + m ** 2))
+
+
+def _tridiagonal(jd, jo):
+    return {"x": jnp.zeros(jd.shape[:-1]), "xxT": -0.5 * jnp.asarray(jd),
+            "pair": -jnp.asarray(jo)}
+
+
+def test_validity_without_and_with_the_pivot_scan():
+    """Diagonally dominant (no scan), positive definite but not dominant (pivots), and
+    indefinite precisions in one batch, D = 1 and D = 2, against numpy's eigenvalues."""
+    for D in (1, 2):
+        r = np.random.default_rng(D)
+        eye = np.eye(D)
+        jd = np.stack([3.0 * eye, eye, eye])[:, None].repeat(5, 1)  # [3 chains, T = 5]
+        jo = np.stack([0.5 * eye, 0.52 * eye, 2.0 * eye])[:, None].repeat(4, 1)
+        jo = jo + 0.01 * r.normal(size=jo.shape)
+        want = np.linalg.eigvalsh(_dense(jd, jo)).min(-1) > 0
+        assert want.tolist() == [True, True, False]
+        valid = jax.jit(GaussMarkov.is_valid_natural)
+        np.testing.assert_array_equal(valid(_tridiagonal(jd, jo)), want)
+        one = {k: v[1] for k, v in _tridiagonal(jd, jo).items()}  # PD, not dominant alone
+        assert bool(valid(one))
+        for bad in (np.inf, np.nan):  # a non-finite h or J_tt is invalid on either path
+            for dom in (0, 1):
+                nat = {k: v[dom] for k, v in _tridiagonal(jd, jo).items()}
+                assert not bool(valid({**nat, "x": nat["x"].at[2, 0].set(bad)}))
+                assert not bool(valid({**nat, "xxT": nat["xxT"].at[2, 0, 0].set(-bad)}))
 
 
 def test_layout_with_state_axes_before_time():

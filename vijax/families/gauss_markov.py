@@ -138,6 +138,13 @@ def _mm(a, b):
 _SMALL = 4
 
 
+def _unroll(n):
+    """Scalar scans over ``n`` steps: 4 steps per loop iteration where ``n`` is a multiple
+    of 4 (2 where even): 10-25% faster at ``T >= 1e4`` on CPU; a remainder loop costs
+    more than it saves, and 8 compiled far slower loops (XLA CPU, jax 0.10)."""
+    return 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1
+
+
 def _cholesky(a):
     """Lower Cholesky factor (NaN where ``a`` is not positive definite)."""
     D = a.shape[-1]
@@ -201,14 +208,15 @@ def _scalar_forward(jd, jo, h):
     jo_next = jnp.concatenate([jo, jnp.zeros_like(jd[:1])], 0)
 
     def step(c, xs):
-        b_prev, jo_prev, k_prev = c
+        q, u = c  # B_{t-1} J_{t-1,t} and B_{t-1} k_{t-1}
         jd_t, h_t, jo_t = xs
-        r = 1.0 / (jd_t - b_prev * jo_prev)
-        k = h_t - b_prev * k_prev
-        return (jo_t * r, jo_t, k), (r, k * r)
+        r = 1.0 / (jd_t - q)
+        mk = (h_t - u) * r
+        return (jo_t * jo_t * r, jo_t * mk), (r, mk)
 
     zero = jnp.zeros_like(jd[0])
-    _, (r, mk) = jax.lax.scan(step, (zero, zero, zero), (jd, h, jo_next))
+    _, (r, mk) = jax.lax.scan(step, (zero, zero), (jd, h, jo_next),
+                                 unroll=_unroll(jd.shape[0]))
     return r, mk, jo_next
 
 
@@ -235,7 +243,8 @@ def _scalar_smoothed(jd, jo, h, covariances=True):
         c = (mk_t - b * m_next, r_t + b * b * s_next)
         return c, c
 
-    _, (m, s) = jax.lax.scan(step, (zero, zero), (r, mk, jo_next), reverse=True)
+    _, (m, s) = jax.lax.scan(step, (zero, zero), (r, mk, jo_next), reverse=True,
+                             unroll=_unroll(jd.shape[0]))
     return m, s, -jo * r[:-1] * s[1:], a
 
 
@@ -365,16 +374,22 @@ def _draw(chol, cs, eps):
     return _backward(_mv(grow(lit), eps), grow(b))[0]
 
 
-def _dominant(jd, jo):
+def _dominant(jd, jo, h):
     """Every row of ``Lambda`` strictly diagonally dominant with a positive diagonal (then
-    ``Lambda`` is positive definite, by Gershgorin), per batch; no scan."""
+    ``Lambda`` is positive definite, by Gershgorin) and ``h`` finite, per batch: one
+    reduction, no scan."""
+    pad = [(0, 0)] * (jo.ndim - 3)
+    if jd.shape[-1] == 1:  # one fused pass over the scalars
+        a = jnp.abs(jo[..., 0, 0])
+        radius = jnp.pad(a, pad + [(0, 1)]) + jnp.pad(a, pad + [(1, 0)])
+        d = jd[..., 0, 0]
+        return jnp.all(jnp.isfinite(radius + d + h[..., 0]) & (d > radius), -1)
     diag = jnp.diagonal(jd, axis1=-2, axis2=-1)
     ao = jnp.abs(jo)
-    pad = [(0, 0)] * (jo.ndim - 3)
     radius = (jnp.sum(jnp.abs(jd), -1) - jnp.abs(diag)
               + jnp.pad(jnp.sum(ao, -1), pad + [(0, 1), (0, 0)])
               + jnp.pad(jnp.sum(ao, -2), pad + [(1, 0), (0, 0)]))
-    return jnp.all(jnp.isfinite(radius) & (diag > radius), (-2, -1))
+    return jnp.all(jnp.isfinite(radius + diag + h) & (diag > radius), (-2, -1))
 
 
 def _positive_definite(jd, jo):
@@ -526,9 +541,13 @@ class GaussMarkov(ExponentialFamily):
         """``Lambda`` positive definite and ``h`` finite. A strictly diagonally dominant
         ``Lambda`` (checked without a scan) is; otherwise the pivots decide (one scan)."""
         jd, jo = precision_blocks(natural)
-        dom = _dominant(jd, jo)
-        pd = jax.lax.cond(jnp.all(dom), lambda a, b: dom, _positive_definite, jd, jo)
-        return pd & jnp.all(jnp.isfinite(natural["x"]), (-2, -1))
+        dom = _dominant(jd, jo, natural["x"])
+
+        def exact(nat):  # the blocks are formed in the branch (no pass when it is not taken)
+            return (_positive_definite(*precision_blocks(nat))
+                    & jnp.all(jnp.isfinite(nat["x"]), (-2, -1)))
+
+        return jax.lax.cond(jnp.all(dom), lambda _: dom, exact, dict(natural))
 
     @classmethod
     def is_valid_mean(cls, mean: Mapping[str, Array]) -> Array:
