@@ -47,6 +47,9 @@ SUITES: Dict[str, str] = {
     "batch": "benchmarks.bench_batch",
     "svi": "benchmarks.bench_svi",
     "state_space": "benchmarks.bench_state_space",
+    "gmm_full": "benchmarks.bench_gmm_full",
+    "hmm": "benchmarks.bench_hmm",
+    "gibbs": "benchmarks.bench_gibbs",
 }
 # suites that only profiles run (not part of "every suite")
 PROFILE_SUITES: Dict[str, str] = {"agreement": "benchmarks.gpu_check"}

@@ -43,7 +43,8 @@ def out_dir(tmp_path_factory):
 
 #: suites whose tiny run is in the long slice (each still runs with `python -m
 #: benchmarks.run NAME --size tiny`); the default run smokes the rest and the writers
-LONG_SUITES = {"compiler", "gradient", "sharding", "svi", "state_space"}
+LONG_SUITES = {"compiler", "gradient", "sharding", "svi", "state_space", "gmm_full", "hmm",
+               "gibbs"}
 
 
 @pytest.mark.parametrize("name", long_params(list(runner.SUITES), LONG_SUITES))

@@ -20,7 +20,7 @@ from vijax.inference.svi import svi
 from vijax.compare_draws import DrawComparison, compare_draws
 from vijax.marginalize import CollapseError, log_evidence, marginalize
 from vijax.numpyro_bridge import from_numpyro
-from vijax.families import GaussMarkov, MarkovChain, Wishart
+from vijax.families import GaussMarkov, InverseWishart, MarkovChain, Wishart
 from vijax.inference.driver import Algorithm, Info, Run, run
 from vijax.inference.em import EMResult, PreparedEM, em
 from vijax.inference.em import prepare as prepare_em
@@ -45,6 +45,7 @@ __all__ = [
     "ReverseKLFit",
     "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
     "positive_definite", "stats", "MarkovChain", "GaussMarkov", "Wishart",
+    "InverseWishart",
     "svi", "svi_batch_indices", "gibbs", "GibbsResult", "compare_draws", "DrawComparison",
     "marginalize", "log_evidence", "CollapseError", "from_numpyro", "distributed",
     "errors", "families", "models", "results", "summary", "posterior_predictive", "to_arviz",

@@ -311,35 +311,37 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
     check_data(data)
     tol = stopping.default_tol(jnp.zeros(()).dtype) if tol is None else tol
     checks.check_cavi_args(model, data, key, tol, max_iters, order)
-    prog = program_for(model, data)  # analysed once per model and data shapes
-    prog.require_conjugate()
-    # declared blocks of several latents become joint factors (Normal-Gamma, ...)
-    compiled = joint_blocks.apply(prog.materialize(data), prog.blocks)
-    dtype = jnp.zeros(()).dtype
-    key = jax.random.key(0) if key is None else key
-    natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
-    order = _checked_options(compiled, order, damping)
-    max_iters = int(max_iters)
-    traced = any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(
-        (compiled, natural0, tol)))
-    show = driver.wants_progress(progress, traced, max_iters)
-    # the loop sees no tangents: its result is a constant under differentiation, and the
-    # ELBO's derivative comes from the envelope theorem below
-    args = jax.lax.stop_gradient((compiled, natural0, tol))
-    if show:
-        sink = progress if callable(progress) else driver.progress_printer(max_iters, "cavi")
-        with driver.reporting(sink):
-            out, diag, post = jax.block_until_ready(
-                _fit_jit(*args, order, max_iters, damping, True))
-    else:
-        out, diag, post = _fit_jit(*args, order, max_iters, damping, False)
-    diag["analysis_s"] = np.asarray(prog.analysis_s, dtype)
-    result = CaviResult(post, out.info.elbo, out.trace, out.num_iters, out.converged, diag,
-                        out.state.natural)
-    if not _compat.is_tracer(out.info.elbo):
-        _raise_if_failed(result, order, strict, tol)
-    else:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
-        result = checks.nan_if_failed(result, lambda nat: mf.posterior(compiled, nat))
+    with checks.explained_by_data(model, data):
+        prog = program_for(model, data)  # analysed once per model and data shapes
+        prog.require_conjugate()
+        # declared blocks of several latents become joint factors (Normal-Gamma, ...)
+        compiled = joint_blocks.apply(prog.materialize(data), prog.blocks)
+        dtype = jnp.zeros(()).dtype
+        key = jax.random.key(0) if key is None else key
+        natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
+        order = _checked_options(compiled, order, damping)
+        max_iters = int(max_iters)
+        traced = any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(
+            (compiled, natural0, tol)))
+        show = driver.wants_progress(progress, traced, max_iters)
+        # the loop sees no tangents: its result is a constant under differentiation, and
+        # the ELBO's derivative comes from the envelope theorem below
+        args = jax.lax.stop_gradient((compiled, natural0, tol))
+        if show:
+            sink = (progress if callable(progress)
+                    else driver.progress_printer(max_iters, "cavi"))
+            with driver.reporting(sink):
+                out, diag, post = jax.block_until_ready(
+                    _fit_jit(*args, order, max_iters, damping, True))
+        else:
+            out, diag, post = _fit_jit(*args, order, max_iters, damping, False)
+        diag["analysis_s"] = np.asarray(prog.analysis_s, dtype)
+        result = CaviResult(post, out.info.elbo, out.trace, out.num_iters, out.converged,
+                            diag, out.state.natural)
+        if not _compat.is_tracer(out.info.elbo):
+            _raise_if_failed(result, order, strict, tol)
+        else:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
+            result = checks.nan_if_failed(result, lambda nat: mf.posterior(compiled, nat))
     return result._replace(elbo=envelope.value(mf.elbo, (compiled, result.natural),
                                                result.elbo))
 

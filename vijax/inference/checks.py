@@ -1,13 +1,15 @@
 """Checks at the public entry points: fit options, data, and the log joint on the data.
 
 Each check raises a named vijax error that says which argument (or data leaf, or
-density) is wrong and what is allowed, before any fitting starts. Checks that need
+density) is wrong and what is allowed, before any fitting starts; the log joint on the
+data is checked when a fit fails (:func:`explained_by_data`), where it names the cause. Checks that need
 values skip traced arguments (under ``jit``/``vmap`` the fit reports failures through
 its result instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -19,7 +21,7 @@ import numpy as np
 
 from vijax import _compat
 from vijax.errors import (ArgumentTypeError, DataError, FitDivergedError,
-                          InvalidParameterError, ModelSpecError)
+                          InvalidParameterError, ModelSpecError, NonConjugateError)
 from vijax.model import check_data
 
 
@@ -347,7 +349,6 @@ def check_cavi_args(model, data, key, tol, max_iters, order):
         check_key(key)
     if order is not None:
         check_order(order, model.supports)
-    check_log_joint_on_data(model, data)
 
 
 def check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol, chunk):
@@ -358,7 +359,20 @@ def check_gradient_args(model, data, key, optimizer, num_samples, num_steps, tol
     for name, v in (("num_samples", num_samples), ("num_steps", num_steps), ("chunk", chunk)):
         check_positive_int(name, v)
     check_tol("tol", tol)
-    check_log_joint_on_data(model, data)
+
+
+@contextlib.contextmanager
+def explained_by_data(model, data):
+    """Run a fit; if it fails, look first for data outside a density's support or an
+    invalid hyper-parameter (:func:`check_log_joint_on_data`), whose named error then
+    replaces the fit's. A fit that succeeds pays nothing for the check (it evaluates
+    the log joint on the data: a compile of its own)."""
+    try:
+        yield
+    except (FitDivergedError, InvalidParameterError, DataError, NonConjugateError,
+            ModelSpecError):
+        check_log_joint_on_data(model, data)
+        raise
 
 
 def check_em_run_args(key, max_iters, tol):

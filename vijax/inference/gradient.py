@@ -300,35 +300,38 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
     data = sharding.maybe_shard(data, mesh)
     checks.check_gradient_args(model, data, key, optimizer, num_samples, num_steps,
                                0.0 if tol is None else tol, chunk)
-    compiled, infos, estimator = prepare(model, data, estimator)
-    natural_gradient = _resolve_natural(natural_gradient, estimator, optimizer)
-    if tol is None:
-        tol = (stopping.default_tol if natural_gradient else stopping.default_gradient_tol)(dtype)
-    if optimizer is None:
-        optimizer = default_optimizer(natural_gradient)
-    natural0 = (mf.user_init(infos, init, mf.default_init_jit(infos, key, dtype))
-                if init else None)
-    leaves = jax.tree_util.tree_leaves((key, data, natural0, tol))
-    traced = any(_compat.is_tracer(l) for l in leaves)
-    show = driver.wants_progress(progress, traced, num_steps)
-    # the optimizer by fingerprint: a freshly built optax.adam(1e-2) reuses the compile
-    cfg = (model, tuple(infos.items()), estimator, int(num_samples), Static(optimizer),
-           natural_gradient, int(num_steps), int(chunk), show)
-    if show:
-        sink = progress if callable(progress) else driver.progress_printer(
-            num_steps, "vijax fit_gradient")
-        with driver.reporting(sink):
-            result = jax.block_until_ready(_fit_jit(compiled, data, key, natural0, tol, cfg))
-    else:
-        result = _fit_jit(compiled, data, key, natural0, tol, cfg)
-    if traced:  # a failed lane under jit/vmap: NaN posterior (the flags are in diagnostics)
-        return checks.nan_if_failed(result, lambda nat: mf.posterior(infos, nat))
-    bad = int(result.diagnostics["invalid_iter"])
-    if bad >= 0:
-        raise FitDivergedError(
-            f"the ELBO became non-finite at step {bad} of the gradient fit "
-            f"(estimator={estimator!r}); lower the learning rate or check the priors. The last "
-            "finite state is in .last_state.", step=bad, last_state=result.natural)
+    with checks.explained_by_data(model, data):
+        compiled, infos, estimator = prepare(model, data, estimator)
+        natural_gradient = _resolve_natural(natural_gradient, estimator, optimizer)
+        if tol is None:
+            tol = (stopping.default_tol if natural_gradient
+                   else stopping.default_gradient_tol)(dtype)
+        if optimizer is None:
+            optimizer = default_optimizer(natural_gradient)
+        natural0 = (mf.user_init(infos, init, mf.default_init_jit(infos, key, dtype))
+                    if init else None)
+        leaves = jax.tree_util.tree_leaves((key, data, natural0, tol))
+        traced = any(_compat.is_tracer(l) for l in leaves)
+        show = driver.wants_progress(progress, traced, num_steps)
+        # the optimizer by fingerprint: a freshly built optax.adam(1e-2) reuses the compile
+        cfg = (model, tuple(infos.items()), estimator, int(num_samples), Static(optimizer),
+               natural_gradient, int(num_steps), int(chunk), show)
+        if show:
+            sink = progress if callable(progress) else driver.progress_printer(
+                num_steps, "vijax fit_gradient")
+            with driver.reporting(sink):
+                result = jax.block_until_ready(
+                    _fit_jit(compiled, data, key, natural0, tol, cfg))
+        else:
+            result = _fit_jit(compiled, data, key, natural0, tol, cfg)
+        if traced:  # a failed lane under jit/vmap: NaN posterior (flags in diagnostics)
+            return checks.nan_if_failed(result, lambda nat: mf.posterior(infos, nat))
+        bad = int(result.diagnostics["invalid_iter"])
+        if bad >= 0:
+            raise FitDivergedError(
+                f"the ELBO became non-finite at step {bad} of the gradient fit "
+                f"(estimator={estimator!r}); lower the learning rate or check the priors. The "
+                "last finite state is in .last_state.", step=bad, last_state=result.natural)
     if not bool(result.converged) and float(tol) > 0:
         stopping.report([f"The gradient fit stopped after {int(result.num_iters)} steps "
                          "(num_steps) before its stopping rule was met; raise num_steps or "
