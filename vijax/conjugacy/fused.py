@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import jax
 import jax.numpy as jnp
 
 from vijax.conjugacy import terms as T
@@ -45,9 +46,59 @@ def _big_const(t: T.Term):
     return c, tuple(ls)
 
 
+def _orient(cl, rows, s_labels):
+    """How ``C`` (labels ``cl``) reads as a matrix without moving data: "rs" when its
+    row labels all come first, "sr" when they all come last, else None (transposed)."""
+    kinds = [0 if l in rows else 1 for l in cl]
+    if kinds == sorted(kinds):
+        return "rs"
+    if kinds == sorted(kinds, reverse=True):
+        return "sr"
+    return None
+
+
+#: constants of one product layout are stacked (``[x | x^2] @ [W_1; W_2]``, one pass over
+#: the data) while their total is at most this many entries; larger ones are multiplied
+#: where they are (stacking copies them on every evaluation)
+STACK_MAX = 1 << 20
+
+
+def _products(members, orient, stats, sizes):
+    """``(C, W)`` matrix pairs whose products sum to the group's gradient: members that
+    share one constant add their ``W``; small distinct constants are stacked."""
+    by_const = {}
+    for t, atom, c, cl, rows, s_labels, cols, others in members:
+        nrow = math.prod(sizes[l] for l in rows)
+        ops = [(T.atom_operand(a, stats), a.labels) for a in others]
+        w = T._einsum(ops, tuple(s_labels + cols), sizes)
+        w = jnp.reshape(jnp.asarray(w), (math.prod(sizes[l] for l in s_labels), -1))
+        key = id(c)  # one constant: its rows and columns in one order (the group's)
+        if key in by_const:
+            by_const[key] = (by_const[key][0], by_const[key][1] + w)
+            continue
+        if orient == "sr":
+            cmat = jnp.reshape(jnp.asarray(c), (-1, nrow))
+        elif orient == "rs":
+            cmat = jnp.reshape(jnp.asarray(c), (nrow, -1))
+        else:
+            cmat = _matrix(c, list(cl), rows, s_labels, sizes)
+        by_const[key] = (cmat, w)
+    pairs = list(by_const.values())
+    if len(pairs) > 1 and sum(int(jnp.size(c)) for c, _ in pairs) <= STACK_MAX:
+        axis = 0 if orient == "sr" else 1
+        return [(jnp.concatenate([c for c, _ in pairs], axis),
+                 jnp.concatenate([w for _, w in pairs], 0))]
+    return pairs
+
+
+
 def block_gradients(terms, stats, name, sizes):
     """``{stat: d/dmu_name sum_t F_t}`` over the terms that fit the product layout, and
-    the list of terms that do not (for the caller's per-term path)."""
+    the list of terms that do not (for the caller's per-term path).
+
+    The large constant is read in its stored layout (a transposed copy of an ``N x D^2``
+    constant costs more than the product): ``C[R, S] W[S, A]`` when its row labels come
+    first, ``W^T C[S, R]`` when they come last."""
     groups = defaultdict(list)
     rest = []
     for t in terms:
@@ -67,22 +118,26 @@ def block_gradients(terms, stats, name, sizes):
                 l in rows for a in others for l in a.labels):
             rest.append(t)
             continue
+        orient = _orient(cl, rows, s_labels)
+        if orient is not None:  # rows and s in the constant's own order
+            rows = [l for l in cl if l in rows]
+            s_labels = [l for l in cl if l in s_labels]
         cols = [l for l in atom.labels if l not in cl]
-        key = (atom.stat, tuple(atom.labels.index(l) for l in rows),
+        key = (atom.stat, orient, tuple(atom.labels.index(l) for l in rows),
                tuple(atom.labels.index(l) for l in cols))
         groups[key].append((t, atom, c, cl, rows, s_labels, cols, others))
     grads = {}
-    for (stat, _, _), members in groups.items():
-        cm, wm = [], []
-        for t, atom, c, cl, rows, s_labels, cols, others in members:
-            cm.append(_matrix(c, list(cl), rows, s_labels, sizes))
-            ops = [(T.atom_operand(a, stats), a.labels) for a in others]
-            w = T._einsum(ops, tuple(s_labels + cols), sizes)
-            wm.append(jnp.reshape(jnp.asarray(w), (cm[-1].shape[1], -1)))
-        prod = jnp.concatenate(cm, 1) @ jnp.concatenate(wm, 0)
+    for (stat, orient, _, _), members in groups.items():
         t, atom, _, _, rows, _, cols, _ = members[0]
-        g = jnp.reshape(prod, [sizes[l] for l in rows + cols])
-        order = rows + cols
+        order = cols + rows if orient == "sr" else rows + cols
+        prod = None
+        for cmat, w in _products(members, orient, stats, sizes):
+            if orient == "sr":  # W^T C: contract the leading axes, C never transposed
+                p = jax.lax.dot_general(w, cmat, (((0,), (0,)), ((), ())))
+            else:
+                p = cmat @ w
+            prod = p if prod is None else prod + p
+        g = jnp.reshape(prod, [sizes[l] for l in order])
         g = jnp.transpose(g, [order.index(l) for l in atom.labels])
         grads[stat] = grads[stat] + g if stat in grads else g
     return grads, rest
@@ -121,3 +176,120 @@ def contract_with_block(items, sizes):
             order = c_keep + m_keep
             out[i] = jnp.transpose(block, [order.index(l) for l in keep])
     return out
+
+
+# --------------------------------------------------------------------------- merging
+# A term's constants that share a label (``x[n, i] x[n, j]`` in ``sum_n r_nk x_n^T L_k x_n``)
+# are contracted every time the term is (K copies of ``x_n x_n^T`` per sweep, inside a
+# 3-operand einsum). Their product is a constant of F: formed once, by the data program.
+
+def _size(labels, sizes):
+    return math.prod(sizes[l] for l in labels)
+
+
+def contraction_cost(ops, out, sizes):
+    """``(flops, largest intermediate)`` of the cheapest pairwise order contracting the
+    operands' label sets ``ops`` onto the labels ``out`` (a step costs the product of the
+    sizes of the labels it touches; exhaustive search, fine for the few operands of a
+    term)."""
+    out = frozenset(out)
+    memo = {}
+
+    def best(state):
+        if len(state) == 1:
+            (only,) = state
+            return (0 if only == out else _size(only, sizes)), 0
+        if state in memo:
+            return memo[state]
+        items = list(state)
+        result = None
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                rest = items[:i] + items[i + 1:j] + items[j + 1:]
+                union = items[i] | items[j]
+                needed = set(out).union(*rest) if rest else out
+                keep = frozenset(l for l in union if l in needed)
+                f, m = best(tuple(sorted(rest + [keep], key=sorted)))
+                inter = _size(keep, sizes) if rest else 0
+                cand = (_size(union, sizes) + f, max(m, inter))
+                if result is None or cand < result:
+                    result = cand
+        memo[state] = result
+        return result
+
+    return best(tuple(sorted((frozenset(o) for o in ops), key=sorted)))
+
+
+def _components(consts):
+    """Indices of the non-scalar constants grouped by shared labels."""
+    idx = [i for i, (c, ls) in enumerate(consts) if ls]
+    groups = []
+    for i in idx:
+        labs = set(consts[i][1])
+        hit = [g for g in groups if labs & g[1]]
+        merged = ([i], labs)
+        for g in hit:
+            groups.remove(g)
+            merged = (merged[0] + g[0], merged[1] | g[1])
+        groups.append(merged)
+    return [sorted(g[0]) for g in groups if len(g[0]) > 1]
+
+
+#: a merged constant is kept when each of its entries serves at least this many
+#: multiply-adds per use (``K`` in ``sum_n r_nk x_n^T L_k x_n``: one GEMM over ``x_n x_n^T``;
+#: ``w_n x_n^T L x_n`` has 1 and stays ``x`` read twice, cheaper to stream) ...
+MIN_REUSE = 2.0
+#: ... and it is at most this many times the constants it replaces (or no larger than an
+#: intermediate the unmerged contraction builds anyway)
+MAX_GROWTH = 32
+
+
+def _merge_pays(t: T.Term, group, keep, sizes):
+    """Whether the product of the constants ``group`` (labels ``keep``) makes every use of
+    the term (its value and each atom's gradient) no costlier in flops, and either is no
+    larger than an intermediate that the unmerged contraction builds anyway or is reused
+    enough (:data:`MIN_REUSE`) without growing past :data:`MAX_GROWTH`."""
+    consts = [ls for _, ls in t.consts]
+    merged = [ls for i, ls in enumerate(consts) if i not in group] + [keep]
+    atoms = [a.labels for a in t.atoms]
+    targets = [(atoms, t.out)] + [(atoms[:i] + atoms[i + 1:], atoms[i])
+                                  for i, a in enumerate(t.atoms) if a.idx is None]
+    size = _size(keep, sizes)
+    biggest, reuse = 0, math.inf
+    for others, out in targets:
+        f0, m0 = contraction_cost(consts + others, out, sizes)
+        f1, _ = contraction_cost(merged + others, out, sizes)
+        if f1 > f0:
+            return False
+        biggest, reuse = max(biggest, m0), min(reuse, f1 / max(size, 1))
+    inputs = sum(_size(consts[i], sizes) for i in group)
+    return size <= biggest or (reuse >= MIN_REUSE and size <= MAX_GROWTH * inputs)
+
+
+def merge_constants(t: T.Term, sizes) -> T.Term:
+    """``t`` with each group of constants that share labels replaced by their product
+    (contracted over the labels no other operand or the output carries; scalars folded
+    in), where :func:`_merge_pays`. Exact: the same sum of products, associated
+    differently."""
+    if len(t.consts) < 2 or len(t.consts) + len(t.atoms) > 6:
+        return t
+    for group in _components(t.consts):
+        other = set(t.out).union(*(a.labels for a in t.atoms))
+        other.update(l for i, (_, ls) in enumerate(t.consts) if i not in group for l in ls)
+        keep = tuple(dict.fromkeys(l for i in group for l in t.consts[i][1] if l in other))
+        if not _merge_pays(t, group, keep, sizes):
+            continue
+        scalars = [i for i, (_, ls) in enumerate(t.consts) if not ls]
+        use = group + scalars
+        prod = T._einsum([t.consts[i] for i in use], keep, sizes)
+        rest = tuple(c for i, c in enumerate(t.consts) if i not in use)
+        return merge_constants(t.with_(consts=rest + ((prod, keep),)), sizes)
+    return t
+
+
+def merge_data_constants(compiled):
+    """The compiled form with :func:`merge_constants` applied to every term (run in the
+    data -> constants program, so the products are computed once per data set)."""
+    import dataclasses
+    terms = [merge_constants(t, compiled.sizes) for t in compiled.terms]
+    return dataclasses.replace(compiled, terms=terms)

@@ -173,6 +173,7 @@ def _mismatch(msg):
 
 def build(model, data) -> Program:
     """Analyse ``model`` for data shaped like ``data`` (arrays or ShapeDtypeStructs)."""
+    from vijax.conjugacy import fused
     from vijax.conjugacy.compile import _compile, trace
     spec = data_spec(data)
     timings = {"trace": 0.0, "walk": 0.0, "match": 0.0, "xla_compile": None}
@@ -186,6 +187,7 @@ def build(model, data) -> Program:
         d = jax.tree_util.tree_unflatten(data_def, leaves)
         with jax.ensure_compile_time_eval():
             comp = _compile(model, d, closed, timings)
+            comp = fused.merge_data_constants(comp)  # x_n x_n^T etc.: once per data set
         out, box["treedef"] = jax.tree_util.tree_flatten(comp)
         box["infos"] = comp.infos
         return out
