@@ -186,7 +186,7 @@ def lane_update(lane: Lane, info, tol, window: int = 1, stochastic: bool = False
     return new, ok, conv
 
 
-#: steps per chunk of :func:`run`'s loop (the trace is written a chunk at a time)
+#: steps of :func:`run`'s first loop (whose trace buffer has this many entries)
 TRACE_CHUNK = 16
 
 
@@ -230,14 +230,10 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
     dtype = jnp.result_type(info0.elbo)
     tol = jnp.asarray(tol, dtype)
     k = min(TRACE_CHUNK, n)
-    carry = _Carry(state, lane_start(info0), jnp.zeros((n,), dtype))
 
-    def chunk_cond(c):
-        return lane_active(c[1], max_iters) & (c[3] < k)
-
-    def chunk_body(c):
-        state, lane0, chunk, j = c
-        # scalars (the ELBO, the bound) once per step under vmap; cheap without it
+    def body(c):
+        state, lane0, trace = c
+        # per-lane scalars (the ELBO, the bound) computed once per step under vmap
         new, info = materialized(step(state), lane0.i >= 0)
         lane, ok, conv = lane_update(lane0, info, tol, window, stochastic)
         e = lane.info.elbo
@@ -247,30 +243,22 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
             jax.lax.cond(((i + 1) % every == 0) | (i + 1 == max_iters) | conv | ~ok,
                          lambda: jax.debug.callback(sink, i + 1, e),
                          lambda: None)
-        return new, lane, chunk.at[j].set(e), j + 1
+        return _Carry(new, lane, trace.at[lane0.i].set(e))
 
-    def chunk(c):
-        # at most k steps into a k-entry buffer, then the buffer into the trace at the
-        # chunk's first step i0 (a multiple of k: a chunk that ends early ends the run);
-        # the last chunk of a trace whose length is not a multiple of k is written at
-        # n - k, after the entries already there
-        state, lane, buf, _ = jax.lax.while_loop(
-            chunk_cond, chunk_body, (c.state, c.lane, jnp.zeros((k,), dtype), 0))
-        i0 = c.lane.i
-        at = jnp.minimum(i0, n - k)
-        j = jnp.arange(k)
-        buf = jnp.where(j >= i0 - at, buf[jnp.clip(j - (i0 - at), 0, k - 1)],
-                        jax.lax.dynamic_slice(c.trace, (at,), (k,)))
-        return _Carry(state, lane, jax.lax.dynamic_update_slice(c.trace, buf, (at,)))
-
-    run_loop = length is not None or max_iters > 0
-    c = carry
-    if run_loop:
-        # the first chunk outside the loop over chunks: under vmap JAX's batched while
-        # loop selects every carry leaf per lane at every iteration, the trace included
-        # (one pass over [lanes, max_iters] per step when the trace was the step loop's
-        # carry); fits that end within k steps now never run the outer loop
-        c = jax.lax.while_loop(lambda c: lane_active(c.lane, max_iters), chunk, chunk(c))
+    c = _Carry(state, lane_start(info0), jnp.zeros((k,), dtype))
+    if length is not None or max_iters > 0:
+        # the first k steps write a k-entry trace, the others the whole one: under vmap
+        # JAX's batched while loop selects every carry leaf per lane at every step, so
+        # a [lanes, max_iters] trace in the carry was copied at every step; fits that
+        # end within k steps now never run the second loop (two plain loops, not
+        # nested ones: XLA still drops the carries whose outputs are unused)
+        c = jax.lax.while_loop(lambda c: lane_active(c.lane, max_iters) & (c.lane.i < k),
+                               body, c)
+        c = c._replace(trace=jax.lax.dynamic_update_slice(jnp.zeros((n,), dtype),
+                                                          c.trace, (0,)))
+        c = jax.lax.while_loop(lambda c: lane_active(c.lane, max_iters), body, c)
+    else:
+        c = c._replace(trace=jnp.zeros((n,), dtype))
     lane = c.lane
     trace = jnp.where(jnp.arange(n) < lane.i, c.trace, lane.info.elbo)
     trace = trace if length is not None else trace[:max_iters]
