@@ -270,12 +270,6 @@ def _block_filter(jd, jo, h=None):
     return chol, cs, None if h is None else jnp.concatenate([w0[None], ws], 0)
 
 
-def factorize(j_diag: Array, j_off: Array) -> tuple[Array, Array]:
-    """Block Cholesky of the block-tridiagonal precision, time-major: ``L_t``
-    ``[T, ..., D, D]`` and ``C_t = L_t^{-1} J_{t,t+1}`` ``[T-1, ..., D, D]``."""
-    return _factor(_tm(j_diag, 2), _tm(j_off, 2))[:2]
-
-
 def _factor(jd, jo, h=None):
     """``(L_t, C_t, w_t)`` time-major (``D = 1``: from the scalar filter's pivots)."""
     if jd.shape[-1] > 1:
