@@ -222,14 +222,16 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     def advance(compiled, carry, tol):
         carry, trace = bd.advance(_arrays(step), compiled, carry, max_iters=max_iters,
                                   tol=tol, rows=rows)
-        running = jnp.any(bd.active(carry, max_iters))
-        return carry, trace, running
+        return carry, trace, bd.active(carry, max_iters)
 
-    def status(carry, running, bad, counts):
-        # ``[t, running, lanes with NaN/Inf data, failed, unconverged, excess]``
-        return jnp.concatenate([jnp.stack([jnp.asarray(carry.t, jnp.int32),
-                                           running.astype(jnp.int32),
-                                           jnp.sum(bad).astype(jnp.int32)]), counts])
+    def status(carry, active, bad=None, flags=None):
+        # ``[t, running lanes, lanes with NaN/Inf data, failed, unconverged, excess]``:
+        # the per-lane flags summed in one reduction
+        nb = active.shape[0]
+        cols = [active[:, None], jnp.zeros((nb, 1), bool) if bad is None else bad[:, None],
+                jnp.zeros((nb, 3), bool) if flags is None else flags]
+        sums = jnp.sum(jnp.concatenate(cols, axis=1).astype(jnp.int32), axis=0)
+        return jnp.concatenate([jnp.asarray(carry.t, jnp.int32)[None], sums])
 
     def bad_lanes(data):
         bad = False
@@ -249,28 +251,27 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         states = jax.vmap(init_one, in_axes=(0, 0 if key_batched else None))(compiled, key)
         info0 = jax.vmap(_info0)(states)
         carry = bd.start(_arrays(step), compiled, states, info0=info0, elbo0=states.elbo)
-        carry, trace, running = advance(compiled, carry, tol)
-        return compiled, carry, trace, running
+        carry, trace, active = advance(compiled, carry, tol)
+        return compiled, carry, trace, active
 
     def first(data, key, init, tol):
-        compiled, carry, trace, running = segment0(data, key, init, tol)
-        result, counts = _result(compiled, carry)
-        return trace, result, status(carry, running, bad_lanes(data), counts)
+        compiled, carry, trace, active = segment0(data, key, init, tol)
+        result, flags = _result(compiled, carry)
+        return trace, result, status(carry, active, bad_lanes(data), flags)
 
     def restart(data, key, init, tol):
-        _, carry, trace, running = segment0(data, key, init, tol)
+        _, carry, trace, active = segment0(data, key, init, tol)
         packed, layout["carry"] = _pack(carry)
-        return packed, trace, status(carry, running, jnp.zeros((), bool),
-                                     jnp.zeros(3, jnp.int32))
+        return packed, trace, status(carry, active)
 
     def more(data, packed, tol):
-        carry, trace, running = advance(materialize(data), _unpack(packed, layout["carry"]),
-                                        tol)
-        return _pack(carry)[0], trace, status(carry, running, jnp.zeros((), bool),
-                                              jnp.zeros(3, jnp.int32))
+        carry, trace, active = advance(materialize(data), _unpack(packed, layout["carry"]),
+                                       tol)
+        return _pack(carry)[0], trace, status(carry, active)
 
     def finish(data, packed):
-        return _result(materialize(data), _unpack(packed, layout["carry"]))
+        result, flags = _result(materialize(data), _unpack(packed, layout["carry"]))
+        return result, jnp.sum(flags.astype(jnp.int32), axis=0)
 
     fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
            jax.jit(bad_lanes))
@@ -327,8 +328,9 @@ def _info0(state):
 def _result(compiled, carry):
     """The batched :class:`FitResult` of a carry (``elbo_trace`` attached by the caller,
     ``analysis_s`` by :func:`batch_cavi`), as :func:`vijax.cavi` builds it per lane:
-    failed lanes get NaN parameters. Also ``[failed, unconverged, excess]``: how many
-    lanes :func:`_report` will name (so that it reads nothing when all are 0)."""
+    failed lanes get NaN parameters. Also ``[B, 3]`` flags (failed, unconverged, excess):
+    their counts say whether :func:`_report` has lanes to name (it reads nothing when
+    all are 0)."""
     lane = carry.lane
     failed = lane.failed_at >= 0
     invalid = jnp.where(failed, lane.info.extra, -1)
@@ -343,10 +345,9 @@ def _result(compiled, carry):
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         carry.state.natural)
     posterior = jax.vmap(mf.posterior)(compiled, natural)
-    counts = jnp.stack([jnp.sum(bad), jnp.sum(~lane.converged & ~bad),
-                        jnp.sum((lane.excess > 0) & ~bad)]).astype(jnp.int32)
+    flags = jnp.stack([bad, ~lane.converged & ~bad, (lane.excess > 0) & ~bad], axis=1)
     # ``natural`` is filled on the host from the posterior factors (same arrays)
-    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None), counts
+    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None), flags
 
 
 def _lanes(mask, limit=10, offset=0):
