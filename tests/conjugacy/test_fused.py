@@ -85,8 +85,8 @@ def test_block_gradients_read_a_constant_in_any_layout(rng, layout, monkeypatch)
              T.Term(((c, cl),), (T.Atom("r", "x", (0, 3)), T.Atom("L", "y", (3, 1, 2))), ()),
              T.Term(((c2, (0, 1, 2)),), (T.Atom("r", "x", (0, 3)), T.Atom("L", "y", (3, 1, 2))),
                     ())]
-    for stack_max in (fused.STACK_MAX, 0):
-        monkeypatch.setattr(fused, "STACK_MAX", stack_max)
+    for stack_max in (fused.STACK_WIDTH, 0):
+        monkeypatch.setattr(fused, "STACK_WIDTH", stack_max)
         for name in ("r", "L"):
             grads, rest = fused.block_gradients(terms, stats, name, sizes)
             assert not rest

@@ -57,15 +57,16 @@ def _orient(cl, rows, s_labels):
     return None
 
 
-#: constants of one product layout are stacked (``[x | x^2] @ [W_1; W_2]``, one pass over
-#: the data) while their total is at most this many entries; larger ones are multiplied
-#: where they are (stacking copies them on every evaluation)
-STACK_MAX = 1 << 20
+#: constants of one product layout whose contracted width (``S``) is at most this are
+#: stacked (``[x | x^2] @ [W_1; W_2]``: one product of a better shape than two thin ones);
+#: wider ones (``x_n x_n^T``, ``D^2`` columns) are multiplied where they are stored, as
+#: stacking copies them on every evaluation
+STACK_WIDTH = 32
 
 
 def _products(members, orient, stats, sizes):
     """``(C, W)`` matrix pairs whose products sum to the group's gradient: members that
-    share one constant add their ``W``; small distinct constants are stacked."""
+    share one constant add their ``W``; thin distinct constants are stacked."""
     by_const = {}
     for t, atom, c, cl, rows, s_labels, cols, others in members:
         nrow = math.prod(sizes[l] for l in rows)
@@ -83,12 +84,13 @@ def _products(members, orient, stats, sizes):
         else:
             cmat = _matrix(c, list(cl), rows, s_labels, sizes)
         by_const[key] = (cmat, w)
-    pairs = list(by_const.values())
-    if len(pairs) > 1 and sum(int(jnp.size(c)) for c, _ in pairs) <= STACK_MAX:
-        axis = 0 if orient == "sr" else 1
-        return [(jnp.concatenate([c for c, _ in pairs], axis),
-                 jnp.concatenate([w for _, w in pairs], 0))]
-    return pairs
+    axis = 0 if orient == "sr" else 1
+    thin = [(c, w) for c, w in by_const.values() if c.shape[axis] <= STACK_WIDTH]
+    wide = [(c, w) for c, w in by_const.values() if c.shape[axis] > STACK_WIDTH]
+    if len(thin) > 1:
+        thin = [(jnp.concatenate([c for c, _ in thin], axis),
+                 jnp.concatenate([w for _, w in thin], 0))]
+    return thin + wide
 
 
 
