@@ -124,24 +124,32 @@ def run(size: str, dtype: str) -> dict:
         "ELBO, sweep count and converged flag ('ELBO only': the first two); vijax's "
         "q(mu) starts at random means, so its first sweep moves more and some lanes take "
         "one sweep more (see 'sweeps').",
-        "Where the time goes (float32, 10000 lanes, min of 21 interleaved calls on a "
-        "quieter moment): hand-written 0.34-0.38 ms; the batched driver's first segment "
-        "returning only ELBOs and counts 0.66 ms; adding its outputs: trace +0.03 ms "
-        "(step-major rows), result (posterior, diagnostics) +0.15-0.2 ms, the NaN/Inf "
-        "data check +0.06-0.1 ms; host side of vj.batch_cavi (one status read, the "
-        "trace crop, validation, the lane report) ~0.3 ms. Each output array costs "
-        "~4 us of Python dispatch: the loop's carry (~25 arrays) is not an output of "
-        "the first segment (a batch still running after 16 sweeps restarts with it).",
-        "Per sweep, XLA fuses both loop bodies into two loop fusions; a vijax sweep "
-        "costs ~1.9x the hand-written one (0.036 vs 0.019 ms per 10000 lanes, from 1- "
-        "and 9-sweep runs): it also evaluates the ELBO from F's terms and the entropies, "
-        "the finite checks, the stopping rule's per-lane bookkeeping (15 fields, frozen "
-        "by select) and the trace row. The rounding bound's lax.cond is a select under "
-        "vmap; an unbatched cond (the step split so that the bound runs only when an "
-        "active lane's ELBO did not increase) measured no gain here (0.68 vs 0.66 ms "
-        "float32, 1.61 vs 1.63 ms float64): this model's bound is five scalar products "
-        "per lane (F's constants are pre-reduced sums), and with 10000 lanes some lane "
-        "needs it at almost every sweep.",
+        "Where the time went in jit(vmap(vj.cavi)), whole result (XLA profile, float32, "
+        "10000 lanes): under vmap JAX's while loop has a per-lane predicate and selects "
+        "every carry leaf per lane at every step, the [10000, 500] ELBO trace (20 MB; "
+        "40 MB in float64) included: 7 passes over it per call. driver.run now runs the "
+        "first 16 steps with a 16-entry trace and the rest in a second plain loop (not "
+        "entered when every lane stops within 16 steps); what remains is writing the "
+        "[lanes, max_iters] trace output itself: a jitted function that only writes a "
+        "fresh [10000, 500] float32 array takes 1.6 ms here (min; page faults of a fresh "
+        "20 MB buffer), about 3x the whole hand-written fit, so this row cannot meet the "
+        "target while the result holds max_iters ELBOs per lane (select fields, e.g. the "
+        "ELBO-only row, or use vj.batch_cavi, whose trace has the sweeps run).",
+        "XLA fused the step's ELBO (~20 operands per lane) into every fusion that reads "
+        "it: the stopping rule, the monotonicity maxima, the trace row and the per-lane "
+        "selects each evaluated it again (8 fusions of 11-15 us per sweep in the "
+        "profile). The step's per-lane floats now pass through x / 1 with a traced "
+        "divisor (exact; a division is not duplicated), so each is computed once "
+        "(driver.materialized). Per sweep (1- and 9-sweep runs with tol=0, 10000 lanes, "
+        "float32): hand-written 22 us, batched driver ELBO only 34 us (was 42), its "
+        "whole result 84-93 us (was 115); jit(vmap(vj.cavi)) ELBO only 33 us.",
+        "What vj.batch_cavi adds to the loop: in the compiled first segment the NaN/Inf "
+        "check of the data (a third pass over it besides the two sums the model needs, "
+        "~60 us in the profile; vj.cavi checks too), the [16, lanes] trace buffer "
+        "(~45 us) and ~15 output arrays; on the host (min over 100 calls) validation "
+        "and the cached analysis ~20 us, dispatch ~50 us, the status read, the trace "
+        "crop ~40 us, the result ~20 us. The lane report reads no per-lane array when "
+        "the status counts no failed, unconverged or excess lane.",
     ]
     return {"suite": "batch",
             "title": "Batch fitting: 10000 normal-gamma fits in one call",

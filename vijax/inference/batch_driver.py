@@ -11,6 +11,8 @@ lane's trace of ``max_iters`` values, written at a per-lane index (a scatter). H
   bookkeeping only where the lane was active (``jnp.where``): a lane that stopped is
   frozen, so it reports its own ``num_iters``, ``converged``, ``failed_at``, ...;
 - the stopping rule is :func:`~vijax.inference.driver.lane_update`, the one ``run`` uses;
+- the step's per-lane floats pass through :func:`~vijax.inference.driver.materialized`
+  (each computed once, not once in every fusion of the bookkeeping that reads it);
 - the trace is a ``[rows, B]`` buffer written one row per step
   (``lax.dynamic_update_slice``); row ``k`` holds every lane's objective after step
   ``t0 + k`` (a stopped lane's last value); :func:`padded` turns it into ``run``'s

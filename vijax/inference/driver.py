@@ -199,7 +199,11 @@ class _Carry(NamedTuple):
 def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int = 1,
         stochastic: bool = False, progress: bool | Callable = False, every: int = 100,
         info0: Info | None = None, length: int | None = None) -> Run:
-    """Iterate ``step`` from ``state`` in one ``lax.while_loop`` (see the module docstring).
+    """Iterate ``step`` from ``state`` in ``lax.while_loop`` (see the module docstring):
+    the first :data:`TRACE_CHUNK` steps in one loop whose trace buffer has that many
+    entries, the others in a second loop over the whole trace (under ``vmap`` a loop's
+    carry is selected per lane at every step: fits that stop early never carry the
+    ``max_iters``-long trace through a loop).
 
     Args:
         step: ``State -> (State, Info)``.
