@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from vijax.families import MarkovChain, registry
+from vijax.errors import InvalidParameterError, ModelSpecError
+from vijax.families import MarkovChain, markov_chain, registry
 
 T, K = 4, 3
 
@@ -135,3 +136,115 @@ def test_point_stats_starts_and_registry():
     assert registry.default_family("categorical").__name__ == "Categorical"
     assert registry.chain_family("categorical") is MarkovChain
     assert registry.select("categorical", {("onehot", 1.0)}).__name__ == "Categorical"
+
+
+# ------------------------------------------------------------------ homogeneous chains
+
+@jax.jit
+def _homogeneous_and_broadcast(nat_h, paths):
+    """Every quantity of the chain with a pair potential without time axis, and of the
+    same chain with that potential repeated at every step (checked by enumeration above)."""
+    p = nat_h["pair"][..., None, :, :]
+    nat_b = {"unary": nat_h["unary"],
+             "pair": jnp.broadcast_to(p, p.shape[:-3] + (T - 1, K, K))}
+    out = {}
+    for name, nat in (("h", nat_h), ("b", nat_b)):
+        q = MarkovChain(nat)
+        mu, a = MarkovChain.mean_and_log_normalizer(nat)
+        out[name] = {"mu": mu, "a": a, "A": MarkovChain.log_normalizer(nat),
+                     "auto": MarkovChain.mean_params_autodiff(nat), "H": q.entropy(),
+                     "lp": q.log_prob(paths[:, None, :]), "mode": MarkovChain.mode(nat)[0],
+                     "pair_probs": q.pair_probs, "valid": MarkovChain.is_valid_mean(mu),
+                     "sample": q.sample(jax.random.key(1), (20000,))}
+    return out
+
+
+def test_homogeneous_pair_potential_is_the_repeated_one_with_summed_statistic():
+    """A pair potential ``[..., K, K]`` is the same chain as that potential at every step;
+    its pair statistic (and mean) is the sum over steps, and that sum is ``grad A``."""
+    r = np.random.default_rng(3)
+    nat_h = {"unary": jnp.asarray(r.normal(size=(2, T, K))),
+             "pair": jnp.asarray(r.normal(size=(2, K, K)))}
+    paths = np.array(list(itertools.product(range(K), repeat=T)))
+    g = _homogeneous_and_broadcast(nat_h, jnp.asarray(paths))
+    h, b = g["h"], g["b"]
+    assert MarkovChain(nat_h).homogeneous and h["mu"]["pair"].shape == (2, K, K)
+    for key in ("a", "A", "H", "lp", "pair_probs"):
+        np.testing.assert_allclose(h[key], b[key], rtol=0, atol=1e-12, err_msg=key)
+    np.testing.assert_allclose(h["mu"]["unary"], b["mu"]["unary"], atol=1e-12)
+    summed = b["mu"]["pair"].sum(-3)
+    np.testing.assert_allclose(h["mu"]["pair"], summed, atol=1e-12)
+    np.testing.assert_allclose(h["auto"]["pair"], summed, atol=1e-12)  # grad A
+    np.testing.assert_allclose(h["auto"]["unary"], b["mu"]["unary"], atol=1e-12)
+    np.testing.assert_array_equal(h["mode"], b["mode"])
+    assert bool(jnp.all(h["valid"]))
+    # draws: their pair counts' mean is the summed statistic's mean (5 standard errors)
+    st = MarkovChain.stats(h["sample"], K, summed=True)["pair"]  # [n, 2, K, K]
+    se = np.asarray(st.std(0)) / np.sqrt(st.shape[0]) + 1e-3
+    assert np.all(np.abs(np.asarray(st.mean(0)) - np.asarray(summed)) <= 5 * se)
+    with pytest.raises(InvalidParameterError, match="summed over time"):
+        MarkovChain.natural_from_mean(h["mu"])
+
+
+def test_init_in_either_pair_layout():
+    """``conform_natural`` (``vj.cavi(init=...)``): a homogeneous potential is repeated
+    for a per-step layout; per-step potentials equal at every step become homogeneous;
+    unequal ones are refused for a homogeneous fit, naming the latent."""
+    p = jnp.arange(9.0).reshape(3, 3)
+    q = MarkovChain.from_marginals(jnp.full((5, 3), 1.0 / 3))
+    hom = MarkovChain.conform_natural(q.natural, {"unary": (5, 3), "pair": (3, 3)}, "z")
+    assert hom["pair"].shape == (3, 3) and not np.any(hom["pair"])
+    per = MarkovChain.conform_natural({"unary": q.natural["unary"], "pair": p},
+                                      {"unary": (5, 3), "pair": (4, 3, 3)})
+    np.testing.assert_array_equal(per["pair"], np.broadcast_to(p, (4, 3, 3)))
+    varying = {"unary": q.natural["unary"], "pair": jnp.arange(36.0).reshape(4, 3, 3)}
+    with pytest.raises(ModelSpecError, match="init for 'states'.*homogeneous"):
+        MarkovChain.conform_natural(varying, {"unary": (5, 3), "pair": (3, 3)}, "states")
+
+
+# ------------------------------------------------------------------ long chains
+
+@jax.jit
+def _long_chain(u, p):
+    """forward_backward (the scaled pass for T >= SCALED_MIN_STEPS) and the log-space
+    pass (the reference) on the same potentials."""
+    return (markov_chain.forward_backward({"unary": u, "pair": p}),
+            markov_chain._log_forward_backward(u, p))
+
+
+@pytest.mark.parametrize("homogeneous", [True, False])
+def test_scaled_pass_of_long_chains_equals_log_space(homogeneous):
+    """T = SCALED_MIN_STEPS + 1: the scaled linear-space pass (messages normalized per
+    step) equals the log-space one in float64, and in float32 stays within a few eps of
+    float64 (rounding does not grow with T). Potentials whose range exceeds float32's
+    exponent range make the scaled pass under/overflow: the log-space fallback answers."""
+    n = markov_chain.SCALED_MIN_STEPS + 1
+    r = np.random.default_rng(11)
+    u = 3.0 * r.normal(size=(n, K))
+    p = (np.log(r.dirichlet(np.ones(K), K)) if homogeneous
+         else r.normal(size=(n - 1, K, K)))
+    (mu, a), (ref, a_ref) = _long_chain(jnp.asarray(u), jnp.asarray(p))
+    assert np.shape(mu["pair"]) == ((K, K) if homogeneous else (n - 1, K, K))
+    np.testing.assert_allclose(a, a_ref, rtol=1e-13)
+    for s in ("unary", "pair"):
+        np.testing.assert_allclose(mu[s], ref[s], rtol=1e-10, atol=1e-12, err_msg=s)
+    eps = float(np.finfo(np.float32).eps)
+    # sticky transitions (off-diagonal -200) against unaries that switch state every
+    # other step (+300): every path's weight underflows float32 in linear space
+    wide = 300.0 * np.eye(K)[(np.arange(n) // 2) % K]
+    wp = np.where(np.eye(K, dtype=bool), 0.0, -200.0)
+    wp = wp if homogeneous else np.broadcast_to(wp, (n - 1, K, K))
+    with jax.enable_x64(False):
+        (mu32, a32), _ = _long_chain(jnp.asarray(u, jnp.float32), jnp.asarray(p, jnp.float32))
+        (wmu32, wa32), _ = _long_chain(jnp.asarray(wide, jnp.float32),
+                                       jnp.asarray(wp, jnp.float32))
+        ok32 = markov_chain._scaled_forward_backward(jnp.asarray(wide, jnp.float32),
+                                                     jnp.asarray(wp, jnp.float32))[1]
+    assert abs(float(a32) - float(a)) <= 8 * eps * abs(float(a))
+    np.testing.assert_allclose(mu32["unary"], mu["unary"], atol=16 * eps)
+    scale = 1.0 if not homogeneous else n  # a sum over the n - 1 steps
+    np.testing.assert_allclose(mu32["pair"], mu["pair"], atol=64 * eps * scale ** 0.5)
+    (wmu, wa), _ = _long_chain(jnp.asarray(wide), jnp.asarray(wp))
+    assert not bool(ok32)  # the scaled float32 pass fails here ...
+    assert abs(float(wa32) - float(wa)) <= 8 * eps * abs(float(wa))  # ... the fallback not
+    np.testing.assert_allclose(wmu32["unary"], wmu["unary"], atol=64 * eps)

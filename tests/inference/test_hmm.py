@@ -185,6 +185,59 @@ def test_known_parameters_chain_is_the_exact_posterior():
     np.testing.assert_allclose(fit.posterior["z"].pair_probs, xi, atol=1e-12)
 
 
+def test_homogeneity_is_read_from_the_terms():
+    """One transition matrix for every step (here with a batch of 2 sequences): the pair
+    statistic is summed over time, ``[2, K, K]``. A transition weighted per step (a
+    closed-over array) keeps the per-step statistic ``[2, T-1, K, K]``; its exact
+    posterior is the forward-backward with per-step potentials. Both F(T(z)) = log p."""
+    r = np.random.default_rng(5)
+    A = r.dirichlet(np.ones(K) * 2, size=K)
+    n = 9
+    x = jnp.asarray(r.normal(size=(2, n)) * 2)
+    wts = np.linspace(0.5, 1.5, n - 1)
+
+    def emissions(z, x):
+        return jnp.sum(stats.norm.logpdf(x, jnp.asarray([-2.0, 0.0, 2.0])[z], 0.7))
+
+    def same(v, x):
+        z = v["z"]
+        return emissions(z, x) + jnp.sum(jnp.log(A)[z[:, :-1], z[:, 1:]])
+
+    def weighted(v, x):
+        z = v["z"]
+        return emissions(z, x) + jnp.sum(wts * jnp.log(A)[z[:, :-1], z[:, 1:]])
+
+    sup = {"z": vj.categorical(K, shape=(2, n))}
+    zs = jnp.asarray(r.integers(0, K, (2, 2, n)))
+    for lj, shape in ((same, (2, K, K)), (weighted, (2, n - 1, K, K))):
+        c = compile_model(vj.Model(lj, sup), x)
+        assert c.infos["z"].family == "MarkovChain"
+        assert c.infos["z"].time_homogeneous == (lj is same)
+        assert c.infos["z"].stat_shape("pair") == shape
+        got = jax.jit(jax.vmap(lambda z: c.F(c.stats_at({"z": z}))))(zs)
+        np.testing.assert_allclose(got, jax.vmap(lambda z: lj({"z": z}, x))(zs), rtol=1e-12)
+    fit = vj.cavi(vj.Model(weighted, sup), x, key=jax.random.key(0), max_iters=3)
+    u = np.array(stats.norm.logpdf(np.asarray(x)[..., None], np.array([-2.0, 0.0, 2.0]), 0.7))
+    for i in range(2):  # the per-step potentials w_t log A
+        gam, lz = _forward_backward_steps(u[i], wts[:, None, None] * np.log(A))
+        np.testing.assert_allclose(fit.posterior["z"].probs[i], gam, atol=1e-12)
+
+
+def _forward_backward_steps(u, log_a):
+    """Unary marginals and log Z of a chain with per-step log-potentials ``log_a[t]``
+    (by enumeration-free recursion in log space, numpy)."""
+    from scipy.special import logsumexp
+    n = len(u)
+    la, lb = np.zeros_like(u), np.zeros_like(u)
+    la[0] = u[0]
+    for t in range(1, n):
+        la[t] = logsumexp(la[t - 1][:, None] + log_a[t - 1], 0) + u[t]
+    for t in range(n - 2, -1, -1):
+        lb[t] = logsumexp(log_a[t] + (u[t + 1] + lb[t + 1])[None, :], 1)
+    lz = logsumexp(la[-1])
+    return np.exp(la + lb - lz), lz
+
+
 def test_gradient_path_has_the_cavi_optimum(setup):
     """The exact ELBO of the gradient path (marginals and entropy ``A - <eta, mu>`` from
     the chain's log-normalizer, differentiated through forward-backward) is stationary at

@@ -278,7 +278,17 @@ def _other_keys(sizes, term, atom):
         return np.ravel_multi_index([coords[union.index(l)] for l in common],
                                     [sizes[l] for l in common])
 
-    keys = [coord_key(ls) for _, ls in term.consts]
+    keys = []
+    for c, ls in term.consts:
+        if T.is_concrete(c) and np.ndim(c) and set(ls) <= set(union):
+            # a constant the log joint closes over (never data: data are abstract here)
+            # is keyed by its value
+            order = [ls.index(l) for l in union if l in ls]
+            v = np.transpose(np.asarray(c, np.float64), order)
+            keys.append(np.broadcast_to(v.reshape([sizes[l] if l in ls else 1
+                                                   for l in union]), grid).view(np.int64))
+        else:
+            keys.append(coord_key(ls))
     for x in term.atoms:
         if x is atom:
             continue
@@ -327,17 +337,15 @@ def _first_step(sizes, term, atom, steps, K):
     if not np.array_equal(step[order, 0], np.arange(steps - 1)):
         return None  # not every step exactly once
     cols = [by_step(c)[order] for c in [flat // (K * K) // (steps - 1), flat % (K * K)] + keys]
-    radix = [int(c.max()) + 1 if c.size else 1 for c in cols]
-    if float(np.prod(radix, dtype=np.float64)) < 2.0 ** 62:  # one integer per position
-        code = np.zeros(cols[0].shape, np.int64)
-        for c, r in zip(cols, radix):
-            code = code * r + c
-        same = np.all(code == code[:1]) or np.all(np.sort(code, 1) == np.sort(code[:1], 1))
-    else:
-        rows = np.stack(cols, -1)
-        same = all(np.array_equal(np.unique(rows[i], axis=0), np.unique(rows[0], axis=0))
-                   for i in range(1, len(rows)))
-    if not same:
+    # one integer per position (each column as dense ids, then mixed radix)
+    code = np.zeros(cols[0].shape, np.int64)
+    for c in cols:
+        ids, c = np.unique(c, return_inverse=True)
+        if float(code.max(initial=0) + 1) * len(ids) >= 2.0 ** 62:
+            _, code = np.unique(code, return_inverse=True)
+            code = code.reshape(cols[0].shape)
+        code = code * len(ids) + c.reshape(cols[0].shape)
+    if not (np.all(code == code[:1]) or np.all(np.sort(code, 1) == np.sort(code[:1], 1))):
         return None
     first = np.unravel_index(int(order[0]), [t0.shape[i] for i in tl])
     return {atom.labels[i]: int(c) for i, c in zip(tl, first)}
