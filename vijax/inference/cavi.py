@@ -137,7 +137,7 @@ def sweep(form, fams, natural, mu, order, damping=None):
                 f_and_h = f_and_h + jax.lax.cond(
                     ok, lambda *_: jnp.zeros((), f_and_h.dtype),
                     lambda g, e, m: _inner({s: g[s] - e[s] for s in e}, m), grad, src, new_mu)
-            else:
+            elif damping is not None:  # undamped small blocks: src is eta is grad, gap 0
                 f_and_h = f_and_h + _inner({s: grad[s] - src[s] for s in src}, new_mu)
         else:
             new_mu = fam.mean_params(src)
@@ -227,8 +227,12 @@ def algorithm(compiled, order=None, damping=None) -> Algorithm:
     return Algorithm(init, step)
 
 
-def _fit(compiled, natural0, tol, order, max_iters, damping, progress):
-    """The whole loop as one function of arrays (jitted below; ``tol`` traced)."""
+def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress):
+    """The whole loop as one function of arrays (jitted below; ``tol`` traced).
+    ``natural0=None``: the default start from ``key``, computed inside the same compiled
+    program (no compile of its own)."""
+    if natural0 is None:
+        natural0 = mf.default_init(compiled, key, jnp.result_type(tol))
     alg = algorithm(compiled, order, damping)
     state = alg.init(natural0)
     info0 = Info(state.elbo, jnp.asarray(True), state.bound, jnp.asarray(False),
@@ -316,17 +320,19 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
         prog.require_conjugate()
         # declared blocks of several latents become joint factors (Normal-Gamma, ...)
         compiled = joint_blocks.apply(prog.materialize(data), prog.blocks)
-        dtype = jnp.zeros(()).dtype
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
         key = jax.random.key(0) if key is None else key
-        natural0 = mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
+        natural0 = (mf.user_init(compiled, init, mf.default_init_jit(compiled, key, dtype))
+                    if init else None)
         order = _checked_options(compiled, order, damping)
         max_iters = int(max_iters)
         traced = any(_compat.is_tracer(x) for x in jax.tree_util.tree_leaves(
-            (compiled, natural0, tol)))
+            (compiled, natural0, tol, key)))
         show = driver.wants_progress(progress, traced, max_iters)
         # the loop sees no tangents: its result is a constant under differentiation, and
         # the ELBO's derivative comes from the envelope theorem below
-        args = jax.lax.stop_gradient((compiled, natural0, tol))
+        tol = tol if _compat.is_tracer(tol) else np.asarray(tol, dtype)  # no eager op
+        args = (*jax.lax.stop_gradient((compiled, natural0, tol)), key)
         if show:
             sink = (progress if callable(progress)
                     else driver.progress_printer(max_iters, "cavi"))

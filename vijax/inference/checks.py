@@ -405,6 +405,6 @@ def raise_failed_update(result, order, what: str, unit: str, hint: str):
         raise FitDivergedError(
             f"{what} update of latent '{name}' at {unit} {step} left its family's valid "
             f"region {hint}", step=step, latent=name, last_state=result.natural)
-    if bool(d["nonfinite"]) or not bool(jnp.isfinite(result.elbo)):
+    if bool(d["nonfinite"]) or not np.all(np.isfinite(np.asarray(result.elbo))):
         raise FitDivergedError(f"the ELBO became non-finite during {what}",
                                step=int(result.num_iters), last_state=result.natural)
