@@ -165,6 +165,7 @@ def _scaled_forward_backward(unary: Array, pair: Array):
     return ({"unary": jnp.moveaxis(uni, 0, -2), "pair": pw}, log_z), ok
 
 
+@jax.jit  # one program per shape for eager use (fit.posterior["z"].probs), not one per op
 def forward_backward(natural: Mapping[str, Array]) -> tuple[Natural, Array]:
     """Unary marginals ``[..., T, K]``, the pair statistic's mean and ``A``: pairwise
     marginals ``p(z_t = k, z_{t+1} = l)`` ``[..., T-1, K, K]``, or their sum over ``t``
