@@ -132,14 +132,19 @@ def test_mixture_quadratic_form_merges_x_outer_x_once(rng):
     t, stats, sizes = _plate_term(rng, True)
     m = fused.merge_constants(t, sizes)
     assert len(m.consts) == 1 and jnp.shape(m.consts[0][0]) == (30, 3, 3)
-    np.testing.assert_allclose(float(T.eval_term(m, stats, sizes)),
-                               float(T.eval_term(t, stats, sizes)), rtol=1e-13)
-    for name in stats:
-        grads, rest = fused.block_gradients([m], stats, name, sizes)
-        assert not rest
-        ref = _grad_ref(t, stats, name, sizes)
-        for s in ref:
-            np.testing.assert_allclose(np.asarray(grads[s]), np.asarray(ref[s]), rtol=1e-12)
+    sizes_p = dict(sizes)
+    p = fused.merge_constants(t, sizes_p, lambda n: sizes_p.setdefault(99, n) and 99)
+    assert [jnp.shape(c) for c, _ in p.consts] == [(30, 6), (6, 3, 3)]  # i <= j pairs
+    for merged, sz in ((m, sizes), (p, sizes_p)):
+        np.testing.assert_allclose(float(T.eval_term(merged, stats, sz)),
+                                   float(T.eval_term(t, stats, sizes)), rtol=1e-13)
+        for name in stats:  # any L (not only symmetric ones): the packing is exact
+            grads, rest = fused.block_gradients([merged], stats, name, sz)
+            assert not rest
+            ref = _grad_ref(t, stats, name, sizes)
+            for s in ref:
+                np.testing.assert_allclose(np.asarray(grads[s]), np.asarray(ref[s]),
+                                           rtol=1e-12)
     t, stats, sizes = _plate_term(rng, False)
     assert fused.merge_constants(t, sizes) is t
 
@@ -184,12 +189,14 @@ def full_gmm64():
 
 
 def test_full_gmm_program_with_merged_constants_is_exact(full_gmm64, rng):
-    """The full-covariance mixture's program holds ``x_n x_n^T`` as one [N, D, D] constant:
-    F(T(z)) = log p(x, z), and F and every block gradient equal those of the unmerged
-    program (float64, 1e-11)."""
+    """The full-covariance mixture's program holds ``x_n x_n^T`` once, packed ([N, D(D+1)/2]
+    and its 0/1 spreading matrix): F(T(z)) = log p(x, z), and F and every block gradient
+    equal those of the unmerged program (float64, 1e-11)."""
     model, x, merged, plain, mu = full_gmm64
-    assert (40, 3, 3) in [tuple(jnp.shape(c)) for t in merged.terms for c, _ in t.consts]
-    assert (40, 3, 3) not in [tuple(jnp.shape(c)) for t in plain.terms for c, _ in t.consts]
+    shapes = [[tuple(jnp.shape(c)) for c, _ in t.consts] for t in merged.terms]
+    assert [(40, 6), (6, 3, 3)] in shapes
+    assert not any((40, 6) in sh for sh in
+                   [[tuple(jnp.shape(c)) for c, _ in t.consts] for t in plain.terms])
     f_plain = float(plain.F(mu))
     np.testing.assert_allclose(float(merged.F(mu)), f_plain, rtol=1e-11)
     step = jax.jit(cavi.rest_and_grad_block, static_argnums=2)

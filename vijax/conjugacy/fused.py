@@ -20,6 +20,7 @@ from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vijax.conjugacy import terms as T
 
@@ -37,13 +38,19 @@ def _matrix(arr, labels, rows, cols, sizes):
 
 
 def _big_const(t: T.Term):
-    """The term's only constant when it has distinct labels, else None."""
-    if len(t.consts) != 1:
+    """``(C, labels, extras)``: the term's one data-sized constant (distinct labels) and
+    its other constants, when those are closed-over arrays smaller than ``C`` (scalars,
+    the 0/1 spreading matrix of a packed ``x x^T``); else None."""
+    if not t.consts:
         return None
-    c, ls = t.consts[0]
+    sized = sorted(range(len(t.consts)), key=lambda i: -int(np.size(t.consts[i][0])))
+    c, ls = t.consts[sized[0]]
     if jnp.ndim(c) < 1 or len(set(ls)) != len(ls):
         return None
-    return c, tuple(ls)
+    extras = tuple(t.consts[i] for i in sized[1:])
+    if any(not T.is_concrete(e) or int(np.size(e)) >= int(np.size(c)) for e, _ in extras):
+        return None
+    return c, tuple(ls), extras
 
 
 def _orient(cl, rows, s_labels):
@@ -68,9 +75,9 @@ def _products(members, orient, stats, sizes):
     """``(C, W)`` matrix pairs whose products sum to the group's gradient: members that
     share one constant add their ``W``; thin distinct constants are stacked."""
     by_const = {}
-    for t, atom, c, cl, rows, s_labels, cols, others in members:
+    for t, atom, c, cl, rows, s_labels, cols, others, extras, _ in members:
         nrow = math.prod(sizes[l] for l in rows)
-        ops = [(T.atom_operand(a, stats), a.labels) for a in others]
+        ops = [(T.atom_operand(a, stats), a.labels) for a in others] + list(extras)
         w = T._einsum(ops, tuple(s_labels + cols), sizes)
         w = jnp.reshape(jnp.asarray(w), (math.prod(sizes[l] for l in s_labels), -1))
         key = id(c)  # one constant: its rows and columns in one order (the group's)
@@ -113,24 +120,35 @@ def block_gradients(terms, stats, name, sizes):
             rest.append(t)
             continue
         atom = mine[0]
-        c, cl = big
+        c, cl, extras = big
         rows, s_labels = _split(cl, atom.labels)
+        post = ()
+        if not rows and extras:  # rows: the labels C shares with its small constants
+            ext = set().union(*(ls for _, ls in extras))
+            rows = [l for l in cl if l in ext]
+            s_labels = [l for l in cl if l not in ext]
+            post, extras = extras, ()
         others = [a for a in t.atoms if a is not atom]
+        beside = [ls for _, ls in extras] + [a.labels for a in others]
         if not rows or not s_labels or len(set(atom.labels)) != len(atom.labels) or any(
-                l in rows for a in others for l in a.labels):
+                l in rows for ls in beside for l in ls):
             rest.append(t)
             continue
         orient = _orient(cl, rows, s_labels)
         if orient is not None:  # rows and s in the constant's own order
             rows = [l for l in cl if l in rows]
             s_labels = [l for l in cl if l in s_labels]
-        cols = [l for l in atom.labels if l not in cl]
+        need = set(atom.labels).union(*(ls for _, ls in post))
+        cols = [l for l in dict.fromkeys(l for ls in beside for l in ls)
+                if l in need and l not in cl] if post else \
+            [l for l in atom.labels if l not in cl]
         key = (atom.stat, orient, tuple(atom.labels.index(l) for l in rows),
-               tuple(atom.labels.index(l) for l in cols))
-        groups[key].append((t, atom, c, cl, rows, s_labels, cols, others))
+               tuple(atom.labels.index(l) for l in cols)) if not post else ("post", id(t))
+        groups[key].append((t, atom, c, cl, rows, s_labels, cols, others, extras, post))
     grads = {}
-    for (stat, orient, _, _), members in groups.items():
-        t, atom, _, _, rows, _, cols, _ = members[0]
+    for key, members in groups.items():
+        t, atom, _, _, rows, _, cols, _, _, post = members[0]
+        orient = key[1] if not post else _orient(members[0][3], rows, members[0][5])
         order = cols + rows if orient == "sr" else rows + cols
         prod = None
         for cmat, w in _products(members, orient, stats, sizes):
@@ -140,7 +158,11 @@ def block_gradients(terms, stats, name, sizes):
                 p = cmat @ w
             prod = p if prod is None else prod + p
         g = jnp.reshape(prod, [sizes[l] for l in order])
-        g = jnp.transpose(g, [order.index(l) for l in atom.labels])
+        if post:
+            g = T._einsum([(g, tuple(order))] + list(post), atom.labels, sizes)
+        else:
+            g = jnp.transpose(g, [order.index(l) for l in atom.labels])
+        stat = atom.stat
         grads[stat] = grads[stat] + g if stat in grads else g
     return grads, rest
 
@@ -268,11 +290,52 @@ def _merge_pays(t: T.Term, group, keep, sizes):
     return size <= biggest or (reuse >= MIN_REUSE and size <= MAX_GROWTH * inputs)
 
 
-def merge_constants(t: T.Term, sizes) -> T.Term:
+def _symmetric_pair(t: T.Term, group, keep):
+    """``(array, labels, i, j)`` when ``group`` is one array read twice, ``x[.., i]`` and
+    ``x[.., j]`` (the same other labels, both kept): its product is symmetric in i, j."""
+    if len(group) != 2:
+        return None
+    (c1, l1), (c2, l2) = (t.consts[g] for g in group)
+    if c1 is not c2 or len(l1) != len(l2) or len(set(l1)) != len(l1):
+        return None
+    diff = [k for k in range(len(l1)) if l1[k] != l2[k]]
+    if len(diff) != 1 or l1[diff[0]] in l2 or l2[diff[0]] in l1:
+        return None
+    i, j = l1[diff[0]], l2[diff[0]]
+    if i not in keep or j not in keep or set(keep) != set(l1) | {j}:
+        return None
+    return c1, l1, i, j
+
+
+def _packed(t, group, scalars, sym, sizes, fresh):
+    """The term with ``x[.., i] x[.., j]`` stored once per unordered pair: ``P[.., p]`` over
+    the D(D+1)/2 pairs ``i <= j``, and the 0/1 constant ``U[p, i, j]`` (1 at (i_p, j_p) and
+    (j_p, i_p)) that spreads it back, so ``sum_p P U = x x^T`` exactly, for any statistic
+    (the products over the pairs halve)."""
+    c, ls, i, j = sym
+    d = sizes[i]
+    iu, ju = np.triu_indices(d)
+    p = fresh(len(iu))
+    ax = ls.index(i)
+    arr = jnp.asarray(c) if not T.is_concrete(c) else np.asarray(c)
+    lib = T.xp(arr)
+    prod = lib.take(arr, iu, axis=ax) * lib.take(arr, ju, axis=ax)
+    for k in scalars:
+        prod = prod * t.consts[k][0]
+    spread = np.zeros((len(iu), d, d))
+    spread[np.arange(len(iu)), iu, ju] = 1.0
+    spread[np.arange(len(iu)), ju, iu] = 1.0
+    plabels = ls[:ax] + (p,) + ls[ax + 1:]
+    rest = tuple(x for k, x in enumerate(t.consts) if k not in group and k not in scalars)
+    return t.with_(consts=rest + ((prod, plabels), (spread.astype(prod.dtype), (p, i, j))))
+
+
+def merge_constants(t: T.Term, sizes, fresh=None) -> T.Term:
     """``t`` with each group of constants that share labels replaced by their product
     (contracted over the labels no other operand or the output carries; scalars folded
     in), where :func:`_merge_pays`. Exact: the same sum of products, associated
-    differently."""
+    differently. With ``fresh(size) -> label``, a symmetric product ``x_i x_j`` is stored
+    packed (:func:`_packed`)."""
     if len(t.consts) < 2 or len(t.consts) + len(t.atoms) > 6:
         return t
     for group in _components(t.consts):
@@ -282,10 +345,13 @@ def merge_constants(t: T.Term, sizes) -> T.Term:
         if not _merge_pays(t, group, keep, sizes):
             continue
         scalars = [i for i, (_, ls) in enumerate(t.consts) if not ls]
+        sym = _symmetric_pair(t, group, keep) if fresh is not None else None
+        if sym is not None and sizes[sym[2]] > 1:
+            return _packed(t, group, scalars, sym, sizes, fresh)
         use = group + scalars
         prod = T._einsum([t.consts[i] for i in use], keep, sizes)
         rest = tuple(c for i, c in enumerate(t.consts) if i not in use)
-        return merge_constants(t.with_(consts=rest + ((prod, keep),)), sizes)
+        return merge_constants(t.with_(consts=rest + ((prod, keep),)), sizes, fresh)
     return t
 
 
@@ -293,5 +359,12 @@ def merge_data_constants(compiled):
     """The compiled form with :func:`merge_constants` applied to every term (run in the
     data -> constants program, so the products are computed once per data set)."""
     import dataclasses
-    terms = [merge_constants(t, compiled.sizes) for t in compiled.terms]
-    return dataclasses.replace(compiled, terms=terms)
+    sizes = dict(compiled.sizes)
+
+    def fresh(size):
+        label = max(sizes) + 1
+        sizes[label] = int(size)
+        return label
+
+    terms = [merge_constants(t, sizes, fresh) for t in compiled.terms]
+    return dataclasses.replace(compiled, terms=terms, sizes=sizes)
