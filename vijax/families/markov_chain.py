@@ -42,14 +42,6 @@ def _steps(p, hom, xs):
     return (p, xs), lambda x: x
 
 
-def _two_ways(fwd, bwd, init_f, init_b, xs):
-    """The forward recursion over ``xs`` and the backward one (independent: backward
-    messages are normalized on their own), two ``lax.scan`` s (one loop doing both, with
-    the inputs reversed, ran 8x slower on CPU). Returns both outputs in time order."""
-    f_out = jax.lax.scan(fwd, init_f, xs)[1]
-    return f_out, jax.lax.scan(bwd, init_b, xs, reverse=True)[1]
-
-
 def _log_forward(u: Array, p: Array, hom: bool) -> tuple[Array, Array]:
     """Normalized log forward messages ``alpha_t = log p(z_t | x_{<=t})`` (time-major
     ``[T, ..., K]``) and ``A = sum_t log n_t`` (the per-step normalizers)."""
@@ -71,6 +63,7 @@ def _log_forward_backward(unary: Array, pair: Array) -> tuple[Natural, Array]:
     does not grow with ``T``): short chains, the gradient path, and the fallback of the
     scaled pass. Marginals normalized per step."""
     u, p, hom = _potentials(unary, pair)
+    alpha, log_z = _log_forward(u, p, hom)
     xs, read = _steps(p, hom, u[1:])
 
     def bwd(beta, x):
@@ -79,11 +72,7 @@ def _log_forward_backward(unary: Array, pair: Array) -> tuple[Natural, Array]:
         prev = prev - jnp.max(prev, -1, keepdims=True)
         return prev, prev
 
-    z0 = jax.nn.logsumexp(u[0], -1, keepdims=True)
-    (rest, zs), beta = _two_ways(lambda a, x: _log_fwd_step(a, read(x)), bwd, u[0] - z0,
-                                  jnp.zeros_like(u[0]), xs)
-    alpha = jnp.concatenate([(u[0] - z0)[None], rest], 0)
-    log_z = z0[..., 0] + jnp.sum(zs, 0)
+    beta = jax.lax.scan(bwd, jnp.zeros_like(u[0]), xs, reverse=True)[1]
     beta = jnp.concatenate([beta, jnp.zeros_like(u[None, 0])], 0)
     uni = jax.nn.softmax(alpha + beta, -1)
     pw = alpha[:-1, ..., :, None] + p + (u[1:] + beta[1:])[..., None, :]
