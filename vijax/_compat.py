@@ -23,6 +23,15 @@ def is_tracer(x) -> bool:
     return isinstance(x, Tracer)
 
 
+def is_batched(tree) -> bool:
+    """True if a leaf of ``tree`` is being vmapped (a batching tracer)."""
+    try:
+        from jax._src.interpreters.batching import BatchTracer
+    except ImportError:  # pragma: no cover - moved in a later release
+        return False
+    return any(isinstance(l, BatchTracer) for l in jax.tree_util.tree_leaves(tree))
+
+
 def _ext(name):
     if _ext_core is not None and hasattr(_ext_core, name):
         return getattr(_ext_core, name)

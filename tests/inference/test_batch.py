@@ -202,11 +202,12 @@ def test_batched_driver_lanes_equal_driver_run(window, stochastic):
     assert len(set(n.tolist())) > 2 and n.max() == 12  # lanes stop at different steps
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("max_iters,tol", [(37, 0.0), (37, 1e-3), (16, 0.0), (5, 0.0)])
-def test_run_trace_across_chunks(max_iters, tol):
-    """``driver.run`` writes its trace a chunk of steps at a time (the last chunk of a
-    length that is not a multiple of the chunk after the entries already there): the
-    trace is every step's ELBO, padded with the last, alone and under vmap."""
+def test_run_trace_across_chunks(max_iters, tol, split):
+    """``driver.run`` in one loop, or (``split_trace``) in a first loop of a chunk of
+    steps and a second over the rest: the trace is every step's ELBO, padded with the
+    last, alone and under vmap."""
     from vijax.inference import driver
     rates = jnp.array([0.5, 0.9, 0.97])  # tol=1e-3: converge at 6, 26 and after 37
 
@@ -215,7 +216,7 @@ def test_run_trace_across_chunks(max_iters, tol):
             x = r * x
             return x, driver.Info(-x * x - 1.0, True, 0.0, False, ())
         return driver.run(step, jnp.asarray(1.0), max_iters=max_iters, tol=tol,
-                          elbo0=jnp.asarray(-2.0))
+                          elbo0=jnp.asarray(-2.0), split_trace=split)
 
     batched = jax.jit(jax.vmap(fit))(rates)
     for b, r in enumerate(np.asarray(rates, np.float64)):

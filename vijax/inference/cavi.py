@@ -227,7 +227,7 @@ def algorithm(compiled, order=None, damping=None) -> Algorithm:
     return Algorithm(init, step)
 
 
-def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress):
+def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress, batched=False):
     """The whole loop as one function of arrays (jitted below; ``tol`` traced).
     ``natural0=None``: the default start from ``key``, computed inside the same compiled
     program (no compile of its own)."""
@@ -238,7 +238,8 @@ def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress):
     info0 = Info(state.elbo, jnp.asarray(True), state.bound, jnp.asarray(False),
                  jnp.asarray(-1))
     out = driver.run(alg.step, state, max_iters=max_iters, tol=tol, elbo0=state.elbo,
-                     progress=progress, every=max(1, max_iters // 100), info0=info0)
+                     progress=progress, every=max(1, max_iters // 100), info0=info0,
+                     split_trace=batched)
     # the result's diagnostics and posterior inside the one compiled call (no eager
     # operation, and so no XLA compile per operation, after the loop)
     invalid = jnp.where(out.failed_at >= 0, out.info.extra, -1)
@@ -251,7 +252,8 @@ def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress):
 
 # cached by (compiled structure, order, max_iters, damping, progress): a second fit on new
 # data of the same shapes compiles nothing
-_fit_jit = jax.jit(_fit, static_argnames=("order", "max_iters", "damping", "progress"))
+_fit_jit = jax.jit(_fit, static_argnames=("order", "max_iters", "damping", "progress",
+                                          "batched"))
 
 
 def default_order(compiled):
@@ -340,7 +342,8 @@ def cavi(model, data, key=None, init=None, tol=None, max_iters=500, order=None,
                 out, diag, post = jax.block_until_ready(
                     _fit_jit(*args, order, max_iters, damping, True))
         else:
-            out, diag, post = _fit_jit(*args, order, max_iters, damping, False)
+            out, diag, post = _fit_jit(*args, order, max_iters, damping, False,
+                                       _compat.is_batched(args))
         diag["analysis_s"] = np.asarray(prog.analysis_s, dtype)
         result = CaviResult(post, out.info.elbo, out.trace, out.num_iters, out.converged,
                             diag, out.state.natural)

@@ -198,12 +198,15 @@ class _Carry(NamedTuple):
 
 def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int = 1,
         stochastic: bool = False, progress: bool | Callable = False, every: int = 100,
-        info0: Info | None = None, length: int | None = None) -> Run:
-    """Iterate ``step`` from ``state`` in ``lax.while_loop`` (see the module docstring):
-    the first :data:`TRACE_CHUNK` steps in one loop whose trace buffer has that many
-    entries, the others in a second loop over the whole trace (under ``vmap`` a loop's
-    carry is selected per lane at every step: fits that stop early never carry the
-    ``max_iters``-long trace through a loop).
+        info0: Info | None = None, length: int | None = None,
+        split_trace: bool = False) -> Run:
+    """Iterate ``step`` from ``state`` in ``lax.while_loop`` (see the module docstring).
+    With ``split_trace`` (for a loop that will be vmapped): the first
+    :data:`TRACE_CHUNK` steps in one loop whose trace buffer has that many entries, the
+    others in a second loop over the whole trace (under ``vmap`` a loop's carry is
+    selected per lane at every step: fits that stop early never carry the
+    ``max_iters``-long trace through a loop). Without it one loop: the step is compiled
+    once (two loops compile it twice, ~15% of a first fit's one-time cost).
 
     Args:
         step: ``State -> (State, Info)``.
@@ -222,6 +225,7 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
         length: a static bound on ``max_iters``, which may then be traced (one compiled
             loop for every ``max_iters <= length``); the trace then has ``length``
             entries (padded with the last value). Default: ``max_iters`` is static.
+        split_trace: the two-loop form (static; see above).
     """
     if length is None:
         max_iters = int(max_iters)
@@ -233,7 +237,7 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
     info0 = initial_info(step, state, info0, elbo0)
     dtype = jnp.result_type(info0.elbo)
     tol = jnp.asarray(tol, dtype)
-    k = min(TRACE_CHUNK, n)
+    k = min(TRACE_CHUNK, n) if split_trace else n
 
     def body(c):
         state, lane0, trace = c
@@ -250,7 +254,9 @@ def run(step: Callable, state, *, max_iters: int, tol, elbo0=None, window: int =
         return _Carry(new, lane, trace.at[lane0.i].set(e))
 
     c = _Carry(state, lane_start(info0), jnp.zeros((k,), dtype))
-    if length is not None or max_iters > 0:
+    if (length is not None or max_iters > 0) and not split_trace:
+        c = jax.lax.while_loop(lambda c: lane_active(c.lane, max_iters), body, c)
+    elif length is not None or max_iters > 0:
         # the first k steps write a k-entry trace, the others the whole one: under vmap
         # JAX's batched while loop selects every carry leaf per lane at every step, so
         # a [lanes, max_iters] trace in the carry was copied at every step; fits that
