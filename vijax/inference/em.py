@@ -28,7 +28,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
+from vijax._lazy import optax
 
 from vijax import _compat
 from vijax.conjugacy import joint_blocks

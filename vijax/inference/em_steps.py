@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from vijax._lazy import optax
 
 from vijax.errors import ModelSpecError
 from vijax.inference import cavi, driver

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from vijax._lazy import optax
 
 from vijax import _compat
 from vijax.conjugacy.program import program_for

@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from vijax._lazy import optax
 
 from vijax.errors import InvalidParameterError, ModelSpecError
 from vijax.families import Normal

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
+from vijax._lazy import optax
 from jax.flatten_util import ravel_pytree
 
 from vijax import _compat
