@@ -7,12 +7,10 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
-from vijax.errors import InvalidParameterError
-from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
-                                 check_param, family)
+from vijax.families.base import Array, ExponentialFamily, Natural, as_float_arrays, family
 from vijax.families.mvn import _eye_like, _pd_ok, _sym
-from vijax.families.wishart import (_JITTER, Wishart, _inverse, _logdet_chol, multidigamma,
-                                    multigammaln)
+from vijax.families.wishart import (Wishart, _inverse, _logdet_chol, checked_df_scale,
+                                    multidigamma, multigammaln)
 
 _LOG2 = math.log(2.0)
 
@@ -122,21 +120,8 @@ class InverseWishart(ExponentialFamily):
     def from_df_scale(cls, df: Array, scale: Array) -> "InverseWishart":
         """``IW(scale, df)``: ``scale`` (``Psi``) ``[..., D, D]`` symmetric positive
         definite and ``df > D - 1``."""
-        df, scale = as_float_arrays(df, scale)
-        where = "InverseWishart.from_df_scale"
-        if scale.ndim < 2 or scale.shape[-1] != scale.shape[-2]:
-            raise InvalidParameterError(
-                f"{where}: scale must have shape [..., D, D]; got {scale.shape}.")
+        df, scale, _ = checked_df_scale("InverseWishart.from_df_scale", df, scale)
         d = scale.shape[-1]
-        check_param(where, "scale", scale, jnp.all(jnp.isfinite(scale), (-2, -1)), "finite")
-        tol = 1e3 * jnp.finfo(scale.dtype).eps * jnp.max(jnp.abs(scale), (-2, -1))
-        check_param(where, "scale", scale, jnp.all(
-            jnp.abs(scale - jnp.swapaxes(scale, -1, -2)) <= tol[..., None, None], (-2, -1)),
-            "symmetric")
-        check_param(where, "scale", scale, _pd_ok(jnp.linalg.cholesky(_sym(scale))),
-                    "positive definite", _JITTER)
-        check_param(where, "df", df, jnp.isfinite(df) & (df > d - 1),
-                    f"finite and > D - 1 = {d - 1}")
         batch = jnp.broadcast_shapes(df.shape, scale.shape[:-2])
         return cls({"inv": jnp.broadcast_to(-0.5 * _sym(scale), batch + (d, d)),
                     "logdet": jnp.broadcast_to(-0.5 * (df + d + 1.0), batch)})

@@ -42,6 +42,27 @@ def _inverse(chol: Array) -> Array:
     return _sym(cho_solve((chol, True), _eye_like(chol)))
 
 
+def checked_df_scale(where: str, df: Array, scale: Array):
+    """``(df, scale, chol(scale))`` as float arrays, after checking a Wishart-type
+    ``(df, scale)`` pair: ``scale`` ``[..., D, D]`` finite, symmetric and positive
+    definite, ``df`` finite and ``> D - 1``. ``where`` names the constructor."""
+    df, scale = as_float_arrays(df, scale)
+    if scale.ndim < 2 or scale.shape[-1] != scale.shape[-2]:
+        raise InvalidParameterError(
+            f"{where}: scale must have shape [..., D, D]; got {scale.shape}.")
+    d = scale.shape[-1]
+    check_param(where, "scale", scale, jnp.all(jnp.isfinite(scale), (-2, -1)), "finite")
+    tol = 1e3 * jnp.finfo(scale.dtype).eps * jnp.max(jnp.abs(scale), (-2, -1))
+    check_param(where, "scale", scale, jnp.all(
+        jnp.abs(scale - jnp.swapaxes(scale, -1, -2)) <= tol[..., None, None], (-2, -1)),
+        "symmetric")
+    chol = jnp.linalg.cholesky(_sym(scale))
+    check_param(where, "scale", scale, _pd_ok(chol), "positive definite", _JITTER)
+    check_param(where, "df", df, jnp.isfinite(df) & (df > d - 1),
+                f"finite and > D - 1 = {d - 1}")
+    return df, scale, chol
+
+
 def _diag_matrix(v: Array) -> Array:
     return v[..., :, None] * jnp.eye(v.shape[-1], dtype=v.dtype)
 
@@ -167,22 +188,8 @@ class Wishart(ExponentialFamily):
     def from_df_scale(cls, df: Array, scale: Array) -> "Wishart":
         """``W(scale, df)``: ``scale`` ``[..., D, D]`` symmetric positive definite and
         ``df > D - 1``."""
-        df, scale = as_float_arrays(df, scale)
-        if scale.ndim < 2 or scale.shape[-1] != scale.shape[-2]:
-            raise InvalidParameterError(
-                f"Wishart.from_df_scale: scale must have shape [..., D, D]; got {scale.shape}.")
+        df, scale, chol = checked_df_scale("Wishart.from_df_scale", df, scale)
         d = scale.shape[-1]
-        check_param("Wishart.from_df_scale", "scale", scale,
-                    jnp.all(jnp.isfinite(scale), (-2, -1)), "finite")
-        tol = 1e3 * jnp.finfo(scale.dtype).eps * jnp.max(jnp.abs(scale), (-2, -1))
-        check_param("Wishart.from_df_scale", "scale", scale, jnp.all(
-            jnp.abs(scale - jnp.swapaxes(scale, -1, -2)) <= tol[..., None, None], (-2, -1)),
-            "symmetric")
-        chol = jnp.linalg.cholesky(_sym(scale))
-        check_param("Wishart.from_df_scale", "scale", scale, _pd_ok(chol),
-                    "positive definite", _JITTER)
-        check_param("Wishart.from_df_scale", "df", df, jnp.isfinite(df) & (df > d - 1),
-                    f"finite and > D - 1 = {d - 1}")
         prec = _inverse(chol)
         batch = jnp.broadcast_shapes(df.shape, scale.shape[:-2])
         return cls({"x": jnp.broadcast_to(-0.5 * prec, batch + (d, d)),
