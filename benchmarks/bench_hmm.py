@@ -37,7 +37,7 @@ import vijax as vj
 from benchmarks import harness as H
 from vijax.conjugacy import program as P
 from vijax.families import MarkovChain
-from vijax.models.hmm import HMM_PRIOR, hmm_joint
+from vijax.models.hmm import HMM_PRIOR, hmm_joint, hmmlearn_gaussian
 
 SIZES = {"tiny": {"t": 2000, "k": 5, "sweeps": 4, "repeats": 2},
          "full": {"t": 100_000, "k": 5, "sweeps": 20, "repeats": 5}}
@@ -48,22 +48,8 @@ TARGET = 10.0
 def _hmmlearn(x, r0, k, implementation, n_iter=1):
     """VariationalGaussianHMM with the zoo's priors, its posterior set by its M-step
     from ``r0`` (``init_params=""``: nothing re-initialized)."""
-    from hmmlearn.vhmm import VariationalGaussianHMM
-    p = HMM_PRIOR
-    X = np.asarray(x, np.float64)[:, None]
-    h = VariationalGaussianHMM(k, covariance_type="diag", n_iter=n_iter, tol=-np.inf,
-                               init_params="", random_state=SEED,
-                               implementation=implementation)
-    h.n_features = 1
-    h.startprob_prior_ = np.full(k, p["alpha_0"])
-    h.transmat_prior_ = np.full((k, k), p["alpha_A"])
-    h.means_prior_ = np.full((k, 1), p["m0"])
-    h.beta_prior_ = np.full(k, p["beta0"])
-    h.dof_prior_ = np.full(k, 2.0 * p["a0"])
-    h.scale_prior_ = np.full((k, 1), 2.0 * p["b0"])
-    h._do_mstep({"start": r0[0], "trans": np.einsum("tk,tl->kl", r0[:-1], r0[1:]),
-                 "post": r0.sum(0), "obs": r0.T @ X, "obs**2": r0.T @ X ** 2})
-    return h, X
+    assert r0.shape[1] == k
+    return hmmlearn_gaussian(x, r0, HMM_PRIOR, n_iter, implementation, SEED)
 
 
 def _hmmlearn_iterations(h, X, n):

@@ -45,7 +45,8 @@ import pytest
 import vijax as vj
 from vijax.families import MarkovChain, NormalGamma
 from vijax.inference.cavi import cavi
-from vijax.models.hmm import categorical_hmm, hmm, hmm_joint, make_hmm_log_joint
+from vijax.models.hmm import (categorical_hmm, hmm, hmm_joint, hmmlearn_gaussian,
+                              make_hmm_log_joint)
 
 hmmlearn_vhmm = pytest.importorskip("hmmlearn.vhmm")
 
@@ -62,20 +63,9 @@ def _independent_stats(r0):
 
 
 def _hmmlearn_gaussian(x, r0, n_iter):
-    """hmmlearn's VariationalGaussianHMM (1-D, diag) with the zoo's priors, its posterior
+    """hmmlearn's VariationalGaussianHMM (1-D, diag) with the test's priors, its posterior
     set by its own M-step from ``r0``, then ``n_iter`` iterations (no early stop)."""
-    X = np.asarray(x, np.float64)[:, None]
-    h = hmmlearn_vhmm.VariationalGaussianHMM(K, covariance_type="diag", n_iter=n_iter,
-                                             tol=-np.inf, init_params="", random_state=0)
-    h.n_features = 1
-    h.startprob_prior_ = np.full(K, G_PRIOR["alpha_0"])
-    h.transmat_prior_ = np.full((K, K), G_PRIOR["alpha_A"])
-    h.means_prior_ = np.full((K, 1), G_PRIOR["m0"])
-    h.beta_prior_ = np.full(K, G_PRIOR["beta0"])
-    h.dof_prior_ = np.full(K, 2.0 * G_PRIOR["a0"])
-    h.scale_prior_ = np.full((K, 1), 2.0 * G_PRIOR["b0"])
-    h._do_mstep({**_independent_stats(r0), "post": r0.sum(0), "obs": r0.T @ X,
-                 "obs**2": r0.T @ X ** 2})
+    h, X = hmmlearn_gaussian(x, r0, G_PRIOR, n_iter)
     if n_iter:
         h.fit(X)
     return h, X

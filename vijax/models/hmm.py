@@ -99,6 +99,33 @@ def hmm_joint(t=40, k=3, prior=HMM_PRIOR) -> ZooModel:
 CATEGORICAL_HMM_PRIOR = {"alpha_A": 1.0, "alpha_0": 1.0, "alpha_B": 1.0}
 
 
+def hmmlearn_gaussian(x, r0, prior=HMM_PRIOR, n_iter=1, implementation="log",
+                      random_state=0):
+    """hmmlearn's ``VariationalGaussianHMM`` (1-D, ``covariance_type="diag"``) with the
+    priors of :func:`hmm_joint` (``dof_prior = 2 a0``, ``scale_prior = 2 b0``; the rest
+    one to one), its posterior set by its own M-step from responsibilities ``r0 [T, K]``
+    (``init_params=""``: ``fit`` re-initializes nothing). Not fitted; returns the model
+    and ``X [T, 1]``. Needs hmmlearn (the test and bench extras)."""
+    import numpy as np
+    from hmmlearn.vhmm import VariationalGaussianHMM
+    r0 = np.asarray(r0, np.float64)
+    k = r0.shape[1]
+    X = np.asarray(x, np.float64)[:, None]
+    h = VariationalGaussianHMM(k, covariance_type="diag", n_iter=n_iter, tol=-np.inf,
+                               init_params="", random_state=random_state,
+                               implementation=implementation)
+    h.n_features = 1
+    h.startprob_prior_ = np.full(k, prior["alpha_0"])
+    h.transmat_prior_ = np.full((k, k), prior["alpha_A"])
+    h.means_prior_ = np.full((k, 1), prior["m0"])
+    h.beta_prior_ = np.full(k, prior["beta0"])
+    h.dof_prior_ = np.full(k, 2.0 * prior["a0"])
+    h.scale_prior_ = np.full((k, 1), 2.0 * prior["b0"])
+    h._do_mstep({"start": r0[0], "trans": np.einsum("tk,tl->kl", r0[:-1], r0[1:]),
+                 "post": r0.sum(0), "obs": r0.T @ X, "obs**2": r0.T @ X ** 2})
+    return h, X
+
+
 def _dirichlet_rows_logpdf(p, alpha):
     """``sum_i log Dir(p[i] | alpha 1)`` for a stack of rows ``p [R, n]`` (scalar alpha)."""
     n = p.shape[-1]
