@@ -313,10 +313,10 @@ def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-
         if not _compat.is_tracer(ok) and not bool(jnp.all(ok)):
             raise ModelSpecError(f"init['{n}'] lies outside its support {sup}")
         u0[n] = sup.to_unconstrained(v)
-    checks.check_log_joint_on_data(model, data)
-    result, diag = _core_jit(model, data, u0, Static(optimizer), num_steps, float(tol))
-    if not _compat.is_tracer(result.ok) and not bool(result.ok):
-        _raise_failure(result, diag)
+    with checks.explained_by_data(model, data):
+        result, diag = _core_jit(model, data, u0, Static(optimizer), num_steps, float(tol))
+        if not _compat.is_tracer(result.ok) and not bool(result.ok):
+            _raise_failure(result, diag)
     return result
 
 
