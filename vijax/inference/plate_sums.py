@@ -34,7 +34,6 @@ import numpy as np
 from vijax import _compat
 from vijax.conjugacy import host_eval
 from vijax.conjugacy.walker import CALL_PRIMITIVES
-from vijax.errors import ModelSpecError
 
 FREE, ROW, SUM, OTHER = "free", "row", "sum", "other"
 
