@@ -232,6 +232,8 @@ def substitute(w, v, z, k):
     sup = w.supports[z]
     terms = []
     for t in v.terms:
+        if np.ndim(k) == 0 and _vanishes_at(t, z, k):
+            continue
         consts = list(t.consts)
         atoms = []
         zero = False
@@ -260,6 +262,24 @@ def substitute(w, v, z, k):
     if not terms:  # a broadcast view of zero (no pass over the shape)
         return np.broadcast_to(np.zeros((), np.dtype(v.dtype)), v.shape)
     return simplify_const(w, T.Sym(v.shape, v.dtype, tuple(terms)))
+
+
+def _vanishes_at(t, z, k):
+    """Whether term ``t`` is zero at ``z = k`` before substituting: a one-hot of ``z``
+    read in order over a summed category label ``c`` that a concrete constant over ``c``
+    alone weights by zero at ``k`` (``sum_c [k = c] delta[c] = delta[k] = 0``; the K - 1
+    other categories of a tabulated term). What restricting the substituted term's
+    deltas finds, without building it."""
+    for a in t.atoms:
+        if a.latent != z or a.stat != "onehot" or a.idx is not None:
+            continue
+        cat = a.labels[-1]
+        if cat in t.out:
+            continue
+        for c, ls in t.consts:
+            if ls == (cat,) and T.is_concrete(c) and np.ndim(c) == 1 and c[k] == 0:
+                return True
+    return False
 
 
 def _squeeze_unit(c, labels, sizes):

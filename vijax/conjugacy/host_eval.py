@@ -163,3 +163,40 @@ def evaluate(eqn, vals, shape=None):
             out = ELEMENTWISE_NUMPY[name](*arrs)
     out = np.asarray(out).astype(dtype, copy=False)
     return out if out.shape == out_shape else np.broadcast_to(out, out_shape)
+
+
+def gather(operand, indices, dimension_numbers, slice_sizes):
+    """numpy ``lax.gather`` in CLIP mode (the index vector on the last axis):
+    ``out[b, o] = operand[clip(start(b)) + window(o)]``, each start clamped to
+    ``[0, dim - slice_size]``; operand batching axes read the matching batch position."""
+    op, ind = np.asarray(operand), np.asarray(indices)
+    dn = dimension_numbers
+    offset_dims = tuple(dn.offset_dims)
+    obd = tuple(getattr(dn, "operand_batching_dims", ()) or ())
+    sibd = tuple(getattr(dn, "start_indices_batching_dims", ()) or ())
+    window = [d for d in range(op.ndim) if d not in dn.collapsed_slice_dims and d not in obd]
+    batch_shape = ind.shape[:-1]
+    rank = len(batch_shape) + len(offset_dims)
+    batch_out = [d for d in range(rank) if d not in offset_dims]
+    out_shape = [1] * rank
+    for d, n in zip(batch_out, batch_shape):
+        out_shape[d] = n
+    for d, od in zip(offset_dims, window):
+        out_shape[d] = slice_sizes[od]
+    b_shape = [out_shape[d] if d in batch_out else 1 for d in range(rank)]
+
+    def along(d, n):  # 0..n-1 along output axis d
+        sh = [1] * rank
+        sh[d] = n
+        return np.arange(n, dtype=np.intp).reshape(sh)
+
+    idx = [np.zeros((1,) * rank, np.intp) for _ in range(op.ndim)]
+    for k, od in enumerate(dn.start_index_map):
+        s = ind[..., k].astype(np.intp).reshape(b_shape)
+        idx[od] = np.clip(s, 0, op.shape[od] - slice_sizes[od])
+    for od, bd in zip(obd, sibd):
+        idx[od] = along(batch_out[bd], batch_shape[bd])
+    for d, od in zip(offset_dims, window):
+        idx[od] = idx[od] + along(d, slice_sizes[od])
+    out = op[tuple(idx)] if op.ndim else op
+    return np.broadcast_to(out, tuple(out_shape)).copy()

@@ -227,7 +227,12 @@ def _gather(w, eqn, invals):
             ind = ind[tuple(slice(0, 1) if ax in flat else slice(None)
                             for ax in range(ind.ndim))]
             params["slice_sizes"] = tuple(params["slice_sizes"])
-    pos = jax.lax.gather(iota, ind, **params)
+    host_ind = host_eval.host_array(ind)
+    if host_ind is not None:  # numpy: no XLA compile per index shape
+        pos = host_eval.gather(iota, host_ind, params["dimension_numbers"],
+                               params["slice_sizes"])
+    else:
+        pos = jax.lax.gather(iota, ind, **params)
     if T.is_concrete(pos):
         pos = np.asarray(pos)
         idx = list(np.unravel_index(pos, shape)) if shape else []

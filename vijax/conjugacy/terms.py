@@ -18,6 +18,7 @@ import dataclasses
 import math
 from typing import Any, Tuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -174,6 +175,10 @@ def _einsum(operands, out, sizes):
     lib = xp(*[arr for arr, _ in operands])
     if lib is np:
         operands = [(np.asarray(arr), ls) for arr, ls in operands]
+    else:  # host constants beside traced ones: placed, not staged (jnp.asarray of a numpy
+        # array compiles one XLA program per shape under ensure_compile_time_eval)
+        operands = [(jax.device_put(arr) if isinstance(arr, (np.ndarray, np.generic)) else arr,
+                     ls) for arr, ls in operands]
     if not operands:
         return np.ones([sizes[l] for l in out])
     # relabel to small ints for jnp.einsum's interleaved form
