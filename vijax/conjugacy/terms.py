@@ -21,6 +21,7 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import opt_einsum
 
 from vijax._compat import is_tracer
 
@@ -198,13 +199,27 @@ def _einsum(operands, out, sizes):
     elif lib is np:
         res = np.einsum(*args, optimize=True)
     else:
-        res = jnp.einsum(*args, optimize="optimal" if len(operands) <= 4 else "greedy")
+        res = jnp.einsum(*args, optimize=_contraction_path(args, len(operands)))
     if len(real_out) == len(out):
         return res
     # insert broadcast axes
     shape_b = [sizes[l] if l in present else 1 for l in out]
     res = lib.reshape(res, [sizes[l] if l in present else 1 for l in out])
     return lib.broadcast_to(res, [sizes[l] for l in out]) if shape_b else res
+
+
+def _contraction_path(args, n):
+    """The cheapest (fewest flops) of opt_einsum's ``optimal`` (up to 4 operands),
+    ``greedy`` and ``dp`` paths for an interleaved einsum. ``optimal`` alone is not
+    optimal for hadamard-style terms: ``x[n,d] w[k,d] v[k,d] r[n,k]`` gets the [K, N]
+    intermediate ``(w v) x^T`` (2 N K D + 2 N K) where ``r^T x`` first costs 2 N K D +
+    2 K D (the GMM's data term in F)."""
+    best = None
+    for how in (("optimal",) if n <= 4 else ()) + ("greedy", "dp"):
+        path, info = opt_einsum.contract_path(*args, optimize=how)
+        if best is None or info.opt_cost < best[0]:
+            best = (info.opt_cost, path)
+    return best[1]
 
 
 def atom_operand(atom: Atom, stats):
