@@ -10,10 +10,14 @@ import contextlib
 import jax
 from jax import core as _core
 
-try:  # jax >= 0.4.30 exposes the jaxpr types here
-    from jax.extend import core as _ext_core
+try:  # the jaxpr types where jax defines them (jax.extend.core re-exports these objects;
+    # importing jax.extend costs ~25 ms of every import, for its Pallas module)
+    from jax._src import core as _ext_core
 except ImportError:  # pragma: no cover
-    _ext_core = None
+    try:  # jax >= 0.4.30 exposes the jaxpr types here
+        from jax.extend import core as _ext_core
+    except ImportError:
+        _ext_core = None
 
 Tracer = _core.Tracer
 
