@@ -59,7 +59,9 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
 
     KL divergences are summed over a latent's elements; mean differences are absolute
     and in units of ``b``'s posterior standard deviation; variance differences are
-    relative to ``b``'s variance. ``agree`` needs the relative ELBO gap below
+    relative to ``b``'s variance. A declared joint block (``blocks=[["mu", "tau"]]``) is
+    one row, keyed by its block name (``"mu+tau"``): the KL of the joint factors
+    (Normal-Gamma, Normal-Wishart), the moments of the members' exact marginals. ``agree`` needs the relative ELBO gap below
     ``elbo_tol``, both KLs below ``kl_tol`` and, if given, every mean within
     ``mean_tol_sd`` standard deviations.
 
@@ -81,20 +83,37 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
                             f"{type(fit).__name__}")
     lat = {}
     ok = True
+    blocks_a, blocks_b = _joint_factors(a), _joint_factors(b)
+    for name in set(blocks_a) ^ set(blocks_b):
+        first = "first" if name in blocks_a else "second"
+        raise ValueError(f"block '{name}' is one joint factor in the {first} fit only (the "
+                         "other fitted its latents mean-field); compare fits of the same "
+                         "variational family")
+    members = set()
+    rows = [(name, qa, blocks_b[name]) for name, qa in blocks_a.items()]
+    for name, qa in blocks_a.items():
+        members.update(name.split("+"))
     for n, qa in a.posterior.items():
+        if n in members:
+            continue
         if n not in b.posterior:
             raise ValueError(f"latent '{n}' is in the first fit but not the second")
-        qb = b.posterior[n]
+        rows.append((n, qa, b.posterior[n]))
+    for n, qa, qb in rows:
         if type(qa) is not type(qb):
             raise ValueError(f"latent '{n}': families differ ({type(qa).__name__} vs "
                              f"{type(qb).__name__}); compare fits of the same variational family")
         kab = float(jnp.sum(qa.kl(qb)))
         kba = float(jnp.sum(qb.kl(qa)))
-        dm = float(jnp.max(jnp.abs(jnp.asarray(qa.mean(), float) - jnp.asarray(qb.mean(), float))))
-        va, vb = jnp.asarray(qa.variance(), float), jnp.asarray(qb.variance(), float)
+        if n in blocks_a:  # moments of the members' exact marginals, side by side
+            ma, va = _block_moments(a, n)
+            mb, vb = _block_moments(b, n)
+        else:
+            ma, va = jnp.asarray(qa.mean(), float), jnp.asarray(qa.variance(), float)
+            mb, vb = jnp.asarray(qb.mean(), float), jnp.asarray(qb.variance(), float)
+        dm = float(jnp.max(jnp.abs(ma - mb)))
         dv = float(jnp.max(jnp.abs(va - vb) / jnp.maximum(jnp.abs(vb), 1e-300)))
-        dsd = float(jnp.max(jnp.abs(jnp.asarray(qa.mean(), float) - jnp.asarray(qb.mean(), float))
-                            / jnp.sqrt(jnp.maximum(vb, 1e-300))))
+        dsd = float(jnp.max(jnp.abs(ma - mb) / jnp.sqrt(jnp.maximum(vb, 1e-300))))
         lat[n] = {"family": type(qa).__name__, "kl_ab": kab, "kl_ba": kba,
                   "max_abs_mean_diff": dm, "max_mean_diff_sd": dsd, "max_rel_var_diff": dv}
         ok &= bool(np.isfinite(kab) and np.isfinite(kba) and max(kab, kba) < kl_tol)
@@ -104,6 +123,31 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
     gap = abs(ea - eb) / max(abs(ea), 1.0)
     ok &= bool(gap < elbo_tol)
     return Comparison(bool(ok), ea, eb, gap, lat, elbo_tol, kl_tol, tuple(names), mean_tol_sd)
+
+
+def _joint_factors(fit) -> dict:
+    """``{block name: joint family object}`` of a fit's declared blocks (factors keyed
+    ``"mu+tau"`` in ``fit.natural``, whose ``posterior`` holds the members' marginals)."""
+    from vijax.families import registry
+    natural = getattr(fit, "natural", None)
+    if not isinstance(natural, dict):
+        return {}
+    out = {}
+    for name, nat in natural.items():
+        if name in fit.posterior or not isinstance(nat, dict):
+            continue
+        fam = next((f for f in registry.joint_families()
+                    if set(f.stat_names) == set(nat)), None)
+        if fam is not None:
+            out[name] = fam(dict(nat))
+    return out
+
+
+def _block_moments(fit, name):
+    """Concatenated (means, variances) of a block's members' marginals."""
+    qs = [fit.posterior[m] for m in name.split("+")]
+    flat = lambda f: jnp.concatenate([jnp.ravel(jnp.asarray(f(q), float)) for q in qs])  # noqa: E731
+    return flat(lambda q: q.mean()), flat(lambda q: q.variance())
 
 
 def _moments(fit, name, shape):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from vijax._lazy import optax
 
 from vijax import _compat
+from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import program_for
 from vijax.errors import (FitDivergedError, ModelSpecError, NonConjugateError,
                           UnsupportedPrimitiveError)
@@ -93,8 +94,10 @@ def default_optimizer(natural_gradient: bool):
 
 
 def prepare(model, data, estimator):
-    """``(compiled form or None, q family per latent, estimator)`` with ``"auto"``
-    resolved: ``"exact"`` when every latent is conjugate, else ``"reparam"``."""
+    """``(compiled form or None, q family per factor, estimator)`` with ``"auto"``
+    resolved: ``"exact"`` when every latent is conjugate, else ``"reparam"``. Declared
+    blocks of several latents are joint factors (:func:`vijax.conjugacy.joint_blocks.apply`:
+    the compiled form and the natural parameters key them by block name)."""
     if estimator not in ESTIMATORS:
         raise ModelSpecError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     check_data(data)
@@ -109,6 +112,8 @@ def prepare(model, data, estimator):
     if estimator == "exact":
         prog.require_conjugate()
     compiled = prog.materialize(data) if prog is not None else None
+    if compiled is not None:  # declared blocks become joint factors, as for CAVI
+        compiled = joint_blocks.apply(compiled, prog.blocks)
     if estimator == "auto":
         estimator = "exact" if compiled is not None and compiled.conjugate else "reparam"
     return compiled, mf.variational_infos(model, compiled), estimator

@@ -58,7 +58,7 @@ class Objective:
 
             def one(i):
                 st = {n: point_statistics(self.infos[n],
-                                          self.infos[n].value_of_sample(samples[n][i]))
+                                          self.infos[n].value_of_sample(_draw(samples[n], i)))
                       for n in self.continuous}
                 return self.compiled.F({**st, **mu_disc})
             logp = jax.vmap(one)(jnp.arange(S))
@@ -68,9 +68,10 @@ class Objective:
         dsamples = {n: jax.lax.stop_gradient(qs[n].sample(keys[n], (S,))) for n in self.discrete}
 
         def logp_at(i):
-            z = {n: self.infos[n].value_of_sample(samples[n][i]) for n in self.continuous}
+            z = {n: self.infos[n].value_of_sample(_draw(samples[n], i)) for n in self.continuous}
             z.update({n: self.infos[n].value_of_sample(dsamples[n][i]) for n in self.discrete})
-            return self.model.log_joint(z, self.data)
+            # a joint block's draw {"mean", "precision"} under its members' names
+            return self.model.log_joint(mf.to_latents(self.infos, z), self.data)
         logp = jax.vmap(logp_at)(jnp.arange(S))
         e = jnp.mean(logp) + entropy
         if not self.discrete:
@@ -82,6 +83,11 @@ class Objective:
         base = (jnp.sum(f) - f) / max(S - 1, 1)
         score = jnp.mean((f - base) * logq)
         return e + score - jax.lax.stop_gradient(score), e
+
+
+def _draw(samples, i):
+    """The ``i``-th of ``S`` draws (an array, or a joint block's dict of arrays)."""
+    return jax.tree_util.tree_map(lambda a: a[i], samples)
 
 
 def exact_elbo(compiled, fams, natural):

@@ -31,21 +31,38 @@ def families_of(compiled):
 
 
 def variational_infos(model, compiled):
-    """Per latent, the q family: the compiler's where conjugate, else the support's
+    """Per factor, the q family: the compiler's where conjugate, else the support's
     default family from the registry (Normal, Gamma, Beta, Dirichlet, Bernoulli,
     Categorical, Poisson; a count latent's Poisson q has no reparameterization:
-    score-function gradients)."""
+    score-function gradients).
+
+    A declared block of several latents is one joint factor keyed by its block name
+    (``"mu+tau"``, a :class:`~vijax.conjugacy.joint_blocks.BlockInfo`), in the place of
+    its first member as :func:`vijax.conjugacy.joint_blocks.apply` orders it (so that
+    the default start is CAVI's); ``compiled`` must be the block-applied form.
+
+    Raises:
+        ModelSpecError: a block when the compiler gave no form of the log joint (its
+            joint family is matched on the compiled terms).
+    """
     import dataclasses
-    from vijax.conjugacy.joint_blocks import multi_blocks
+    from vijax.conjugacy.joint_blocks import block_name, multi_blocks
     from vijax.conjugacy.matching import LatentInfo
     joint = multi_blocks(getattr(model, "blocks", ()))
-    if joint:
+    if joint and compiled is None:
         raise ModelSpecError(
-            f"blocks {[list(b) for b in joint]}: joint factors are fitted by vj.cavi only; "
-            "the gradient path fits a mean-field q (one factor per latent). Declare the "
-            "model without blocks for vj.fit_gradient")
+            f"block {list(joint[0])}: the conjugacy compiler could not read this log joint, "
+            "and a joint factor (Normal-Gamma, Normal-Wishart) is matched on its compiled "
+            "terms; declare the model without blocks= for a mean-field gradient fit")
+    member_of = {m: b for b in joint for m in b}
     out = {}
     for n, sup in model.supports.items():
+        if n in member_of:
+            b = member_of[n]
+            if n == b[0]:
+                name = block_name(b)
+                out[name] = compiled.infos[name]
+            continue
         inf = compiled.infos.get(n) if compiled is not None else None
         if inf is not None and inf.family is not None:
             out[n] = inf
@@ -55,6 +72,19 @@ def variational_infos(model, compiled):
             raise ModelSpecError(f"latent '{n}': no variational family for support {sup}")
         base = inf if inf is not None else LatentInfo(n, sup)
         out[n] = dataclasses.replace(base, family=fam.__name__, event_axes=())
+    return out
+
+
+def to_latents(infos, values):
+    """Factor values (draws, means) as latent values: a joint block's value
+    ``{"mean": ..., "precision": ...}`` is handed out under its members' names."""
+    out = {}
+    for n, v in values.items():
+        members = getattr(infos[n], "members", ())
+        if members:
+            out.update({m: v[r] for m, r in zip(members, infos[n].roles)})
+        else:
+            out[n] = v
     return out
 
 
@@ -128,13 +158,20 @@ def default_init(compiled, key, dtype):
 
 def user_init(compiled, init, base):
     """Overlay user-supplied factors (family objects, or probabilities for discrete
-    latents) on ``base`` natural parameters."""
+    latents) on ``base`` natural parameters. A joint block's factor is given under its
+    block name (``{"mu+tau": NormalGamma(...)}``)."""
     if not init:
         return base
     out = dict(base)
+    infos = _infos(compiled)
     for n, v in init.items():
-        infos = _infos(compiled)
         if n not in infos:
+            block = next((b for b, i in infos.items() if n in getattr(i, "members", ())), None)
+            if block is not None:  # a member of a joint factor: the joint factor is the init
+                raise ModelSpecError(
+                    f"init names latent '{n}', which is a member of the joint block "
+                    f"'{block}': pass init={{'{block}': {infos[block].family}(...)}} (e.g. a "
+                    f"fit's NormalGamma/NormalWishart(fit.natural['{block}']))")
             raise ModelSpecError(f"init names latent '{n}', which the model does not declare")
         inf = infos[n]
         cls = inf.family_class
