@@ -11,6 +11,14 @@ latent; a default by support for the others). Estimators of
   baseline;
 - ``"auto"``: exact where the compiler allows, else reparam.
 
+Declared blocks (``vj.Model(..., blocks=[["mu", "tau"]])``) are one joint factor each,
+as in CAVI (Normal-Gamma, Normal-Wishart; keyed ``"mu+tau"`` in the natural
+parameters): the exact estimator reads F in the block's joint statistics, the reparam
+estimator draws the precision (Gamma, or Wishart by Bartlett's construction, both
+reparameterized) and then the mean given it, hands the draws to the log joint under the
+members' names and adds the block's exact entropy; ``posterior`` holds each member's
+exact marginal.
+
 Two parameterizations: the optimizer acts on the unconstrained parameters
 (``family.to_unconstrained``), or, with ``natural_gradient=True`` (exact estimator), on
 the natural parameters along the natural gradient ``dF/dmu - eta``: a step of size
@@ -271,7 +279,9 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
             ``tol * max(|mean|, 1)`` plus the rounding bound (exact) or two standard
             errors of the difference (Monte Carlo: a change that the sampling noise
             explains is no progress); default ``max(1e-6, 8 eps)``.
-        init: optional ``{latent: family object}`` starting factors.
+        init: optional ``{latent: family object}`` starting factors (what ``vj.cavi``
+            takes: a declared block's joint factor under its block name,
+            ``{"mu+tau": NormalGamma(...)}``).
         natural_gradient: natural-gradient steps on the natural parameters (exact only);
             default (None): when the estimator is exact and ``optimizer`` is None.
         chunk: steps per window of the windowed stopping rule, and between progress
@@ -292,7 +302,10 @@ def fit_gradient(model, data, key, optimizer=None, estimator="auto", num_samples
         Carlo estimate with 10x ``num_samples``. ``diagnostics["estimator"]`` is the
         estimator used (``"exact"`` or ``"reparam"``, ``"auto"`` resolved; a string that
         is structure, not data, in the pytree), ``diagnostics["natural_gradient"]``
-        whether natural steps were taken.
+        whether natural steps were taken. With declared blocks, ``natural`` is keyed by
+        factor (``"mu+tau"``) and ``posterior`` by latent (each member's exact
+        marginal: Student-t / multivariate t for the mean, Gamma / Wishart for the
+        precision), as ``vj.cavi``'s.
 
     Raises:
         FitDivergedError: the ELBO became non-finite; carries the last finite state.
