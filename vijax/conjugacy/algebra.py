@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from vijax.conjugacy import host_eval
 from vijax.conjugacy import terms as T
 from vijax.conjugacy.values import is_sym
 from vijax.conjugacy.walker import Lazy
@@ -273,7 +274,9 @@ def concat_syms(w, invals, dim, new, dtype):
     for v in invals:
         n = jnp.shape(w.point(v))[dim] if not is_sym(v) else v.shape[dim]
         if not is_sym(v):
-            const_parts.append(jnp.asarray(w.concrete(v)).astype(dtype))
+            h = host_eval.host_array(w.concrete(v))
+            const_parts.append(h.astype(dtype) if h is not None else
+                               jnp.asarray(w.concrete(v)).astype(dtype))
             offset += n
             continue
         c, rest = split_constant(w, v)
@@ -293,7 +296,9 @@ def concat_syms(w, invals, dim, new, dtype):
             mask = np.broadcast_to(((r >= offset) & (r < offset + n)).reshape(sh), new)
             terms.extend(reindex_sym(w, rest, new, ia, mask=mask).terms)
         offset += n
-    const = jnp.concatenate(const_parts, axis=dim)
+    host = [host_eval.host_array(c) for c in const_parts]
+    const = np.concatenate(host, axis=dim) if all(h is not None for h in host) else \
+        jnp.concatenate(const_parts, axis=dim)  # host parts: no XLA compile
     return T.Sym(new, dtype, tuple(terms) + (T.const_term(w.space, const, new),))
 
 

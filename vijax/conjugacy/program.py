@@ -84,7 +84,10 @@ class Program:
         self.timings = timings
         self._treedef = treedef
         self._jaxpr = closed.jaxpr
-        self._consts = [jnp.asarray(c) for c in closed.consts]  # on the device once
+        # on the device once; placed, not staged (jnp.asarray of a numpy constant compiles
+        # one XLA program per shape under ensure_compile_time_eval)
+        self._consts = [jax.device_put(c) if isinstance(c, (np.ndarray, np.generic))
+                        else jnp.asarray(c) for c in closed.consts]
         self._data_def = jax.tree_util.tree_structure(spec)
         self._fn = jax.jit(self._evaluate)
         self._exe = {}  # executables by the data leaves' shardings (sharded data: one each)

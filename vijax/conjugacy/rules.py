@@ -179,10 +179,13 @@ def _dynamic_slice(w, eqn, invals):
     new = _shape(eqn)
     ia = []
     for i, n in enumerate(new):
-        st = jnp.clip(jnp.asarray(w.concrete(starts[i])), 0, s.shape[i] - n)
+        start = w.concrete(starts[i])
+        h = host_eval.host_array(start)
+        lib = np if h is not None else jnp  # host starts: no XLA compile
+        st = lib.clip(h if h is not None else jnp.asarray(start), 0, s.shape[i] - n)
         sh = [1] * len(new)
         sh[i] = n
-        ia.append((st + jnp.arange(n)).reshape(sh))
+        ia.append((st + lib.arange(n)).reshape(sh))
     return reindex_sym(w, s, new, ia)
 
 

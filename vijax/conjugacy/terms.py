@@ -214,12 +214,24 @@ def _contraction_path(args, n):
     optimal for hadamard-style terms: ``x[n,d] w[k,d] v[k,d] r[n,k]`` gets the [K, N]
     intermediate ``(w v) x^T`` (2 N K D + 2 N K) where ``r^T x`` first costs 2 N K D +
     2 K D (the GMM's data term in F)."""
+    key = tuple(tuple(a) if isinstance(a, list) else tuple(np.shape(a)) for a in args)
+    path = _PATHS.get(key)
+    if path is not None:
+        return path
     best = None
     for how in (("optimal",) if n <= 4 else ()) + ("greedy", "dp"):
-        path, info = opt_einsum.contract_path(*args, optimize=how)
+        p, info = opt_einsum.contract_path(*args, optimize=how)
         if best is None or info.opt_cost < best[0]:
-            best = (info.opt_cost, path)
+            best = (info.opt_cost, p)
+    if len(_PATHS) > 4096:
+        _PATHS.clear()
+    _PATHS[key] = best[1]
     return best[1]
+
+
+#: contraction paths by operand shapes and labels (F, its block gradients and the ELBO
+#: contract the same terms several times per trace)
+_PATHS: dict = {}
 
 
 def atom_operand(atom: Atom, stats):
