@@ -59,11 +59,14 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
 
     KL divergences are summed over a latent's elements; mean differences are absolute
     and in units of ``b``'s posterior standard deviation; variance differences are
-    relative to ``b``'s variance. A declared joint block (``blocks=[["mu", "tau"]]``) is
-    one row, keyed by its block name (``"mu+tau"``): the KL of the joint factors
-    (Normal-Gamma, Normal-Wishart), the moments of the members' exact marginals. ``agree`` needs the relative ELBO gap below
+    relative to ``b``'s variance. ``agree`` needs the relative ELBO gap below
     ``elbo_tol``, both KLs below ``kl_tol`` and, if given, every mean within
     ``mean_tol_sd`` standard deviations.
+
+    A declared joint block (``blocks=[["mu", "tau"]]``) is one row, keyed by its block
+    name (``"mu+tau"``): the KL of the joint factors (Normal-Gamma, Normal-Wishart) and
+    the moments of the members' exact marginals. A block that is joint in one fit only
+    is a ValueError (different variational families).
 
     Either fit may be a :class:`~vijax.LaplaceResult`. Its Gaussian lives on the
     unconstrained space, so it is compared by moments in the original space (its
