@@ -40,6 +40,11 @@ def _assert_lane_equals(batched, b, single, rtol=1e-10):
     for a, s in zip(jax.tree_util.tree_leaves(_lane(batched.natural, b)),
                     jax.tree_util.tree_leaves(single.natural)):
         np.testing.assert_allclose(a, s, rtol=rtol, atol=1e-12)
+    for k, v in single.diagnostics.items():  # the monotonicity and failure bookkeeping
+        if k != "analysis_s":
+            # decreases are differences of ELBOs: equal up to the ELBO's own rounding
+            np.testing.assert_allclose(batched.diagnostics[k][b], v, rtol=rtol, err_msg=k,
+                                       atol=1e-13 * max(abs(float(single.elbo)), 1.0))
     width = batched.elbo_trace.shape[-1]
     if width < single.elbo_trace.shape[0]:  # batch_cavi keeps the sweeps the batch ran
         assert width == int(jnp.max(batched.num_iters))
@@ -150,6 +155,8 @@ def test_failed_lanes_are_counted_in_a_warning_or_raised():
     # NaN data are rejected up front, as by vj.cavi
     with pytest.raises(vj.DataError):
         vj.batch_cavi(zm.model, xs.at[2, 0].set(jnp.nan))
+    with pytest.raises(vj.DataError, match=r"lanes \[1, 3\]"):  # named, across chunks
+        vj.batch_cavi(zm.model, xs.at[1, 0].set(jnp.inf).at[3, 5].set(jnp.nan), chunk_size=2)
 
 
 def test_float32_lanes_converge():

@@ -25,7 +25,11 @@ from vijax.errors import DataError, ModelSpecError
 from vijax.inference import batch_driver as bd
 from vijax.inference import checks, stopping
 from vijax.inference import meanfield as mf
-from vijax.inference.cavi import CaviResult, algorithm
+from vijax.inference.cavi import CaviResult, _checked_options
+from vijax.inference.cavi import magnitude_bound
+from vijax.inference.cavi import sweep as cavi_sweep
+from vijax.inference.driver import Info
+from vijax.model import _spans_devices
 
 #: sweeps per segment of the batched loop (the trace buffer is ``[lanes, SEGMENT]``)
 SEGMENT = 16
@@ -112,6 +116,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     order = None if order is None else tuple(order)
     max_iters = int(max_iters)
     fns = _fitter(model, prog, max_iters, order, damping, key_batched)
+    _check_finite(datasets, fns[4])
 
     outs, counts = [], np.zeros(3, np.int64)
     for start in range(0, n, chunk):
@@ -120,7 +125,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol, start)
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol)
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
@@ -135,26 +140,46 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     return result
 
 
-def _fit_chunk(fns, data, key, init, tol, offset):
+def _check_finite(datasets, bad_lanes):
+    """Raise :class:`DataError` naming the lanes with NaN/Inf data. As
+    :func:`vijax.model.check_data`: a leaf on one device is checked on the host (one
+    vectorized pass, no device op); a leaf split over devices by the jitted
+    ``bad_lanes``."""
+    bad, spread = None, False
+    for x in jax.tree_util.tree_leaves(datasets):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            continue
+        if _spans_devices(x):
+            spread = True
+            continue
+        arr = np.asarray(x)
+        if not np.all(np.isfinite(arr)):
+            rows = ~np.all(np.isfinite(arr.reshape(arr.shape[0], -1)), axis=1)
+            bad = rows if bad is None else bad | rows
+    if spread:
+        rows = np.asarray(bad_lanes(datasets))
+        bad = rows if bad is None else bad | rows
+    if bad is not None and bad.any():
+        raise DataError(f"datasets has NaN/Inf values in lanes {_lanes(bad)}; remove or "
+                        "impute them before fitting")
+
+
+def _fit_chunk(fns, data, key, init, tol):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
     goes on segment by segment (compiled on first use). Returns the result and the
     counts of failed, unconverged and excess-decrease lanes (:func:`_report`)."""
-    first, restart, more, finish, bad_lanes = fns
+    first, restart, more, finish, _ = fns
     trace, result, status = first(data, key, init, tol)
-    steps, running, nbad, *counts = (int(v) for v in np.asarray(status))  # one host read
-    if nbad:
-        raise DataError(f"datasets has NaN/Inf values in lanes "
-                        f"{_lanes(np.asarray(bad_lanes(data)), offset=offset)}; remove or "
-                        "impute them before fitting")
+    steps, running, *counts = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
     if running:
         packed, trace, status = restart(data, key, init, tol)
         traces = [trace]
-        steps, running, _, *counts = (int(v) for v in np.asarray(status))
+        steps, running, *counts = (int(v) for v in np.asarray(status))
         while running:
             packed, trace, status = more(data, packed, tol)
-            steps, running, _, *counts = (int(v) for v in np.asarray(status))
+            steps, running, *counts = (int(v) for v in np.asarray(status))
             traces.append(trace)
         result, counts = finish(data, packed)
         counts = np.asarray(counts)
@@ -212,24 +237,33 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         return hit[1]
     rows = min(max_iters, SEGMENT)
     layout = {}  # the carry's structure, recorded when ``first`` is traced
+    span = _span(model, max_iters)
 
     def materialize(data):
         return jax.vmap(prog.materialize)(data)
 
-    def step(compiled, state):
-        return algorithm(compiled, order, damping).step(state)
+    def step(compiled, state, elbo_prev, bound_prev):
+        # CAVI's sweep (vijax.inference.cavi.sweep_step); its rounding bound is left to
+        # the loop (``bound``), which evaluates it only when an ELBO did not increase
+        natural, mu = state
+        natural, mu, e, invalid = cavi_sweep(
+            lambda m: (compiled, m), mf.families_of(compiled), natural, mu,
+            _checked_options(compiled, order, damping), damping)
+        return (natural, mu), Info(e, invalid < 0, 0.0, False, invalid)
+
+    def bound(compiled, state):
+        return magnitude_bound(compiled, state[1], jnp.zeros(()).dtype)
 
     def advance(compiled, carry, tol):
-        carry, trace = bd.advance(_arrays(step), compiled, carry, max_iters=max_iters,
-                                  tol=tol, rows=rows)
-        return carry, trace, bd.active(carry, max_iters)
+        carry, trace = bd.lean_advance(step, compiled, carry, max_iters=max_iters,
+                                       tol=tol, rows=rows, span=span, bound=bound)
+        return carry, trace, bd.lean_running(carry, max_iters)
 
-    def status(carry, active, bad=None, flags=None):
-        # ``[t, running lanes, lanes with NaN/Inf data, failed, unconverged, excess]``:
-        # the per-lane flags summed in one reduction
+    def status(carry, active, flags=None):
+        # ``[t, running lanes, failed, unconverged, excess]``: the per-lane flags summed
+        # in one reduction
         nb = active.shape[0]
-        cols = [active[:, None], jnp.zeros((nb, 1), bool) if bad is None else bad[:, None],
-                jnp.zeros((nb, 3), bool) if flags is None else flags]
+        cols = [active[:, None], jnp.zeros((nb, 3), bool) if flags is None else flags]
         sums = jnp.sum(jnp.concatenate(cols, axis=1).astype(jnp.int32), axis=0)
         return jnp.concatenate([jnp.asarray(carry.t, jnp.int32)[None], sums])
 
@@ -247,17 +281,17 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
         def init_one(c, k):
             natural0 = mf.user_init(c, init, mf.default_init(c, k, dtype))
-            return algorithm(c, order, damping).init(natural0)
-        states = jax.vmap(init_one, in_axes=(0, 0 if key_batched else None))(compiled, key)
-        info0 = jax.vmap(_info0)(states)
-        carry = bd.start(_arrays(step), compiled, states, info0=info0, elbo0=states.elbo)
+            return (natural0, mf.mean_params(c, natural0)), mf.elbo(c, natural0)
+        states, elbo0 = jax.vmap(init_one, in_axes=(0, 0 if key_batched else None))(
+            compiled, key)
+        carry = bd.lean_start(states, elbo0, jnp.zeros_like(elbo0))
         carry, trace, active = advance(compiled, carry, tol)
         return compiled, carry, trace, active
 
     def first(data, key, init, tol):
         compiled, carry, trace, active = segment0(data, key, init, tol)
-        result, flags = _result(compiled, carry)
-        return trace, result, status(carry, active, bad_lanes(data), flags)
+        result, flags = _result(compiled, bd.lean_decode(carry, span))
+        return trace, result, status(carry, active, flags)
 
     def restart(data, key, init, tol):
         _, carry, trace, active = segment0(data, key, init, tol)
@@ -270,7 +304,8 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         return _pack(carry)[0], trace, status(carry, active)
 
     def finish(data, packed):
-        result, flags = _result(materialize(data), _unpack(packed, layout["carry"]))
+        run = bd.lean_decode(_unpack(packed, layout["carry"]), span)
+        result, flags = _result(materialize(data), run)
         return result, jnp.sum(flags.astype(jnp.int32), axis=0)
 
     fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
@@ -311,47 +346,44 @@ def _unpack(packed, layout):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _arrays(step):
-    """``step`` with every Info leaf an array (Python constants cannot be vmapped out)."""
-    def wrapped(compiled, state):
-        new, info = step(compiled, state)
-        return new, jax.tree_util.tree_map(jnp.asarray, info)
-    return wrapped
-
-
-def _info0(state):
-    from vijax.inference.driver import Info
-    return Info(state.elbo, jnp.asarray(True), state.bound, jnp.asarray(False),
-                jnp.asarray(-1))
-
-
-def _result(compiled, carry):
-    """The batched :class:`FitResult` of a carry (``elbo_trace`` attached by the caller,
-    ``analysis_s`` by :func:`batch_cavi`), as :func:`vijax.cavi` builds it per lane:
-    failed lanes get NaN parameters. Also ``[B, 3]`` flags (failed, unconverged, excess):
-    their counts say whether :func:`_report` has lanes to name (it reads nothing when
-    all are 0)."""
-    lane = carry.lane
-    failed = lane.failed_at >= 0
-    invalid = jnp.where(failed, lane.info.extra, -1)
-    elbo = lane.info.elbo
+def _result(compiled, run):
+    """The batched :class:`FitResult` of a batched :class:`~vijax.inference.driver.Run`
+    (``elbo_trace`` attached by the caller, ``analysis_s`` by :func:`batch_cavi`), as
+    :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters. Also
+    ``[B, 3]`` flags (failed, unconverged, excess): their counts say whether
+    :func:`_report` has lanes to name (it reads nothing when all are 0)."""
+    failed = run.failed_at >= 0
+    invalid = jnp.where(failed, run.info.extra, -1)
+    elbo = run.info.elbo
     nonfinite = ~jnp.isfinite(elbo)
-    diag = {"max_decrease": lane.max_decrease, "nonfinite": nonfinite,
+    diag = {"max_decrease": run.max_decrease, "nonfinite": nonfinite,
             "invalid_latent": invalid,
-            "invalid_iter": jnp.where(invalid >= 0, lane.failed_at + 1, -1),
-            "excess_decrease": lane.excess, "rounding_bound": lane.info.bound}
+            "invalid_iter": jnp.where(invalid >= 0, run.failed_at + 1, -1),
+            "excess_decrease": run.excess_decrease, "rounding_bound": run.info.bound}
     bad = nonfinite | (invalid >= 0)
     natural = jax.tree_util.tree_map(
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
-        carry.state.natural)
+        run.state[0])
     posterior = jax.vmap(mf.posterior)(compiled, natural)
-    flags = jnp.stack([bad, ~lane.converged & ~bad, (lane.excess > 0) & ~bad], axis=1)
+    flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad], axis=1)
     # ``natural`` is filled on the host from the posterior factors (same arrays)
-    return CaviResult(posterior, elbo, None, lane.i, lane.converged, diag, None), flags
+    return CaviResult(posterior, elbo, None, run.num_iters, run.converged, diag,
+                      None), flags
 
 
-def _lanes(mask, limit=10, offset=0):
-    idx = np.flatnonzero(mask) + offset
+def _span(model, max_iters):
+    """The lean loop's code span (:class:`~vijax.inference.batch_driver.LeanCarry`):
+    4 per value of ``Info.extra`` (the refused block's index in the order, or -1)."""
+    span = 4 * (len(model.supports) + 1)
+    if (int(max_iters) + 1) * span >= 2 ** 31:
+        raise ModelSpecError(f"max_iters={max_iters} is too large for vj.batch_cavi with "
+                             f"{len(model.supports)} latents (at most "
+                             f"{2 ** 31 // span - 2})")
+    return span
+
+
+def _lanes(mask, limit=10):
+    idx = np.flatnonzero(mask)
     more = ", ..." if idx.size > limit else ""
     return "[" + ", ".join(str(i) for i in idx[:limit]) + more + "]"
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vijax.inference import driver
+from vijax.inference import driver, stopping
 from vijax.inference.driver import Lane, Run
 
 
@@ -140,3 +140,136 @@ def run_batched(step: Callable, args, states, *, max_iters: int, tol, elbo0=None
     carry, trace = advance(step, args, carry, max_iters=max_iters, tol=tol, rows=max_iters,
                            window=window, stochastic=stochastic)
     return as_run(carry, padded(carry, trace))
+
+
+# ---- the lean loop: deterministic steps (window 1), the fewest per-lane carries ----
+#
+# Per step XLA runs one fusion per carried per-lane array (a select of the new value or
+# the old one), ~3 us each at 10000 lanes on a CPU: the generic carry above (State with
+# its objective, Lane's 14 fields) cost ~28 fusions a step. Here the objective and its
+# rounding bound live only in the segment's [rows + 1, 2, B] buffer (row k: after step
+# t0 + k - 1, row 0 the start; the step reads its predecessor's row), num_iters /
+# converged / failed_at / the failed step's ``extra`` are one int32 code, and the
+# monotonicity maxima are taken from the buffer once per segment.
+
+#: ``code`` kinds (lowest 2 bits); a running lane's code is -1
+CONVERGED, FAILED = 1, 2
+
+
+class LeanCarry(NamedTuple):
+    """The lean loop's state between segments (a pytree).
+
+    Attributes:
+        t: steps taken by the loop (shared).
+        state: the lanes' states (without their objective).
+        code: ``[B]`` int32: -1 while running, else
+            ``num_iters * span + (extra + 1) * 4 + kind`` (``extra``: the failed step's
+            ``Info.extra``, an int in ``[-1, span // 4 - 1)``, else -1).
+        elbo, bound: ``[B]``: the objective now and the last step's rounding bound.
+        max_decrease, excess: ``[B]``: as in :class:`~vijax.inference.driver.Run`.
+    """
+
+    t: Any
+    state: Any
+    code: Any
+    elbo: Any
+    bound: Any
+    max_decrease: Any
+    excess: Any
+
+
+def lean_start(states, elbo0, bound0) -> LeanCarry:
+    """The carry before any step (``elbo0``, ``bound0``: ``[B]``)."""
+    nb = elbo0.shape[0]
+    dtype = elbo0.dtype
+    return LeanCarry(jnp.asarray(0, jnp.int32), states, jnp.full((nb,), -1, jnp.int32),
+                     elbo0, jnp.asarray(bound0, dtype), jnp.zeros((nb,), dtype),
+                     jnp.full((nb,), -jnp.inf, dtype))
+
+
+def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows: int,
+                 span: int, bound: Callable | None = None):
+    """At most ``rows`` more steps (static) of ``step(args_b, state_b, elbo_prev,
+    bound_prev) -> (state_b, Info)`` (``Info.extra`` an int32 scalar), each lane by the
+    rule of :func:`~vijax.inference.driver.lane_update` with ``window == 1``, until every
+    lane stopped or ``t`` reaches ``max_iters``.
+
+    ``bound(args_b, state_b) -> R`` (optional): the rounding bound is ``R`` of the new
+    state after a step whose objective did not increase and the previous bound otherwise
+    (CAVI's rule, :func:`vijax.inference.cavi.sweep_step`), and ``Info.bound`` is not
+    read.
+
+    Returns ``(carry, trace)``: ``trace[k, b]`` is lane ``b``'s objective after step
+    ``t0 + k`` (its last value after it stopped); rows from ``carry.t - t0`` on are
+    unwritten."""
+    rows = max(int(rows), 1)
+    dtype = jnp.result_type(carry.elbo)
+    tol = jnp.asarray(tol, dtype)
+    t0 = carry.t
+    nb = carry.code.shape[0]
+    trace = jnp.zeros((rows, nb), dtype)  # row k: every lane after step t0 + k
+    vstep = jax.vmap(step)
+
+    def cond(c):
+        return ((c[0] - t0 < rows) & (c[0] < max_iters)) & jnp.any(c[1].code < 0)
+
+    def body(c):
+        t, carry, trace = c
+        e_prev, b_prev, code = carry.elbo, carry.bound, carry.code
+        new, info = vstep(args, carry.state, e_prev, b_prev)
+        on = code < 0
+        one = code >= -1  # always true, traced (driver.materialized)
+        # each computed once (not in every fusion that reads it): the objective, and the
+        # step's verdict as one float (-1: valid, else ``extra``)
+        e, verdict = driver.materialized(
+            (jnp.asarray(info.elbo, dtype),
+             jnp.where(jnp.asarray(info.ok, bool), -1.0,
+                       jnp.asarray(info.extra, jnp.int32).astype(dtype))), one)
+        if bound is None:
+            r = driver.materialized(jnp.asarray(info.bound, dtype), one)
+        else:
+            # (a select, not a branch: some lane's ELBO falls at nearly every step, and
+            # XLA splits a branch's |F| into several loops)
+            r = jnp.where(e_prev - e >= 0, jnp.asarray(jax.vmap(bound)(args, new), dtype),
+                          b_prev)
+            r = driver.materialized(r, one)
+        ok = (verdict < 0) & jnp.isfinite(e)
+        conv = ((stopping.converged(e - e_prev, e, tol, r) & (tol > 0))
+                | jnp.asarray(info.stop, bool)) & ok
+        extra = jnp.where(ok, -1, verdict.astype(jnp.int32))
+        stop = (t + 1) * span + (extra + 1) * 4 + jnp.where(ok, CONVERGED, FAILED)
+        drop = e_prev - e
+        fin = jnp.isfinite(drop)
+        elbo = jnp.where(on, e, e_prev)
+        carry = LeanCarry(
+            t + 1, _select(on, new, carry.state), jnp.where(on & (conv | ~ok), stop, code),
+            elbo, jnp.where(on, r, b_prev),
+            jnp.where(on, jnp.maximum(carry.max_decrease, jnp.where(fin, drop, 0.0)),
+                      carry.max_decrease),
+            jnp.where(on, jnp.maximum(carry.excess, jnp.where(fin, drop - r, -jnp.inf)),
+                      carry.excess))
+        trace = jax.lax.dynamic_update_index_in_dim(trace, elbo, t - t0, 0)
+        return t + 1, carry, trace
+
+    _, carry, trace = jax.lax.while_loop(cond, body, (t0, carry, trace))
+    return carry, trace
+
+
+def lean_running(carry: LeanCarry, max_iters):
+    """``[B]`` bool: the lanes still running."""
+    return (carry.code < 0) & (carry.t < max_iters)
+
+
+def lean_decode(carry: LeanCarry, span: int) -> Run:
+    """The batched :class:`~vijax.inference.driver.Run` of a lean carry (``trace`` None;
+    ``info`` with the objective, the bound and ``extra``: the failed step's, else -1)."""
+    code = carry.code
+    running = code < 0
+    tag = code % span
+    kind = jnp.where(running, 0, tag % 4)
+    i = jnp.where(running, carry.t, code // span)
+    failed = kind == FAILED
+    extra = jnp.where(failed, tag // 4 - 1, -1)
+    info = driver.Info(carry.elbo, ~failed, carry.bound, jnp.zeros_like(failed), extra)
+    return Run(carry.state, info, None, i, kind == CONVERGED, jnp.where(failed, i - 1, -1),
+               carry.max_decrease, carry.excess)

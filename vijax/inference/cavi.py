@@ -200,7 +200,7 @@ def algorithm(compiled, order=None, damping=None) -> Algorithm:
     """
     compiled.require_conjugate()
     order = _checked_options(compiled, order, damping)
-    fams = mf.families_of(compiled)
+    sweep_fn = sweep_step(compiled, order, damping)
 
     def init(natural0=None, key=None):
         if natural0 is None:
@@ -210,21 +210,41 @@ def algorithm(compiled, order=None, damping=None) -> Algorithm:
         return CaviState(natural0, mf.mean_params(compiled, natural0), e,
                          jnp.zeros((), e.dtype))
 
-    def magnitude_bound(mu, dtype):
-        # |constants| are taken inside the branch, when it runs (no second copy of the
-        # data-sized constants on the device)
-        return stopping.rounding_bound(
-            stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes, mu), dtype)
-
     def step(state):
-        natural, mu, e, invalid = sweep(lambda m: (compiled, m), fams, state.natural,
-                                        state.mu, order, damping)
-        # R_t is needed only when the ELBO did not increase (a pass over |F|): a branch
-        bound = jax.lax.cond(state.elbo - e >= 0, lambda m: magnitude_bound(m, e.dtype),
-                             lambda m: jnp.asarray(state.bound, e.dtype), mu)
+        natural, mu, e, bound, invalid = sweep_fn(state.natural, state.mu, state.elbo,
+                                                  state.bound)
         return CaviState(natural, mu, e, bound), Info(e, invalid < 0, bound, False, invalid)
 
     return Algorithm(init, step)
+
+
+def sweep_step(compiled, order, damping=None):
+    """One sweep as a function of the arrays it needs:
+    ``(natural, mu, elbo_prev, bound_prev) -> (natural, mu, elbo, bound, invalid)``
+    (``order`` checked by the caller). ``bound`` is the ELBO's rounding bound ``R_t`` when
+    the ELBO did not increase (``elbo_prev - elbo >= 0``: a pass over ``|F|``, in a
+    branch), else ``bound_prev``; ``invalid`` as in :func:`sweep`. The step of
+    :func:`algorithm` and of the batched loop (:mod:`vijax.inference.batch`)."""
+    fams = mf.families_of(compiled)
+
+    def step(natural, mu, elbo_prev, bound_prev):
+        natural, mu, e, invalid = sweep(lambda m: (compiled, m), fams, natural, mu, order,
+                                        damping)
+        bound = jax.lax.cond(elbo_prev - e >= 0, lambda m: magnitude_bound(compiled, m,
+                                                                           e.dtype),
+                             lambda m: jnp.asarray(bound_prev, e.dtype), mu)
+        return natural, mu, e, bound, invalid
+
+    return step
+
+
+def magnitude_bound(compiled, mu, dtype):
+    """The ELBO's rounding bound ``R`` at mean parameters ``mu``
+    (:func:`vijax.inference.stopping.rounding_bound`: a pass over ``|F|``)."""
+    # |constants| are taken here, when it runs (inside a branch: no second copy of the
+    # data-sized constants on the device)
+    return stopping.rounding_bound(
+        stopping.elbo_magnitude(stopping.abs_terms(compiled), compiled.sizes, mu), dtype)
 
 
 def _fit(compiled, natural0, tol, key, order, max_iters, damping, progress, batched=False):
