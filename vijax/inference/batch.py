@@ -61,9 +61,10 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         A :class:`~vijax.FitResult` whose leaves have the leading batch axis: per-lane
         ``elbo``, ``num_iters``, ``converged``, ``diagnostics``, posterior factors. A lane
         whose fit failed has NaN natural parameters and posterior (its flags are in
-        ``diagnostics``). ``elbo_trace`` has ``T = max(num_iters)`` columns (the sweeps
-        the batch ran): ``elbo_trace[b]`` is ``vj.cavi(model, data_b).elbo_trace[:T]``
-        (past a lane's own ``num_iters`` it holds that lane's last ELBO).
+        ``diagnostics``). ``elbo_trace`` (a NumPy array, as ``analysis_s``) has
+        ``T = max(num_iters)`` columns (the sweeps the batch ran): ``elbo_trace[b]`` is
+        ``vj.cavi(model, data_b).elbo_trace[:T]`` (past a lane's own ``num_iters`` it
+        holds that lane's last ELBO).
 
     Warns:
         ConvergenceWarning: how many lanes failed (an update left its family's domain or
@@ -116,7 +117,9 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     order = None if order is None else tuple(order)
     max_iters = int(max_iters)
     fns = _fitter(model, prog, max_iters, order, damping, key_batched)
-    _check_finite(datasets, fns[4])
+    # the NaN/Inf check of the data runs while the first chunk's fit does (it raises
+    # before any result is read)
+    check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
 
     outs, counts = [], np.zeros(3, np.int64)
     for start in range(0, n, chunk):
@@ -125,7 +128,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol)
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol, check if start == 0 else None)
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
@@ -164,13 +167,17 @@ def _check_finite(datasets, bad_lanes):
                         "impute them before fitting")
 
 
-def _fit_chunk(fns, data, key, init, tol):
+def _fit_chunk(fns, data, key, init, tol, check=None):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
-    goes on segment by segment (compiled on first use). Returns the result and the
-    counts of failed, unconverged and excess-decrease lanes (:func:`_report`)."""
+    goes on segment by segment (compiled on first use). ``check()`` (optional) runs on
+    the host while the first segment runs on the device, before its status is read.
+    Returns the result and the counts of failed, unconverged and excess-decrease lanes
+    (:func:`_report`)."""
     first, restart, more, finish, _ = fns
-    trace, result, status = first(data, key, init, tol)
+    trace, result, status = first(data, key, init, tol)  # dispatched, not awaited
+    if check is not None:
+        check()
     steps, running, *counts = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
     if running:
@@ -184,25 +191,25 @@ def _fit_chunk(fns, data, key, init, tol):
         result, counts = finish(data, packed)
         counts = np.asarray(counts)
     # step-major segments, rows past the last step unwritten: the steps run, per lane
-    trace = _crop(traces[0] if len(traces) == 1 else jnp.concatenate(traces), steps)
+    # (a NumPy view of the device buffer: no device op, no copy)
+    trace = (np.asarray(traces[0]) if len(traces) == 1
+             else np.concatenate([np.asarray(tr) for tr in traces]))[:steps].T
     # the natural parameters are the posterior factors' (one output buffer for both)
     natural = {name: dict(q.natural) for name, q in result.posterior.items()}
     return result._replace(elbo_trace=trace, natural=natural), np.asarray(counts, np.int64)
-
-
-_crop = jax.jit(lambda trace, steps: trace[:steps].T, static_argnums=1)
 
 
 def _concatenate(outs):
     """Concatenate chunk results; traces are padded to the longest with their last value."""
     width = max(o.elbo_trace.shape[1] for o in outs)
 
-    def pad(tr):
-        extra = width - tr.shape[1]
-        return tr if extra == 0 else jnp.concatenate(
-            [tr, jnp.repeat(tr[:, -1:], extra, axis=1)], axis=1)
-    outs = [o._replace(elbo_trace=pad(o.elbo_trace)) for o in outs]
-    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *outs)
+    def pad(tr):  # NumPy, as the traces
+        return np.concatenate([tr, np.repeat(tr[:, -1:], width - tr.shape[1], axis=1)],
+                              axis=1)
+    trace = np.concatenate([pad(o.elbo_trace) for o in outs])
+    out = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs),
+                                 *[o._replace(elbo_trace=None) for o in outs])
+    return out._replace(elbo_trace=trace)
 
 
 def _padded(x, start, stop, chunk):
@@ -254,9 +261,10 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     def bound(compiled, state):
         return magnitude_bound(compiled, state[1], jnp.zeros(()).dtype)
 
-    def advance(compiled, carry, tol):
+    def advance(compiled, carry, tol, peel=False):
         carry, trace = bd.lean_advance(step, compiled, carry, max_iters=max_iters,
-                                       tol=tol, rows=rows, span=span, bound=bound)
+                                       tol=tol, rows=rows, span=span, bound=bound,
+                                       peel=peel)
         return carry, trace, bd.lean_running(carry, max_iters)
 
     def status(carry, active, flags=None):
@@ -285,7 +293,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         states, elbo0 = jax.vmap(init_one, in_axes=(0, 0 if key_batched else None))(
             compiled, key)
         carry = bd.lean_start(states, elbo0, jnp.zeros_like(elbo0))
-        carry, trace, active = advance(compiled, carry, tol)
+        carry, trace, active = advance(compiled, carry, tol, peel=True)
         return compiled, carry, trace, active
 
     def first(data, key, init, tol):

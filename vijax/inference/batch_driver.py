@@ -188,7 +188,7 @@ def lean_start(states, elbo0, bound0) -> LeanCarry:
 
 
 def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows: int,
-                 span: int, bound: Callable | None = None):
+                 span: int, bound: Callable | None = None, peel: bool = False):
     """At most ``rows`` more steps (static) of ``step(args_b, state_b, elbo_prev,
     bound_prev) -> (state_b, Info)`` (``Info.extra`` an int32 scalar), each lane by the
     rule of :func:`~vijax.inference.driver.lane_update` with ``window == 1``, until every
@@ -197,7 +197,9 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     ``bound(args_b, state_b) -> R`` (optional): the rounding bound is ``R`` of the new
     state after a step whose objective did not increase and the previous bound otherwise
     (CAVI's rule, :func:`vijax.inference.cavi.sweep_step`), and ``Info.bound`` is not
-    read.
+    read. ``peel``: the carry is a fresh :func:`lean_start` (every lane running, ``t``
+    0): the first step is taken before the loop, where the start's constants fold
+    into it (no per-lane buffer of each initial constant).
 
     Returns ``(carry, trace)``: ``trace[k, b]`` is lane ``b``'s objective after step
     ``t0 + k`` (its last value after it stopped); rows from ``carry.t - t0`` on are
@@ -211,7 +213,8 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     vstep = jax.vmap(step)
 
     def cond(c):
-        return ((c[0] - t0 < rows) & (c[0] < max_iters)) & jnp.any(c[1].code < 0)
+        # (a min, not ``any``: one reduction rather than XLA's three for a boolean one)
+        return ((c[0] - t0 < rows) & (c[0] < max_iters)) & (jnp.min(c[1].code) < 0)
 
     def body(c):
         t, carry, trace = c
@@ -251,7 +254,10 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
         trace = jax.lax.dynamic_update_index_in_dim(trace, elbo, t - t0, 0)
         return t + 1, carry, trace
 
-    _, carry, trace = jax.lax.while_loop(cond, body, (t0, carry, trace))
+    c = (t0, carry, trace)
+    if peel:
+        c = body(c)
+    _, carry, trace = jax.lax.while_loop(cond, body, c)
     return carry, trace
 
 
