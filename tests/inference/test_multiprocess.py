@@ -60,7 +60,9 @@ def runs(data, tmp_path_factory):
     root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    # one CPU device per process; the suite's compile flags (conftest) kept
+    env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                if "device_count" not in f)
     port = str(_free_port())
     logs = [(open(tmp / f"stdout{i}", "w+"), open(tmp / f"stderr{i}", "w+"))
             for i in range(NPROC)]

@@ -36,7 +36,8 @@ METHODS = ("cavi", "gradient", "gradient_reparam", "svi")
 
 @pytest.fixture(scope="module")  # one worker runs the module (--dist loadfile)
 def report():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    flags = os.environ.get("XLA_FLAGS", "")  # the suite's compile flags (conftest)
+    env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4",
                JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
     root = pathlib.Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
