@@ -17,7 +17,6 @@ from scipy.special import gammaln, multigammaln
 import vijax as vj
 from vijax.errors import ModelSpecError
 from vijax.inference.cavi import cavi
-from vijax.inference.gradient import fit_gradient
 from vijax.models import ZOO
 from vijax.models.gaussian import NORMAL_GAMMA_PRIOR
 from vijax.models.wishart_models import normal_wishart
@@ -184,12 +183,6 @@ def test_block_declarations_are_checked():
         vj.Model(lj, sup, blocks=["mu"])
     m = vj.Model(lj, sup, blocks=[["tau", "mu"]])
     assert m.blocks == [["tau", "mu"]]
-
-
-def test_gradient_path_refuses_blocks(ng):
-    _, model, x = ng
-    with pytest.raises(ModelSpecError, match="fitted by vj.cavi only"):
-        fit_gradient(model, x, key=jax.random.key(0), num_steps=2)
 
 
 def test_mean_field_fitters_refuse_declared_blocks():

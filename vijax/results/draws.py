@@ -5,7 +5,9 @@ Works on any result whose ``posterior`` is either
 - a dict ``latent -> family`` (:func:`vijax.cavi`, :func:`vijax.fit_gradient`,
   :func:`vijax.em`): ``q`` is the product of the factors, so a joint draw samples each
   factor with its own key (``jax.random.split`` of ``key`` over the latents in sorted
-  order); or
+  order). A declared joint block (``natural`` keyed ``"mu+tau"``, ``posterior`` holding
+  its members' marginals) is drawn from its joint factor, ``tau ~ q(tau)`` then
+  ``mu ~ q(mu | tau)``, with the key of its first member; or
 - one :class:`~vijax.families.MultivariateNormal` over the flattened unconstrained vector
   ``u`` (:func:`vijax.laplace`): a draw of ``u`` is unflattened like the result's
   ``map_unconstrained`` and mapped through each latent's bijection ``x = f(u)``. The
@@ -88,8 +90,47 @@ def sample(result: Any, key: jax.Array, num_draws: int, *,
         raise TypeError(f"{type(result).__name__}.posterior must be a dict latent -> family, "
                         f"got {type(posterior).__name__}")
     names = sorted(posterior)
-    keys = jax.random.split(key, len(names))
-    return {name: posterior[name].sample(k, (n,)) for name, k in zip(names, keys)}
+    keys = dict(zip(names, jax.random.split(key, len(names))))
+    out = {}
+    for q, roles in joint_factors(result).values():
+        draw = q.sample(keys[min(roles)], (n,))
+        out.update({m: draw[r] for m, r in roles.items()})
+    out.update({name: posterior[name].sample(keys[name], (n,)) for name in names
+                if name not in out})
+    return {name: out[name] for name in names}
+
+
+def joint_factors(result: Any) -> dict:
+    """``{block name: (joint family, {member: role})}`` for the declared joint blocks of
+    a fit: the entries of ``result.natural`` keyed ``"a+b"`` whose members are in the
+    posterior (as their marginals); each member's role is the one whose marginal has the
+    member's class (e.g. StudentT for the mean, Gamma for the precision)."""
+    from vijax.families import registry
+    natural = getattr(result, "natural", None)
+    posterior = result.posterior
+    if not isinstance(natural, Mapping):
+        return {}
+    out = {}
+    for name, nat in natural.items():
+        members = name.split("+")
+        if name in posterior or len(members) < 2 or not all(m in posterior for m in members):
+            continue
+        classes = [c for c in registry.joint_families()
+                   if isinstance(nat, Mapping) and set(c.stat_event_ndims) == set(nat)]
+        if len(classes) != 1:
+            raise ValueError(f"joint factor '{name}': its statistics {sorted(nat)} match "
+                             f"{len(classes)} joint families")
+        q = classes[0](nat)
+        by_role = q.marginals()
+        roles = {}
+        for m in members:
+            found = [r for r, d in by_role.items() if type(d) is type(posterior[m])]
+            if len(found) != 1:
+                raise ValueError(f"joint factor '{name}': cannot tell the role of '{m}' "
+                                 f"(a {type(posterior[m]).__name__})")
+            roles[m] = found[0]
+        out[name] = (q, roles)
+    return out
 
 
 def _laplace_draws(result, key, n, supports):
