@@ -22,6 +22,7 @@ import numpy as np
 from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import data_spec, program_for
 from vijax.errors import DataError, ModelSpecError
+from vijax.families.registry import FAMILIES
 from vijax.inference import batch_driver as bd
 from vijax.inference import checks, stopping
 from vijax.inference import meanfield as mf
@@ -30,6 +31,7 @@ from vijax.inference.cavi import magnitude_bound
 from vijax.inference.cavi import sweep as cavi_sweep
 from vijax.inference.driver import Info
 from vijax.model import _spans_devices
+from vijax.supports import default_float
 
 #: sweeps per segment of the batched loop (the trace buffer is ``[lanes, SEGMENT]``)
 SEGMENT = 16
@@ -83,27 +85,13 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         >>> fits.elbo.shape, bool(fits.converged.all())
         ((8,), True)
     """
-    leaves = jax.tree_util.tree_leaves(datasets)
-    if not leaves:
-        raise DataError("batch_cavi needs a data pytree with at least one array leaf")
-    sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise DataError("every leaf of datasets needs the same leading batch axis; got "
-                        f"leading sizes {sorted(map(str, sizes))}")
-    (n,) = sizes
-    if n == 0:
-        raise DataError("datasets has an empty batch axis")
-    checks.check_positive_int("max_iters", max_iters)
+    n, prog = _program(model, datasets)
+    if not (type(max_iters) is int and max_iters > 0):  # the common case: no call
+        checks.check_positive_int("max_iters", max_iters)
     if tol is not None:
         checks.check_tol("tol", tol)
     if order is not None:
         checks.check_order(order, model.supports)
-    # shapes only: no device op (the analysis never reads data values)
-    one = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
-                                 data_spec(datasets))
-    joint_blocks.refuse_blocks(model, "vj.batch_cavi")
-    prog = program_for(model, one)  # analysed once, errors raised here
-    prog.require_conjugate()
     if chunk_size is not None and int(chunk_size) < 1:
         raise ModelSpecError(f"chunk_size must be a positive integer, got {chunk_size}")
     chunk = n if chunk_size is None else min(int(chunk_size), n)
@@ -141,6 +129,43 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     result = result._replace(diagnostics=diag)
     _report(result, n, tol, strict, counts)
     return result
+
+
+#: (model, data structure) -> (model, batch size, program): the checks and the analysis
+#: of a repeated call cost one dictionary look-up
+_PROGRAMS: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+
+def _program(model, datasets):
+    """``(n, program)``: the batch size of ``datasets`` (checked: one leading axis on
+    every leaf) and the analysis of ``model`` for one lane's shapes (conjugate, no
+    declared blocks). Cached by the data's structure, shapes and dtypes, the default
+    float and the family registry (as :func:`vijax.conjugacy.program.program_for`)."""
+    leaves, treedef = jax.tree_util.tree_flatten(datasets)
+    k = (id(model), treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves),
+         default_float(), tuple(map(id, FAMILIES.values())))
+    hit = _PROGRAMS.get(k)
+    if hit is not None and hit[0] is model:
+        return hit[1], hit[2]
+    if not leaves:
+        raise DataError("batch_cavi needs a data pytree with at least one array leaf")
+    sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise DataError("every leaf of datasets needs the same leading batch axis; got "
+                        f"leading sizes {sorted(map(str, sizes))}")
+    (n,) = sizes
+    if n == 0:
+        raise DataError("datasets has an empty batch axis")
+    # shapes only: no device op (the analysis never reads data values)
+    one = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                                 data_spec(datasets))
+    joint_blocks.refuse_blocks(model, "vj.batch_cavi")
+    prog = program_for(model, one)  # analysed once, errors raised here
+    prog.require_conjugate()
+    _PROGRAMS[k] = (model, n, prog)  # the model is held: its id is not reused
+    if len(_PROGRAMS) > _CACHE_SIZE:
+        _PROGRAMS.popitem(last=False)
+    return n, prog
 
 
 def _check_finite(datasets, bad_lanes):
