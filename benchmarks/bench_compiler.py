@@ -2,7 +2,7 @@
 
 (a) ``F(mu)`` and ``value_and_grad`` of F w.r.t. the mean parameters for the diagonal
     Gaussian mixture, against the hand-written expected log joint of
-    :mod:`benchmarks.reference_gmm` (same inputs). Target: at most 1.5x.
+    :mod:`benchmarks.reference_gmm` (same inputs). Target: at most 1.3x (issue 10).
 (b) Analysis time per zoo model: trace (``make_jaxpr``), walk + family matching
     (the rest of ``compile_model``) and the XLA compile of F. Target: under 1 s each.
 """
@@ -33,7 +33,7 @@ SIZES = {"tiny": {"n": 100, "d": 2, "k": 3, "repeats": 3, "zoo_runs": 1,
          "full": {"n": 100_000, "d": 10, "k": 10, "repeats": 10, "zoo_runs": 3, "zoo": None,
                   "cold": True}}
 SEED = 0
-F_LIMIT = 1.5
+F_LIMIT = 1.3  # issue 10: F alone at most 1.3x the hand-written
 ANALYSIS_LIMIT_S = 1.0
 
 
