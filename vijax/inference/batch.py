@@ -109,7 +109,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     # before any result is read)
     check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
 
-    outs, counts = [], np.zeros(3, np.int64)
+    outs, flags = [], 0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         take = lambda x: _padded(x, start, stop, chunk)  # noqa: E731
@@ -121,13 +121,13 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
         outs.append(res)
-        counts = None if cnt is None or counts is None else counts + cnt
+        flags = None if cnt is None or flags is None else flags | cnt
     result = outs[0] if len(outs) == 1 else _concatenate(outs)
     # a constant of the analysis: made on the host (as vj.cavi's), not an output array
     diag = dict(result.diagnostics,
                 analysis_s=np.full(n, prog.analysis_s, result.elbo.dtype))
     result = result._replace(diagnostics=diag)
-    _report(result, n, tol, strict, counts)
+    _report(result, n, tol, strict, flags)
     return result
 
 
@@ -142,8 +142,8 @@ def _program(model, datasets):
     declared blocks). Cached by the data's structure, shapes and dtypes, the default
     float and the family registry (as :func:`vijax.conjugacy.program.program_for`)."""
     leaves, treedef = jax.tree_util.tree_flatten(datasets)
-    k = (id(model), treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves),
-         default_float(), tuple(map(id, FAMILIES.values())))
+    k = (id(model), treedef, tuple(map(_shape_dtype, leaves)), default_float(),
+         tuple(map(id, FAMILIES.values())))
     hit = _PROGRAMS.get(k)
     if hit is not None and hit[0] is model:
         return hit[1], hit[2]
@@ -166,6 +166,11 @@ def _program(model, datasets):
     if len(_PROGRAMS) > _CACHE_SIZE:
         _PROGRAMS.popitem(last=False)
     return n, prog
+
+
+def _shape_dtype(x):
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return np.shape(x), np.dtype(dtype)
 
 
 def _check_finite(datasets, bad_lanes):
@@ -197,31 +202,30 @@ def _fit_chunk(fns, data, key, init, tol, check=None):
     batches stop within it); otherwise the loop restarts with its carry as an output and
     goes on segment by segment (compiled on first use). ``check()`` (optional) runs on
     the host while the first segment runs on the device, before its status is read.
-    Returns the result and the counts of failed, unconverged and excess-decrease lanes
-    (:func:`_report`)."""
+    Returns the result and its flags (:func:`_report`)."""
     first, restart, more, finish, _ = fns
     trace, result, status = first(data, key, init, tol)  # dispatched, not awaited
     if check is not None:
         check()
-    steps, running, *counts = (int(v) for v in np.asarray(status))  # one host read
+    steps, bits = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
-    if running:
+    if bits & 1:
         packed, trace, status = restart(data, key, init, tol)
         traces = [trace]
-        steps, running, *counts = (int(v) for v in np.asarray(status))
-        while running:
+        steps, bits = (int(v) for v in np.asarray(status))
+        while bits & 1:
             packed, trace, status = more(data, packed, tol)
-            steps, running, *counts = (int(v) for v in np.asarray(status))
+            steps, bits = (int(v) for v in np.asarray(status))
             traces.append(trace)
-        result, counts = finish(data, packed)
-        counts = np.asarray(counts)
+        result, bits = finish(data, packed)
+        bits = int(bits) << 1
     # step-major segments, rows past the last step unwritten: the steps run, per lane
     # (a NumPy view of the device buffer: no device op, no copy)
     trace = (np.asarray(traces[0]) if len(traces) == 1
              else np.concatenate([np.asarray(tr) for tr in traces]))[:steps].T
     # the natural parameters are the posterior factors' (one output buffer for both)
     natural = {name: dict(q.natural) for name, q in result.posterior.items()}
-    return result._replace(elbo_trace=trace, natural=natural), np.asarray(counts, np.int64)
+    return result._replace(elbo_trace=trace, natural=natural), bits >> 1
 
 
 def _concatenate(outs):
@@ -255,12 +259,12 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     and builds the result (most batches end within it: the loop's carry is not an
     output, which would cost more than the result); when lanes are still running,
     ``restart(data, key, init, tol) -> (packed, trace, status)`` runs the same segment
-    again (compiled on first use) and returns the carry, packed (:func:`_pack`: one array
+    again (compiled on first use) and returns the carry, packed (``bd.pack``: one array
     per dtype); ``more(data, packed, tol) -> (packed, trace, status)`` runs one more
-    segment; ``finish(data, packed) -> (result, counts)``. ``status`` is
-    ``[t, running, lanes with NaN/Inf data, failed, unconverged, excess]`` (one host
-    read; the last three are :func:`_result`'s counts, zeros from ``restart``/``more``);
-    ``bad_lanes(data)`` names the NaN/Inf lanes (run only when there are some)."""
+    segment; ``finish(data, packed) -> (result, flags)``. ``status`` is ``[t, bits]``
+    (one host read): bit 0 some lane still runs, bits 1-3 :func:`_result`'s flags
+    (zeros from ``restart``/``more``); ``bad_lanes(data)`` flags the lanes with NaN/Inf
+    data (for leaves split over devices: :func:`_check_finite`)."""
     k = (id(model), max_iters, order, damping, key_batched,
          str(jax.dtypes.canonicalize_dtype(jnp.float64)))
     hit = _CACHE.get(k)
@@ -293,12 +297,14 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         return carry, trace, bd.lean_running(carry, max_iters)
 
     def status(carry, active, flags=None):
-        # ``[t, running lanes, failed, unconverged, excess]``: the per-lane flags summed
-        # in one reduction
-        nb = active.shape[0]
-        cols = [active[:, None], jnp.zeros((nb, 3), bool) if flags is None else flags]
-        sums = jnp.sum(jnp.concatenate(cols, axis=1).astype(jnp.int32), axis=0)
-        return jnp.concatenate([jnp.asarray(carry.t, jnp.int32)[None], sums])
+        # ``[t, bits]``: bit 0 some lane runs, bits 1-3 :func:`_result`'s flags (one
+        # reduction)
+        bits = active.astype(jnp.int32)
+        if flags is not None:
+            bits = bits | bd.any_bits(flags) * 2
+        else:
+            bits = bd.any_bits(bits[:, None])
+        return jnp.stack([jnp.asarray(carry.t, jnp.int32), bd.or_all(bits)])
 
     def bad_lanes(data):
         bad = False
@@ -328,18 +334,18 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def restart(data, key, init, tol):
         _, carry, trace, active = segment0(data, key, init, tol)
-        packed, layout["carry"] = _pack(carry)
+        packed, layout["carry"] = bd.pack(carry)
         return packed, trace, status(carry, active)
 
     def more(data, packed, tol):
-        carry, trace, active = advance(materialize(data), _unpack(packed, layout["carry"]),
-                                       tol)
-        return _pack(carry)[0], trace, status(carry, active)
+        carry = bd.unpack(packed, layout["carry"])
+        carry, trace, active = advance(materialize(data), carry, tol)
+        return bd.pack(carry)[0], trace, status(carry, active)
 
     def finish(data, packed):
-        run = bd.lean_decode(_unpack(packed, layout["carry"]), span)
+        run = bd.lean_decode(bd.unpack(packed, layout["carry"]), span)
         result, flags = _result(materialize(data), run)
-        return result, jnp.sum(flags.astype(jnp.int32), axis=0)
+        return result, bd.or_all(bd.any_bits(flags))
 
     fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
            jax.jit(bad_lanes))
@@ -349,42 +355,12 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     return fns
 
 
-def _pack(tree):
-    """The leaves of ``tree`` (each ``[B, ...]``, or a scalar) as one ``[B, k]`` array per
-    dtype (scalars broadcast over ``B``), and the layout :func:`_unpack` needs. The
-    layout does not depend on ``B`` (one per fitter)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    nb = max(jnp.shape(x)[0] for x in leaves if jnp.ndim(x))
-    groups, where = {}, []
-    for x in leaves:
-        x = jnp.asarray(x)
-        flat = jnp.broadcast_to(x, (nb,)) if x.ndim == 0 else x
-        flat = flat.reshape(nb, -1)
-        cols = groups.setdefault(x.dtype.name, [])
-        start = sum(c.shape[1] for c in cols)
-        cols.append(flat)
-        where.append((x.dtype.name, start, flat.shape[1], x.shape[1:], x.ndim == 0))
-    packed = {d: jnp.concatenate(cols, axis=1) for d, cols in groups.items()}
-    return packed, (treedef, tuple(where))
-
-
-def _unpack(packed, layout):
-    """Inverse of :func:`_pack`."""
-    treedef, where = layout
-    leaves = []
-    for dname, start, width, shape, scalar in where:
-        block = packed[dname][:, start:start + width]
-        nb = block.shape[0]
-        leaves.append(block[0, 0] if scalar else block.reshape((nb,) + tuple(shape)))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
 def _result(compiled, run):
     """The batched :class:`FitResult` of a batched :class:`~vijax.inference.driver.Run`
     (``elbo_trace`` attached by the caller, ``analysis_s`` by :func:`batch_cavi`), as
     :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters. Also
-    ``[B, 3]`` flags (failed, unconverged, excess): their counts say whether
-    :func:`_report` has lanes to name (it reads nothing when all are 0)."""
+    ``[B, 3]`` flags (failed, unconverged, excess): whether any lane has one says
+    whether :func:`_report` has lanes to name (it reads nothing when none has)."""
     failed = run.failed_at >= 0
     invalid = jnp.where(failed, run.info.extra, -1)
     elbo = run.info.elbo
@@ -398,7 +374,8 @@ def _result(compiled, run):
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         run.state[0])
     posterior = jax.vmap(mf.posterior)(compiled, natural)
-    flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad], axis=1)
+    flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad],
+                      axis=1)
     # ``natural`` is filled on the host from the posterior factors (same arrays)
     return CaviResult(posterior, elbo, None, run.num_iters, run.converged, diag,
                       None), flags
@@ -421,11 +398,12 @@ def _lanes(mask, limit=10):
     return "[" + ", ".join(str(i) for i in idx[:limit]) + more + "]"
 
 
-def _report(result, n, tol, strict, counts=None):
+def _report(result, n, tol, strict, flags=None):
     """Warn (or raise when ``strict``) about failed, unconverged and excess-decrease
-    lanes, naming them. ``counts`` (``[failed, unconverged, excess]`` from the fit, or
-    None) lets a clean batch skip reading the per-lane arrays."""
-    if counts is not None and not (counts[0] or counts[2] or (counts[1] and tol != 0)):
+    lanes, naming them. ``flags`` (from the fit, or None: bit 0 some lane failed, bit 1
+    some lane did not converge, bit 2 some lane's ELBO decreased beyond its bound) lets a
+    clean batch skip reading the per-lane arrays."""
+    if flags is not None and not (flags & 0b101 or (flags & 0b10 and tol != 0)):
         return
     d = result.diagnostics
     failed = np.asarray(d["nonfinite"]) | (np.asarray(d["invalid_latent"]) >= 0)

@@ -275,3 +275,45 @@ def lean_decode(carry: LeanCarry, span: int) -> Run:
     info = driver.Info(carry.elbo, ~failed, carry.bound, jnp.zeros_like(failed), extra)
     return Run(carry.state, info, None, i, kind == CONVERGED, jnp.where(failed, i - 1, -1),
                carry.max_decrease, carry.excess)
+
+
+# ---- between segments and to the host
+
+def pack(tree):
+    """The leaves of ``tree`` (each ``[B, ...]``, or a scalar) as one ``[B, k]`` array per
+    dtype (scalars broadcast over ``B``), and the layout :func:`unpack` needs. The
+    layout does not depend on ``B`` (one per fitter)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    nb = max(jnp.shape(x)[0] for x in leaves if jnp.ndim(x))
+    groups, where = {}, []
+    for x in leaves:
+        x = jnp.asarray(x)
+        flat = jnp.broadcast_to(x, (nb,)) if x.ndim == 0 else x
+        flat = flat.reshape(nb, -1)
+        cols = groups.setdefault(x.dtype.name, [])
+        start = sum(c.shape[1] for c in cols)
+        cols.append(flat)
+        where.append((x.dtype.name, start, flat.shape[1], x.shape[1:], x.ndim == 0))
+    packed = {d: jnp.concatenate(cols, axis=1) for d, cols in groups.items()}
+    return packed, (treedef, tuple(where))
+
+
+def unpack(packed, layout):
+    """Inverse of :func:`pack`."""
+    treedef, where = layout
+    leaves = []
+    for dname, start, width, shape, scalar in where:
+        block = packed[dname][:, start:start + width]
+        nb = block.shape[0]
+        leaves.append(block[0, 0] if scalar else block.reshape((nb,) + tuple(shape)))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def any_bits(flags):
+    """``[B, k]`` booleans as ``[B]`` int32 bit masks (bit ``j``: column ``j``)."""
+    return sum(flags[:, j].astype(jnp.int32) << j for j in range(flags.shape[1]))
+
+
+def or_all(bits):
+    """Bitwise OR over lanes: bit ``j`` is set when some lane has it (one reduction)."""
+    return jax.lax.reduce(bits, jnp.int32(0), jax.lax.bitwise_or, (0,))
