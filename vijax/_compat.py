@@ -156,3 +156,10 @@ def eval_jaxpr(jaxpr, consts, *args):
     if fn is None:  # pragma: no cover - moved in a later release
         from jax._src.core import eval_jaxpr as fn
     return fn(jaxpr, consts, *args)
+
+
+def trace_state_clean() -> bool:
+    """True outside any JAX trace (``jit``, ``vmap``, ``grad``): where a ``jax.jit`` call
+    is top level (compile options may only be given there)."""
+    fn = getattr(_ext_core, "trace_state_clean", None)
+    return True if fn is None else bool(fn())

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from vijax import _xla
 from vijax._lazy import optax
 
 from vijax.errors import ModelSpecError
@@ -286,4 +287,4 @@ def fit(spec, u0, key, data, knobs, max_iters, factored, length, progress):
             jnp.asarray(steps.exact), jnp.asarray(steps.modes), check, mismatch)
 
 
-fit_jit = jax.jit(fit, static_argnames=("spec", "length", "progress"))
+fit_jit = _xla.jit(fit, static_argnames=("spec", "length", "progress"))

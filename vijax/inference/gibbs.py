@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _xla
 from vijax.conjugacy.program import program_for
 from vijax.errors import FitDivergedError
 from vijax.inference import checks
@@ -76,7 +77,7 @@ def _run(compiled, data, user, keys, log_joint, order, num_warmup, num_samples, 
 
 # cached per (compiled structure, log joint, order, num_samples, chains): a second run on
 # new data of the same shapes, or with other num_warmup / thin, compiles nothing
-_run_jit = jax.jit(_run, static_argnames=("log_joint", "order", "num_samples"))
+_run_jit = _xla.jit(_run, static_argnames=("log_joint", "order", "num_samples"))
 
 
 def gibbs(model, data, key, num_samples=1000, num_warmup=500, thin=1, num_chains=1,

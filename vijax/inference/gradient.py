@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from vijax._lazy import optax
 
-from vijax import _compat
+from vijax import _compat, _xla
 from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import program_for
 from vijax.errors import (FitDivergedError, ModelSpecError, NonConjugateError,
@@ -390,4 +390,4 @@ def _fit(compiled, data, key, natural0, tol, cfg):
                      run.converged, diag, natural)
 
 
-_fit_jit = jax.jit(_fit, static_argnames=("cfg",))
+_fit_jit = _xla.jit(_fit, static_argnames=("cfg",))

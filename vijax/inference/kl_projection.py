@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from vijax import _xla
 from vijax._lazy import optax
 
 from vijax.errors import InvalidParameterError, ModelSpecError
@@ -201,7 +202,7 @@ def _fit(log_density, params, key, final_key, opt, num_steps, num_samples, final
     return ReverseKLFit(q, trace, _elbo(log_density, p["loc"], p["log_scale"], eps))
 
 
-_fit_jit = jax.jit(_fit, static_argnames=("log_density", "opt", "num_steps", "num_samples",
+_fit_jit = _xla.jit(_fit, static_argnames=("log_density", "opt", "num_steps", "num_samples",
                                           "final_samples"))
 
 

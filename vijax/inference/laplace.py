@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from vijax._lazy import optax
 from jax.flatten_util import ravel_pytree
 
-from vijax import _compat
+from vijax import _compat, _xla
 from vijax.results.methods import with_result_methods
 from vijax.errors import FitDivergedError, ModelSpecError
 from vijax.families import MultivariateNormal
@@ -246,7 +246,7 @@ def _core(model, data, u0, optimizer, num_steps, tol):
     return result, diag
 
 
-_core_jit = jax.jit(_core, static_argnames=("model", "optimizer", "num_steps", "tol"))
+_core_jit = _xla.jit(_core, static_argnames=("model", "optimizer", "num_steps", "tol"))
 
 
 def laplace(model, data, *, init=None, optimizer="lbfgs", num_steps=500, tol=1e-10):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vijax import _xla
 from vijax import families as fam_mod
 from vijax.errors import ModelSpecError
 from vijax.families import registry, start_random
@@ -198,7 +199,7 @@ def user_init(compiled, init, base):
     return out
 
 
-_default_init_jit = jax.jit(lambda infos, key, dtype: default_init(dict(infos), key, dtype),
+_default_init_jit = _xla.jit(lambda infos, key, dtype: default_init(dict(infos), key, dtype),
                             static_argnums=(0, 2))
-_posterior_static = jax.jit(lambda infos, natural: posterior(dict(infos), natural),
+_posterior_static = _xla.jit(lambda infos, natural: posterior(dict(infos), natural),
                             static_argnums=(0,))

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _xla
 from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import program_for
 from vijax.errors import DataError, ModelSpecError
@@ -220,7 +221,7 @@ def _fit_fn(st, n, b, sampling, warm, max_iters, window, local_iters, local_tol,
                                           local_iters, local_tol)
         return out, nat, mf.elbo(comp, nat)
 
-    fn = _FITS[cache_key] = jax.jit(fit)
+    fn = _FITS[cache_key] = _xla.jit(fit)
     if len(_FITS) > 32:
         _FITS.popitem(last=False)
     return fn

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _xla
 from vijax.errors import DataError, ModelSpecError
 from vijax.inference import plates
 from vijax.inference import svi_setup as S
@@ -67,7 +68,7 @@ def fit_iterator(model, batches, key, batch_size, n, schedule, max_iters, tol, w
     full_spec = plates.batch_spec(first, plate, n)
     prog = plates.program_for(model, full_spec)  # shapes only: the factors' layouts
     window = default_window(n, b) if window is None else max(1, int(window))
-    step = jax.jit(st.core)
+    step = _xla.jit(st.core)
     spec = jax.tree_util.tree_structure(first), [np.shape(l) for l in leaves]
     natural, rule = st.natural0, _Window(window, tol)
     trace, info, failed_at, converged, i = [], None, -1, False, 0

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vijax import _xla
 from vijax.errors import ModelSpecError
 from vijax.inference import meanfield as mf
 from vijax.inference import plates
@@ -133,7 +134,7 @@ def batch_indices(key, n: int, batch_size: int, steps: int, sampling: str = "epo
     return np.asarray(jax.device_get(rows)).reshape(steps, batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+@functools.partial(_xla.jit, static_argnums=(2, 3, 4))
 def _rows_jit(ks, steps, n, b, sampling):
     return jax.vmap(lambda t: indices_at(ks, t, n, b, sampling))(steps)
 
