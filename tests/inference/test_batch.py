@@ -159,6 +159,23 @@ def test_failed_lanes_are_counted_in_a_warning_or_raised():
         vj.batch_cavi(zm.model, xs.at[1, 0].set(jnp.inf).at[3, 5].set(jnp.nan), chunk_size=2)
 
 
+def test_a_lane_whose_update_is_refused_fails_alone():
+    """A lane whose update leaves its family's domain (a covariance that is not positive
+    definite: negative precision) stops at that sweep with NaN posterior and the block
+    named, as in ``jax.vmap(vj.cavi)``; the other lanes are unaffected."""
+    model, data, _ = _bivariate_batch((0.5, 1.5, 0.9))
+    with pytest.warns(vj.ConvergenceWarning, match=r"1 of 3 lanes failed.*lanes \[1\]"):
+        fits = vj.batch_cavi(model, data)
+    vmapped = jax.jit(jax.vmap(lambda d: vj.cavi(model, d)))(data)
+    d, dv = fits.diagnostics, vmapped.diagnostics
+    assert int(d["invalid_latent"][1]) == int(dv["invalid_latent"][1]) == 0
+    assert int(d["invalid_iter"][1]) == int(dv["invalid_iter"][1]) == int(fits.num_iters[1])
+    assert all(bool(jnp.isnan(x[1])) for x in jax.tree_util.tree_leaves(fits.natural))
+    for b in (0, 2):
+        _assert_lane_equals(fits, b, _lane(vmapped, b)._replace(
+            elbo_trace=vmapped.elbo_trace[b]))
+
+
 def test_float32_lanes_converge():
     zm = ZOO["normal_gamma"]()
     with jax.enable_x64(False):

@@ -370,9 +370,10 @@ def _result(compiled, run):
             "invalid_iter": jnp.where(invalid >= 0, run.failed_at + 1, -1),
             "excess_decrease": run.excess_decrease, "rounding_bound": run.info.bound}
     bad = nonfinite | (invalid >= 0)
-    natural = jax.tree_util.tree_map(
+    # (a branch: a batch without failed lanes makes no pass over the parameters)
+    natural = jax.lax.cond(jnp.any(bad), lambda nat: jax.tree_util.tree_map(
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
-        run.state[0])
+        nat), lambda nat: nat, run.state[0])
     posterior = jax.vmap(mf.posterior)(compiled, natural)
     flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad],
                       axis=1)
