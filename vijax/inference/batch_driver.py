@@ -235,8 +235,8 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
         ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
         conv = ((stopping.converged(e - e_prev, e, tol, r) & (tol > 0))
                 | jnp.asarray(info.stop, bool)) & ok
-        extra = jnp.where(ok, -1, jnp.asarray(info.extra, jnp.int32))
-        stop = (t + 1) * span + (extra + 1) * 4 + jnp.where(ok, CONVERGED, FAILED)
+        stop = (t + 1) * span + jnp.where(
+            ok, CONVERGED, FAILED + 4 * (jnp.asarray(info.extra, jnp.int32) + 1))
         drop = e_prev - e
         fin = jnp.isfinite(drop)
         elbo = jnp.where(on, e, e_prev)
