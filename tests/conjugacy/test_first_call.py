@@ -96,3 +96,34 @@ def test_gmm_analysis_compiles_nothing(caplog):
     compiled = [r.getMessage() for r in caplog.records
                 if r.getMessage().startswith("Compiling ")]
     assert compiled == [], compiled
+
+
+def test_import_vijax_loads_the_fit_path_only():
+    """``import vijax`` binds every public name lazily: the Gibbs, SVI, EM, Laplace and
+    NumPyro modules (and jax.extend's Pallas) load on first use, and every name of
+    ``__all__`` still resolves to the object its module defines."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, importlib, vijax\n"
+        "heavy = ['vijax.inference.gibbs', 'vijax.inference.svi', 'vijax.inference.em',\n"
+        "         'vijax.inference.laplace', 'vijax.numpyro_bridge', 'jax.extend']\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert vijax.cavi is importlib.import_module('vijax.inference.cavi').cavi\n"
+        "assert vijax.gibbs is importlib.import_module('vijax.inference.gibbs').gibbs\n"
+        "assert vijax.prepare_em is importlib.import_module('vijax.inference.em').prepare\n"
+        "missing = [n for n in vijax.__all__ if getattr(vijax, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "import vijax.compare\n"
+        "assert callable(vijax.compare) and vijax.compare.__name__ == 'compare'\n"
+        "try:\n"
+        "    vijax.no_such_name\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
