@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vijax import _compat
+from vijax import _compat, _xla
 from vijax.families.registry import FAMILIES
 from vijax.supports import default_float
 
@@ -89,7 +89,7 @@ class Program:
         self._consts = [jax.device_put(c) if isinstance(c, (np.ndarray, np.generic))
                         else jnp.asarray(c) for c in closed.consts]
         self._data_def = jax.tree_util.tree_structure(spec)
-        self._fn = jax.jit(self._evaluate)
+        self._fn = _xla.jit(self._evaluate)  # XLA's compile options of vijax's programs
         self._exe = {}  # executables by the data leaves' shardings (sharded data: one each)
 
     # ------------------------------------------------------------------ the model
