@@ -105,9 +105,9 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     order = None if order is None else tuple(order)
     max_iters = int(max_iters)
     fns = _fitter(model, prog, max_iters, order, damping, key_batched)
-    # the NaN/Inf check of the data runs while the first chunk's fit does (it raises
-    # before any result is read)
-    check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
+    # before any fit: a pass over the data that also brings it into the cache for the
+    # fit (measured ~50 us faster per call than checking while the fit runs)
+    _check_finite(datasets, fns[4])
 
     outs, flags = [], 0
     for start in range(0, n, chunk):
@@ -116,7 +116,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol, check if start == 0 else None)
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol)
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
@@ -197,16 +197,13 @@ def _check_finite(datasets, bad_lanes):
                         "impute them before fitting")
 
 
-def _fit_chunk(fns, data, key, init, tol, check=None):
+def _fit_chunk(fns, data, key, init, tol):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
-    goes on segment by segment (compiled on first use). ``check()`` (optional) runs on
-    the host while the first segment runs on the device, before its status is read.
-    Returns the result and its flags (:func:`_report`)."""
+    goes on segment by segment (compiled on first use). Returns the result and its flags
+    (:func:`_report`)."""
     first, restart, more, finish, _ = fns
-    trace, result, status = first(data, key, init, tol)  # dispatched, not awaited
-    if check is not None:
-        check()
+    trace, result, status = first(data, key, init, tol)
     steps, bits = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
     if bits & 1:
