@@ -144,12 +144,12 @@ def run(size: str, dtype: str) -> dict:
         "computed once instead of in every fusion that reads it: driver.materialized), "
         "the first sweep is peeled out of the loop (the start's constants fold into it), "
         "failed lanes are NaN-ed in a branch, the status is one OR-reduction of per-lane "
-        "bits, the NaN/Inf check of the data runs on the host (as vj.cavi's) while the "
-        "device runs the first segment, elbo_trace is cropped as a NumPy view, and a "
+        "bits, the NaN/Inf check of the data runs on the host (as vj.cavi's) before the "
+        "fit (its pass brings the data into the cache for the fit's sums), elbo_trace is cropped as a NumPy view, and a "
         "repeated call's checks and analysis are one cached look-up. Measured in one "
         "process against the previous version (float32, 10000 lanes, min of 100-150 "
         "interleaved calls, load ~3): first segment 0.69-0.74 ms (was 0.88-0.94), "
-        "vj.batch_cavi 0.87-0.96 ms (was 1.12-1.2); values unchanged (the sanity rows "
+        "vj.batch_cavi 0.84-0.96 ms (was 1.12-1.2); values unchanged (the sanity rows "
         "equal the previous run's digit for digit).",
         "Where vj.batch_cavi's time still goes (float32, XLA profile, perfetto trace): per "
         "sweep (1- and 9-sweep runs with tol=0) the hand-written loop costs 22-25 us and "
@@ -165,7 +165,9 @@ def run(size: str, dtype: str) -> dict:
         "(230-320 us vs 255-275 us: the two data sums, ~110 us, are most of both). On the "
         "host vj.batch_cavi adds ~150-250 us: dispatch of the 15-output executable "
         "(~40-65 us), the NaN/Inf check of the data (one pass, 20-60 us; vj.cavi checks "
-        "too), the status read and the result.",
+        "too), the status read and the result. XLA's classic CPU emitters "
+        "(vijax._xla.jit, used by other fit programs) ran this loop 2x slower (float32 "
+        "first segment 1.27 vs 0.62 ms): vj.batch_cavi keeps XLA's defaults.",
         "The batched driver's ELBO-only row (the same loop, outputs limited to ELBO and "
         "sweeps) meets the target in both dtypes: the whole result's extra cost is the "
         "per-lane bookkeeping the result needs (posterior parameters, diagnostics, trace) "
