@@ -158,8 +158,12 @@ def eval_jaxpr(jaxpr, consts, *args):
     return fn(jaxpr, consts, *args)
 
 
-def trace_state_clean() -> bool:
+def trace_state_clean() -> bool | None:
     """True outside any JAX trace (``jit``, ``vmap``, ``grad``): where a ``jax.jit`` call
-    is top level (compile options may only be given there)."""
-    fn = getattr(_ext_core, "trace_state_clean", None)
-    return True if fn is None else bool(fn())
+    is top level (compile options may only be given there); None where this JAX does not
+    say (the caller must then assume a trace)."""
+    try:
+        from jax._src.core import trace_state_clean as clean
+    except ImportError:  # pragma: no cover - moved in a later release
+        return None
+    return bool(clean())

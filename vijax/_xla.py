@@ -51,7 +51,7 @@ class Jit:
         return self._jitted
 
     def __call__(self, *args, **kwargs):
-        if _compat.trace_state_clean():
+        if _compat.trace_state_clean() is True:
             return self._get()(*args, **kwargs)
         if self._nested is None:
             self._nested = jax.jit(self._fun, **self._kwargs)
