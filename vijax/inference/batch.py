@@ -174,15 +174,17 @@ def _shape_dtype(x):
 
 
 def _check_finite(datasets, bad_lanes):
-    """Raise :class:`DataError` naming the lanes with NaN/Inf data. As
-    :func:`vijax.model.check_data`: a leaf on one device is checked on the host (one
-    vectorized pass, no device op); a leaf split over devices by the jitted
-    ``bad_lanes``."""
+    """Raise :class:`DataError` naming the lanes with NaN/Inf data. A leaf in host
+    memory (a NumPy array, a jax array on the CPU) is checked on the host, as by
+    :func:`vijax.model.check_data` (one vectorized pass, no device op); a leaf on an
+    accelerator or split over devices by the jitted ``bad_lanes`` (where it lives: no
+    copy to the host)."""
     bad, spread = None, False
     for x in jax.tree_util.tree_leaves(datasets):
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             continue
-        if _spans_devices(x):
+        if _spans_devices(x) or (isinstance(x, jax.Array) and any(
+                d.platform != "cpu" for d in x.sharding.device_set)):
             spread = True
             continue
         arr = np.asarray(x)
