@@ -156,7 +156,8 @@ def test_failed_lanes_are_counted_in_a_warning_or_raised():
     with pytest.raises(vj.DataError):
         vj.batch_cavi(zm.model, xs.at[2, 0].set(jnp.nan))
     with pytest.raises(vj.DataError, match=r"lanes \[1, 3\]"):  # named, across chunks
-        vj.batch_cavi(zm.model, xs.at[1, 0].set(jnp.inf).at[3, 5].set(jnp.nan), chunk_size=2)
+        vj.batch_cavi(zm.model, xs.at[1, 0].set(jnp.inf).at[3, 5].set(jnp.nan),
+                      chunk_size=2)
 
 
 def test_a_lane_whose_update_is_refused_fails_alone():
