@@ -209,3 +209,17 @@ def long_params(names, long):
     skips them (tests/conftest.py), ``-m fuzz`` or ``VIJAX_FUZZ=1`` runs them too."""
     import pytest
     return [pytest.param(n, marks=pytest.mark.fuzz) if n in long else n for n in names]
+
+
+def compiles_during(caplog, fn):
+    """``(fn(), names)``: the names of the XLA programs compiled while ``fn`` ran
+    (``jax_log_compiles`` records, e.g. ``"jit(gather)"``)."""
+    import logging
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            out = fn()
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    return out, [r.getMessage().split(" ")[1] for r in caplog.records
+                 if r.getMessage().startswith("Compiling ")]

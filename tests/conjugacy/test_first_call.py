@@ -3,7 +3,6 @@ gather (numpy) equals ``lax.gather`` in CLIP mode on every index form jnp produc
 
 from __future__ import annotations
 
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,8 @@ from jax.scipy import stats
 
 import vijax as vj
 from vijax.conjugacy import host_eval
+
+from .helpers import compiles_during
 
 
 def _gathers(f, *args):
@@ -85,16 +86,9 @@ def test_gmm_analysis_compiles_nothing(caplog):
     model = vj.Model(log_joint, {"pi": vj.simplex(k), "z": vj.categorical(k, shape=(n,)),
                                  "mu": vj.real((k, d)), "tau": vj.positive((k, d))})
     spec = jax.ShapeDtypeStruct((n, d), jnp.zeros(()).dtype)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING):
-            prog = vj.compile(model, spec)
-    finally:
-        jax.config.update("jax_log_compiles", False)
+    prog, compiled = compiles_during(caplog, lambda: vj.compile(model, spec))
     assert {m: i.family for m, i in prog.infos.items()} == {
         "pi": "Dirichlet", "z": "Categorical", "mu": "Normal", "tau": "Gamma"}
-    compiled = [r.getMessage() for r in caplog.records
-                if r.getMessage().startswith("Compiling ")]
     assert compiled == [], compiled
 
 

@@ -1,7 +1,6 @@
 """Constant folding on the host (vijax/conjugacy/host_eval.py): the same values as XLA,
 and an analysis that compiles no XLA executable per constant operation."""
 
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,8 @@ from jax.scipy import stats
 
 import vijax as vj
 from vijax.conjugacy import host_eval
+
+from .helpers import compiles_during
 
 
 def _eqn(fn, *args):
@@ -78,14 +79,7 @@ def test_analysis_compiles_no_constant_operation(caplog):
     model = vj.Model(log_joint, {"pi": vj.simplex(k), "tau": vj.positive((k, d)),
                                  "mu": vj.real((k, d)), "z": vj.categorical(k, shape=(11,))})
     spec = jax.ShapeDtypeStruct((11, d), jnp.zeros(()).dtype)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level(logging.WARNING):
-            prog = vj.compile(model, spec)
-    finally:
-        jax.config.update("jax_log_compiles", False)
+    prog, compiled = compiles_during(caplog, lambda: vj.compile(model, spec))
     assert prog.conjugate
-    compiled = [r.getMessage().split(" ")[1] for r in caplog.records
-                if r.getMessage().startswith("Compiling ")]
     assert all(c.startswith(("jit(gather", "jit(stage", "jit(convert_element_type"))
                for c in compiled), compiled

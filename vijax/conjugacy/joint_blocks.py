@@ -228,7 +228,8 @@ def refuse_blocks(model, fitter: str):
         raise ModelSpecError(
             f"the model declares the joint block(s) {[list(b) for b in multi]}, which "
             f"{fitter} does not fit (it updates one factor per latent): fit the blocks with "
-            "vj.cavi, or declare the model without blocks= for a mean-field fit")
+            "vj.cavi or vj.fit_gradient, or declare the model without blocks= for a "
+            "mean-field fit")
 
 
 def apply(compiled, blocks):
