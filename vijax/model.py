@@ -91,6 +91,15 @@ def _spans_devices(x) -> bool:
         len(x.sharding.device_set) > 1 or not x.is_fully_addressable)
 
 
+def _checked_in_place(x) -> bool:
+    """A concrete ``jax.Array`` whose NaN/Inf count is taken where it lives: split over
+    devices or processes, or on an accelerator (a host copy of a GPU's data set on every
+    fit would cost more than the fit's sweeps)."""
+    return _spans_devices(x) or (
+        isinstance(x, jax.Array) and not _compat.is_tracer(x)
+        and any(d.platform != "cpu" for d in x.sharding.device_set))
+
+
 @jax.jit
 def _nonfinite_counts(leaves):
     # one reduction per leaf, run where the data live: each device counts its shard and
@@ -101,17 +110,17 @@ def _nonfinite_counts(leaves):
 def check_data(data):
     """Raise :class:`DataError` when a concrete float leaf of ``data`` has NaN or Inf.
 
-    Host arrays (and one-device arrays) are checked on the host. A leaf split over
-    several devices or processes is never copied to the host: its NaN/Inf count
-    ``sum(~isfinite(x))`` is one jitted reduction over its shards (a replicated scalar,
-    readable on every process), so a multi-process fit checks each process's slice where
-    it lives.
+    Host arrays (NumPy, or jax arrays on the CPU) are checked on the host. A leaf on an
+    accelerator, or split over several devices or processes, is never copied to the
+    host: its NaN/Inf count ``sum(~isfinite(x))`` is one jitted reduction where it lives
+    (over its shards: a replicated scalar, readable on every process), so a
+    multi-process fit checks each process's slice in place.
     """
     sharded = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
         if _compat.is_tracer(leaf) or leaf is None:
             continue
-        if _spans_devices(leaf):
+        if _checked_in_place(leaf):
             if jnp.issubdtype(leaf.dtype, jnp.inexact):
                 sharded.append((path, leaf))
             continue

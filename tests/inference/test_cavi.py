@@ -377,6 +377,19 @@ def test_nan_in_nested_data_is_named(zoo):
         vj.cavi(case.model, data)
 
 
+def test_nan_count_where_the_data_live(zoo, monkeypatch):
+    """Data on an accelerator are counted by a jitted reduction in place (no host copy);
+    forced here on the CPU: the same named error, the same count, and a clean leaf
+    passes."""
+    import vijax.model as model_mod
+    case = zoo["linear_regression_known_noise"]
+    monkeypatch.setattr(model_mod, "_checked_in_place", lambda x: isinstance(x, jax.Array))
+    y = case.data["y"].at[0].set(jnp.nan).at[2].set(jnp.inf)
+    with pytest.raises(DataError, match=r"\['y'\] has 2 NaN/Inf"):
+        model_mod.check_data({"X": case.data["X"], "y": y})
+    model_mod.check_data(case.data)
+
+
 def test_zero_precision_update_raises_fit_diverged_naming_latent():
     # mu has no prior and enters only linearly: its update has zero precision.
     def lj(z, x):

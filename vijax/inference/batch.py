@@ -30,7 +30,7 @@ from vijax.inference.cavi import CaviResult, _checked_options
 from vijax.inference.cavi import magnitude_bound
 from vijax.inference.cavi import sweep as cavi_sweep
 from vijax.inference.driver import Info
-from vijax.model import _spans_devices
+from vijax.model import _checked_in_place
 from vijax.supports import default_float
 
 #: sweeps per segment of the batched loop (the trace buffer is ``[lanes, SEGMENT]``)
@@ -183,8 +183,7 @@ def _check_finite(datasets, bad_lanes):
     for x in jax.tree_util.tree_leaves(datasets):
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             continue
-        if _spans_devices(x) or (isinstance(x, jax.Array) and any(
-                d.platform != "cpu" for d in x.sharding.device_set)):
+        if _checked_in_place(x):
             spread = True
             continue
         arr = np.asarray(x)
