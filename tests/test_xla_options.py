@@ -14,6 +14,15 @@ def test_options_on_cpu_and_escape_hatch(monkeypatch):
     monkeypatch.setenv("VIJAX_XLA_DEFAULTS", "1")
     assert _xla.compiler_options() is None
 
+def test_an_xla_without_the_option_gets_defaults(monkeypatch):
+    """A release whose XLA refuses the option compiles with its defaults."""
+    monkeypatch.setattr(_xla, "CPU_OPTIONS", {"xla_no_such_option_anywhere": True})
+    monkeypatch.setattr(_xla, "_SUPPORTED", [])
+    assert _xla.compiler_options() is None
+    g = _xla.jit(lambda x: x * 3.0)
+    assert float(g(jnp.ones(()))) == 3.0
+
+
 def test_jit_wrapper_is_the_jitted_function():
     calls = []
 

@@ -24,12 +24,28 @@ from vijax import _compat
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
+_SUPPORTED: list = []  # [bool] once probed
+
+
+def _supported() -> bool:
+    """Whether this XLA knows :data:`CPU_OPTIONS` (probed once with a one-op program, so
+    that an XLA release without the flag gets its defaults, not a failed fit)."""
+    if not _SUPPORTED:
+        try:
+            jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(1.0).compile()
+            _SUPPORTED.append(True)
+        except Exception:  # noqa: BLE001 - any refusal means: use XLA's defaults
+            _SUPPORTED.append(False)
+    return _SUPPORTED[0]
+
+
 def compiler_options() -> dict | None:
     """The options for programs compiled now: :data:`CPU_OPTIONS` on the CPU backend
-    (unless ``VIJAX_XLA_DEFAULTS`` is set), else None (XLA's defaults)."""
+    (unless ``VIJAX_XLA_DEFAULTS`` is set, or this XLA does not know them), else None
+    (XLA's defaults)."""
     if os.environ.get("VIJAX_XLA_DEFAULTS") or jax.default_backend() != "cpu":
         return None
-    return dict(CPU_OPTIONS)
+    return dict(CPU_OPTIONS) if _supported() else None
 
 
 class Jit:
