@@ -41,8 +41,35 @@ def family(cls):
     """
     cls = dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
     meta = [f.name for f in dataclasses.fields(cls) if f.name != "natural"]
-    jax.tree_util.register_dataclass(cls, data_fields=["natural"], meta_fields=meta)
+    register_fields(cls, ["natural"], meta)
     return cls
+
+
+def register_fields(cls, data_fields, meta_fields):
+    """Register the dataclass ``cls`` as a pytree: ``data_fields`` are children,
+    ``meta_fields`` static.
+
+    Like ``jax.tree_util.register_dataclass``, but the tree structure compares unequal
+    across classes: jaxlib 0.10's dataclass nodes of two classes with the same fields
+    compare *equal* (with different hashes), so a jitted function's cache could hand a
+    ``Poisson`` the executable traced for a ``Bernoulli`` (both ``{"x": eta}``) when
+    their hashes meet, a silent wrong result seen in the test suite. Custom nodes
+    compare their classes."""
+    data_fields, meta_fields = tuple(data_fields), tuple(meta_fields)
+    keys = tuple(jax.tree_util.GetAttrKey(f) for f in data_fields)
+
+    def flatten_with_keys(obj):
+        children = tuple((k, getattr(obj, f)) for k, f in zip(keys, data_fields))
+        return children, tuple(getattr(obj, f) for f in meta_fields)
+
+    def flatten(obj):
+        return (tuple(getattr(obj, f) for f in data_fields),
+                tuple(getattr(obj, f) for f in meta_fields))
+
+    def unflatten(meta, children):
+        return cls(**dict(zip(data_fields, children)), **dict(zip(meta_fields, meta)))
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,7 +14,7 @@ from jax.scipy.special import digamma, gammaln
 
 from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
-                                 check_param, family, format_array)
+                                 check_param, family, format_array, register_fields)
 from vijax.families.gamma import Gamma
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -253,4 +253,4 @@ class StudentT:
         return f"StudentT({inner})"
 
 
-jax.tree_util.register_dataclass(StudentT, data_fields=["df", "loc", "scale"], meta_fields=[])
+register_fields(StudentT, ["df", "loc", "scale"], [])

@@ -15,7 +15,7 @@ from jax.scipy.special import gammaln
 
 from vijax.families import start_random
 from vijax.families.base import (Array, ExponentialFamily, Natural, as_float_arrays,
-                                 check_param, family, format_array)
+                                 check_param, family, format_array, register_fields)
 from vijax.families.mvn import _diag, _sym
 from vijax.families.wishart import Wishart
 
@@ -304,5 +304,4 @@ class MultivariateT:
         return f"MultivariateT({inner})"
 
 
-jax.tree_util.register_dataclass(MultivariateT, data_fields=["df", "loc", "scale_tril"],
-                                 meta_fields=[])
+register_fields(MultivariateT, ["df", "loc", "scale_tril"], [])
