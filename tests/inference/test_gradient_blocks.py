@@ -32,9 +32,10 @@ import numpy as np
 import optax
 import pytest
 from jax.scipy import stats
-from scipy.special import gammaln, multigammaln
 
 import vijax as vj
+from block_posteriors import (NW_DIM, NW_X, normal_gamma_posterior,
+                              normal_wishart_posterior, nw_log_joint)
 from vijax.compare import compare
 from vijax.errors import ModelSpecError
 from vijax.families import NormalGamma, NormalWishart
@@ -64,16 +65,9 @@ NG = vj.Model(_ng_lj, NG_SUP, blocks=[["mu", "tau"]])
 
 
 def _ng_exact(x):
-    """Posterior NG(m_N, k_N, a_N, b_N) and log p(x) (the Student-t marginal likelihood:
-    Gamma(a_N)/Gamma(a0) b0^a0 / b_N^a_N (k0/k_N)^(1/2) (2 pi)^(-N/2))."""
-    n, xb = len(x), float(np.mean(x))
-    kn = K0 + n
-    mn = (K0 * M0 + n * xb) / kn
-    an = A0 + n / 2
-    bn = B0 + 0.5 * np.sum((x - xb) ** 2) + K0 * n * (xb - M0) ** 2 / (2 * kn)
-    log_z = (gammaln(an) - gammaln(A0) + A0 * np.log(B0) - an * np.log(bn)
-             + 0.5 * np.log(K0 / kn) - 0.5 * n * np.log(2 * np.pi))
-    return np.array([mn, kn, an, bn]), log_z
+    """Posterior NG(m_N, k_N, a_N, b_N) and log p(x) (block_posteriors)."""
+    *params, log_z = normal_gamma_posterior(x, M0, K0, A0, B0)
+    return np.array(params), log_z
 
 
 def _ng_params(fit):
@@ -237,44 +231,13 @@ def test_block_the_compiler_cannot_match_is_refused():
 
 
 # ---------------------------------------------------------------- Normal-Wishart
-D, BETA0, NU0 = 2, 0.6, 4.5
-MW = np.array([0.5, -0.5])
-VW = np.array([[0.5, 0.1], [0.1, 0.3]])  # Wishart scale
-X_NW = (np.random.default_rng(11).normal(size=(25, D)) @ np.array([[1.0, 0.0], [0.5, 0.6]])
-        + np.array([1.0, -1.0]))
-
-
-def _nw_lj(z, x):
-    """L ~ W(V0, nu0), mu | L ~ N(m0, (beta0 L)^{-1}), x_n ~ N(mu, L^{-1})."""
-    mu, prec = z["mu"], z["L"]
-    n, d = x.shape
-    logdet = jnp.linalg.slogdet(prec)[1]
-    lp = (0.5 * (NU0 - d - 1) * logdet - 0.5 * jnp.sum(np.linalg.inv(VW) * prec)
-          - 0.5 * NU0 * d * math.log(2) - 0.5 * NU0 * np.linalg.slogdet(VW)[1]
-          - float(multigammaln(NU0 / 2, d)))
-    dm = mu - MW
-    lp += 0.5 * d * math.log(BETA0 / (2 * math.pi)) + 0.5 * logdet - 0.5 * BETA0 * dm @ prec @ dm
-    dx = x - mu
-    return (lp - 0.5 * n * d * math.log(2 * math.pi) + 0.5 * n * logdet
-            - 0.5 * jnp.einsum("ni,ij,nj->", dx, prec, dx))
-
-
-NW = vj.Model(_nw_lj, {"mu": vj.real((D,)), "L": vj.positive_definite(D)},
+D, X_NW = NW_DIM, NW_X
+NW = vj.Model(nw_log_joint, {"mu": vj.real((D,)), "L": vj.positive_definite(D)},
               blocks=[["mu", "L"]])
 
 
 def _nw_exact(x):
-    """Posterior NW(m_N, beta_N, nu_N, V_N) and log p(x) = -ND/2 log(2 pi) + log Z_N - log Z_0,
-    log Z = D/2 log(2 pi/beta) + nu D/2 log 2 + nu/2 log|V| + log Gamma_D(nu/2)."""
-    def log_norm(beta, nu, v):
-        return (0.5 * D * math.log(2 * math.pi / beta) + 0.5 * nu * D * math.log(2)
-                + 0.5 * nu * np.linalg.slogdet(v)[1] + multigammaln(nu / 2, D))
-    n, xb = x.shape[0], x.mean(0)
-    s = (x - xb).T @ (x - xb)
-    bn, nun = BETA0 + n, NU0 + n
-    mn = (BETA0 * MW + n * xb) / bn
-    vn = np.linalg.inv(np.linalg.inv(VW) + s + BETA0 * n / bn * np.outer(xb - MW, xb - MW))
-    log_z = -0.5 * n * D * math.log(2 * math.pi) + log_norm(bn, nun, vn) - log_norm(BETA0, NU0, VW)
+    mn, bn, nun, vn, log_z = normal_wishart_posterior(x)
     return (mn, bn, nun, vn), log_z
 
 

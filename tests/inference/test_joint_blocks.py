@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.scipy import stats
-from scipy.special import gammaln, multigammaln
 
 import vijax as vj
+from block_posteriors import (NW_DIM, NW_X, normal_gamma_posterior,
+                              normal_wishart_posterior, nw_log_joint)
 from vijax.errors import ModelSpecError
 from vijax.inference.cavi import cavi
 from vijax.models import ZOO
@@ -34,14 +35,7 @@ def ng():
 
 def _ng_exact(x):
     p = NORMAL_GAMMA_PRIOR
-    n, xb = x.shape[0], x.mean()
-    ln = p["lambda0"] + n
-    mn = (p["lambda0"] * p["mu0"] + n * xb) / ln
-    an = p["a0"] + n / 2
-    bn = p["b0"] + 0.5 * np.sum((x - xb) ** 2) + p["lambda0"] * n * (xb - p["mu0"]) ** 2 / (2 * ln)
-    log_z = (gammaln(an) - gammaln(p["a0"]) + p["a0"] * np.log(p["b0"]) - an * np.log(bn)
-             + 0.5 * np.log(p["lambda0"] / ln) - 0.5 * n * np.log(2 * np.pi))
-    return mn, ln, an, bn, log_z
+    return normal_gamma_posterior(x, p["mu0"], p["lambda0"], p["a0"], p["b0"])
 
 
 def test_normal_gamma_block_exact_in_one_sweep(ng):
@@ -84,47 +78,15 @@ def test_analyze_suggests_and_reports_the_block(ng):
 
 # ---------------------------------------------------------------- Normal-Wishart
 
-DIM, BETA0, NU0 = 2, 0.6, 4.5
-M0 = np.array([0.5, -0.5])
-V0 = np.array([[0.5, 0.1], [0.1, 0.3]])  # Wishart scale
-
-
-def _nw_lj(z, x):
-    mu, prec = z["mu"], z["L"]
-    n, d = x.shape
-    logdet = jnp.linalg.slogdet(prec)[1]
-    v0inv = np.linalg.inv(V0)
-    lp = (0.5 * (NU0 - d - 1) * logdet - 0.5 * jnp.sum(v0inv * prec)
-          - 0.5 * NU0 * d * math.log(2) - 0.5 * NU0 * np.linalg.slogdet(V0)[1]
-          - float(multigammaln(NU0 / 2, d)))
-    dm = mu - M0
-    lp += 0.5 * d * math.log(BETA0 / (2 * math.pi)) + 0.5 * logdet - 0.5 * BETA0 * dm @ prec @ dm
-    dx = x - mu
-    lp += -0.5 * n * d * math.log(2 * math.pi) + 0.5 * n * logdet \
-        - 0.5 * jnp.einsum("ni,ij,nj->", dx, prec, dx)
-    return lp
-
-
-def _log_z_nw(beta, nu, v):
-    d = v.shape[0]
-    return (0.5 * d * math.log(2 * math.pi / beta) + 0.5 * nu * d * math.log(2)
-            + 0.5 * nu * np.linalg.slogdet(v)[1] + multigammaln(nu / 2, d))
+DIM = NW_DIM
 
 
 @pytest.fixture(scope="module")
 def nw():
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(25, DIM)) @ np.array([[1.0, 0.0], [0.5, 0.6]]) + np.array([1.0, -1.0])
-    n, xb = x.shape[0], x.mean(0)
-    s = (x - xb).T @ (x - xb)
-    bn, nun = BETA0 + n, NU0 + n
-    mn = (BETA0 * M0 + n * xb) / bn
-    vn = np.linalg.inv(np.linalg.inv(V0) + s + BETA0 * n / bn * np.outer(xb - M0, xb - M0))
-    log_z = (-0.5 * n * DIM * math.log(2 * math.pi) + _log_z_nw(bn, nun, vn)
-             - _log_z_nw(BETA0, NU0, V0))
-    model = vj.Model(_nw_lj, {"mu": vj.real((DIM,)), "L": vj.positive_definite(DIM)},
+    model = vj.Model(nw_log_joint, {"mu": vj.real((DIM,)), "L": vj.positive_definite(DIM)},
                      blocks=[["L", "mu"]])
-    return model, x, (mn, bn, nun, vn, log_z)
+    mn, bn, nun, vn, log_z = normal_wishart_posterior(NW_X)
+    return model, NW_X, (mn, bn, nun, vn, log_z)
 
 
 def test_normal_wishart_block_exact(nw):
