@@ -129,21 +129,10 @@ def compare(a, b, elbo_tol=1e-4, kl_tol=1e-3, mean_tol_sd=None,
 
 
 def _joint_factors(fit) -> dict:
-    """``{block name: joint family object}`` of a fit's declared blocks (factors keyed
-    ``"mu+tau"`` in ``fit.natural``, whose ``posterior`` holds the members' marginals)."""
-    from vijax.families import registry
-    natural = getattr(fit, "natural", None)
-    if not isinstance(natural, dict):
-        return {}
-    out = {}
-    for name, nat in natural.items():
-        if name in fit.posterior or not isinstance(nat, dict):
-            continue
-        fam = next((f for f in registry.joint_families()
-                    if set(f.stat_names) == set(nat)), None)
-        if fam is not None:
-            out[name] = fam(dict(nat))
-    return out
+    """``{block name: joint family object}`` of a fit's declared blocks
+    (:func:`vijax.results.draws.joint_factors`)."""
+    from vijax.results.draws import joint_factors
+    return {name: q for name, (q, _) in joint_factors(fit).items()}
 
 
 def _block_moments(fit, name):

@@ -200,6 +200,6 @@ def user_init(compiled, init, base):
 
 
 _default_init_jit = _xla.jit(lambda infos, key, dtype: default_init(dict(infos), key, dtype),
-                            static_argnums=(0, 2))
+                             static_argnums=(0, 2))
 _posterior_static = _xla.jit(lambda infos, natural: posterior(dict(infos), natural),
-                            static_argnums=(0,))
+                             static_argnums=(0,))

@@ -107,8 +107,8 @@ def joint_factors(result: Any) -> dict:
     member's class (e.g. StudentT for the mean, Gamma for the precision)."""
     from vijax.families import registry
     natural = getattr(result, "natural", None)
-    posterior = result.posterior
-    if not isinstance(natural, Mapping):
+    posterior = getattr(result, "posterior", None)
+    if not isinstance(natural, Mapping) or not isinstance(posterior, Mapping):
         return {}
     out = {}
     for name, nat in natural.items():
