@@ -118,9 +118,10 @@ def _release_executables():
     thousands of compiled executables (about 3 mappings each on the CPU) reaches
     vm.max_map_count (65530 by default) and XLA's compiler then crashes with a
     segmentation fault. The suite runs on 3 workers (README), which keeps each under
-    about 45000 mappings; only above 50000 are JAX's caches dropped after a module.
-    (Dropping them mid-session is suspected of one wrong dispatch seen once: a jitted
-    Poisson log_prob that returned a Bernoulli's values; so it is kept for emergencies.)"""
+    about 25000 mappings with the classic emitters above; only above 50000 are JAX's
+    caches dropped after a module. (The wrong dispatch once blamed on this clearing, a
+    jitted Poisson log_prob returning a Bernoulli's values, was jaxlib's equal tree
+    structures of same-field dataclasses: see vijax.families.base.register_fields.)"""
     yield
     if _memory_mappings() > 50000:
         import gc

@@ -1,6 +1,7 @@
-"""vijax's programs compile with XLA's classic CPU emitters (vijax._xla): the option
-reaches the compiled executable, the user's own jitted code is untouched, and results
-equal those of XLA's defaults."""
+"""vijax's programs compile with XLA's classic CPU emitters (vijax._xla): the options on
+the CPU and their escape hatch, a fallback where XLA refuses them, the wrapper is the
+jitted function (trace once, compile once, ``lower`` passes through), results equal a
+default jit's, and nested under the user's jit/vmap/grad it is a plain jit."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +9,13 @@ import numpy as np
 
 from vijax import _xla
 
+
 def test_options_on_cpu_and_escape_hatch(monkeypatch):
     assert jax.default_backend() == "cpu"
     assert _xla.compiler_options() == {"xla_cpu_use_fusion_emitters": False}
     monkeypatch.setenv("VIJAX_XLA_DEFAULTS", "1")
     assert _xla.compiler_options() is None
+
 
 def test_an_xla_without_the_option_gets_defaults(monkeypatch):
     """A release whose XLA refuses the option compiles with its defaults."""
