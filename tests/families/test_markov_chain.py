@@ -186,6 +186,26 @@ def test_homogeneous_pair_potential_is_the_repeated_one_with_summed_statistic():
         MarkovChain.natural_from_mean(h["mu"])
 
 
+def test_pair_layout_is_read_from_the_full_shapes():
+    """A per-step pair shared by a batch of chains ([T-1, K, K] beside unary [N, T, K])
+    has the rank of a homogeneous one: it is refused (broadcast it first), not read as
+    one transition per chain; broadcast, it is the per-step chain."""
+    r = np.random.default_rng(4)
+    n = T  # chains (the rank rule used before read the shared pair as homogeneous)
+    unary = jnp.asarray(r.normal(size=(n, T, K)))
+    shared = jnp.asarray(r.normal(size=(T - 1, K, K)))
+    with pytest.raises(InvalidParameterError, match=r"pair has shape .*unary's\s+batch"):
+        MarkovChain.log_normalizer({"unary": unary, "pair": shared})
+    per_step = jnp.broadcast_to(shared, (n, T - 1, K, K))
+    got = MarkovChain.log_normalizer({"unary": unary, "pair": per_step})
+    paths = np.array(list(itertools.product(range(K), repeat=T)))
+    u, p = np.asarray(unary), np.asarray(shared)
+    score = (u[:, np.arange(T), paths].sum(-1)
+             + p[np.arange(T - 1), paths[:, :-1], paths[:, 1:]].sum(-1))
+    np.testing.assert_allclose(got, logsumexp(score, -1), rtol=1e-12)
+    assert not MarkovChain({"unary": unary, "pair": per_step}).homogeneous
+
+
 def test_init_in_either_pair_layout():
     """``conform_natural`` (``vj.cavi(init=...)``): a homogeneous potential is repeated
     for a per-step layout; per-step potentials equal at every step become homogeneous;

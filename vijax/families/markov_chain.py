@@ -21,16 +21,33 @@ def _to_time_major(a: Array, nd: int) -> Array:
     return jnp.moveaxis(a, a.ndim - nd - 1, 0)
 
 
+def _pair_layout(unary: Array, pair: Array) -> bool:
+    """True for a homogeneous pair array (``[..., K, K]``: no time axis, the same at
+    every step), False for a per-step one (``[..., T-1, K, K]``), given the unary
+    ``[..., T, K]``. Decided from the full shapes: the pair carries exactly the unary's
+    batch axes (a per-step pair shared by a batch of chains must be broadcast first, or
+    it would read as a homogeneous one per chain); any other shape raises."""
+    u, p = jnp.shape(unary), jnp.shape(pair)
+    k = u[-1:]
+    if p == u[:-2] + k + k:
+        return True
+    if p == u[:-2] + (u[-2] - 1,) + k + k:
+        return False
+    raise InvalidParameterError(
+        f"MarkovChain: pair has shape {p}; with unary {u} it must be {u[:-2] + k + k} "
+        f"(homogeneous) or {u[:-2] + (u[-2] - 1,) + k + k} (per step), with the unary's "
+        "batch axes (broadcast a pair shared by several chains)")
+
+
 def is_homogeneous(natural: Mapping[str, Array]) -> bool:
-    """Whether the pair potential has no time axis (``[..., K, K]``, the same at every
-    step; a per-step potential is ``[..., T-1, K, K]``). Decided from the shapes."""
-    return jnp.ndim(natural["pair"]) == jnp.ndim(natural["unary"])
+    """Whether the pair array has no time axis (:func:`_pair_layout`, from the shapes)."""
+    return _pair_layout(natural["unary"], natural["pair"])
 
 
 def _potentials(unary: Array, pair: Array):
     """Time-major unary ``[T, ..., K]``, the pair potential (time-major ``[T-1, ..., K,
     K]``, or ``[..., K, K]`` unchanged when homogeneous) and the homogeneity flag."""
-    hom = jnp.ndim(pair) == jnp.ndim(unary)
+    hom = _pair_layout(unary, pair)
     return _to_time_major(unary, 1), (pair if hom else _to_time_major(pair, 2)), hom
 
 
@@ -254,7 +271,7 @@ class MarkovChain(ExponentialFamily):
     @classmethod
     def inner(cls, a: Mapping[str, Array], b: Mapping[str, Array]) -> Array:
         """``<a, b>`` over the event axes (2 or 3 for the pair statistic, by layout)."""
-        nd = 2 + (jnp.ndim(a["pair"]) - jnp.ndim(a["unary"]))
+        nd = 2 if is_homogeneous(a) else 3
         return (jnp.sum(a["unary"] * b["unary"], (-2, -1))
                 + jnp.sum(a["pair"] * b["pair"], tuple(range(-nd, 0))))
 
@@ -290,7 +307,7 @@ class MarkovChain(ExponentialFamily):
 
     @classmethod
     def is_valid_natural(cls, natural: Mapping[str, Array]) -> Array:
-        nd = 2 + (jnp.ndim(natural["pair"]) - jnp.ndim(natural["unary"]))
+        nd = 2 if is_homogeneous(natural) else 3
         return (jnp.all(jnp.isfinite(natural["unary"]), (-2, -1))
                 & jnp.all(jnp.isfinite(natural["pair"]), tuple(range(-nd, 0))))
 
