@@ -190,43 +190,6 @@ def test_float32_lanes_converge():
         assert int(jnp.max(fits.num_iters)) < 20
 
 
-@pytest.mark.parametrize("window,stochastic", [(1, False), (3, True)])
-def test_batched_driver_lanes_equal_driver_run(window, stochastic):
-    """``run_batched`` (shared counter, vmapped step) gives each lane what ``driver.run``
-    gives it alone: state, trace, num_iters, converged, failed_at, decreases; including a
-    lane that fails, one that stops on ``Info.stop`` and one at ``max_iters``."""
-    from vijax.inference import batch_driver as bd
-    from vijax.inference import driver
-    rate = jnp.array([0.5, 0.9, 0.99, 0.7, 0.3])
-    fail_at = jnp.array([-1, -1, -1, 4, -1])     # lane 3 fails at its 5th step
-    stop_at = jnp.array([-1, -1, -1, -1, 6])     # lane 4's own test ends it at step 7
-    args = (rate, fail_at, stop_at)
-
-    def step(a, s):
-        r, f, st = a
-        x, i = s
-        x = r * x + 0.01 * jnp.sin(7.0 * i)      # deterministic wobble (windowed rule)
-        elbo = -x * x - 0.1 * jnp.cos(3.0 * i)
-        return (x, i + 1), driver.Info(elbo, i != f, 1e-12, i == st, i)
-
-    states = (jnp.ones(5), jnp.zeros(5, jnp.int32))
-    elbo0 = jnp.full(5, -1.0)
-    info0 = driver.Info(elbo0, jnp.ones(5, bool), jnp.zeros(5), jnp.zeros(5, bool),
-                        jnp.zeros(5, jnp.int32))
-    kw = dict(max_iters=12, tol=1e-4, window=window, stochastic=stochastic)
-    out = jax.jit(lambda a, s, e, i0: bd.run_batched(step, a, s, elbo0=e, info0=i0, **kw))(
-        args, states, elbo0, info0)
-    for b in range(5):
-        one = driver.run(lambda s: step(_lane(args, b), s), _lane(states, b),
-                         elbo0=elbo0[b], info0=_lane(info0, b), **kw)
-        for got, want in zip(jax.tree_util.tree_leaves(_lane(out, b)),
-                             jax.tree_util.tree_leaves(one)):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # jit vs eager
-    n = np.asarray(out.num_iters)
-    assert int(out.failed_at[3]) == 4 and bool(out.converged[4]) and n[4] <= 7
-    assert len(set(n.tolist())) > 2 and n.max() == 12  # lanes stop at different steps
-
-
 @pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("max_iters,tol", [(37, 0.0), (37, 1e-3), (16, 0.0), (5, 0.0)])
 def test_run_trace_across_chunks(max_iters, tol, split):

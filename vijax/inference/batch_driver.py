@@ -1,26 +1,21 @@
-"""The batched driver: many fits of one algorithm in one loop with a shared step counter.
+"""The batched driver of ``vj.batch_cavi``: many fits of one algorithm in one loop with a
+shared step counter.
 
 ``jax.vmap`` of :func:`vijax.inference.driver.run` vmaps the ``lax.while_loop``: JAX
 turns it into one loop whose body selects every carry leaf per lane, including each
-lane's trace of ``max_iters`` values, written at a per-lane index (a scatter). Here the
-*step* is vmapped, not the loop:
+lane's trace of ``max_iters`` values. Here the *step* is vmapped, not the loop
+(:func:`lean_advance`):
 
-- one counter ``t`` shared by the lanes; lane ``b`` is *active* while
-  :func:`~vijax.inference.driver.lane_active` holds for it (the rule of ``run``);
-- each loop iteration computes ``step`` on every lane and keeps the new State and
-  bookkeeping only where the lane was active (``jnp.where``): a lane that stopped is
-  frozen, so it reports its own ``num_iters``, ``converged``, ``failed_at``, ...;
-- the stopping rule is :func:`~vijax.inference.driver.lane_update`, the one ``run`` uses;
+- one counter ``t`` shared by the lanes; a running lane's code is -1, and a lane that
+  stopped is frozen (its State and records kept by ``jnp.where``), so it reports its own
+  ``num_iters``, ``converged``, ``failed_at``, ...;
+- the per-step rule is :func:`vijax.inference.driver.step_verdict` and
+  :func:`~vijax.inference.driver.decreases`, the ones ``run`` uses (window 1);
 - the step's per-lane floats pass through :func:`~vijax.inference.driver.materialized`
   (each computed once, not once in every fusion of the bookkeeping that reads it);
-- the trace is a ``[rows, B]`` buffer written one row per step
-  (``lax.dynamic_update_slice``); row ``k`` holds every lane's objective after step
-  ``t0 + k`` (a stopped lane's last value); :func:`padded` turns it into ``run``'s
-  trace, padded alike, per lane;
-- the loop ends when every lane has stopped, ``t`` reaches ``max_iters``, or ``rows``
-  steps were taken: :func:`advance` can be called again on its output (a host loop of
-  short segments keeps the trace buffer small; :func:`run_batched` is one segment of
-  ``max_iters`` rows, the same result as ``vmap(run)``).
+- the trace is a ``[rows, B]`` buffer written one row per step; the loop ends when every
+  lane has stopped, ``t`` reaches ``max_iters``, or ``rows`` steps were taken, and can
+  be called again on its output (a host loop of short segments keeps the buffer small).
 """
 
 from __future__ import annotations
@@ -30,22 +25,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vijax.inference import driver, stopping
-from vijax.inference.driver import Lane, Run
-
-
-class BatchCarry(NamedTuple):
-    """The batched loop's state between segments (a pytree).
-
-    Attributes:
-        t: steps taken by the loop (shared; a lane's own count is ``lane.i``).
-        state: the lanes' States (leading batch axis on every leaf).
-        lane: the lanes' :class:`~vijax.inference.driver.Lane` bookkeeping (batched).
-    """
-
-    t: Any
-    state: Any
-    lane: Lane
+from vijax.inference import driver
+from vijax.inference.driver import Run
 
 
 def _select(mask, new, old):
@@ -56,101 +37,13 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-def start(step: Callable, args, states, *, info0=None, elbo0=None) -> BatchCarry:
-    """The carry before any step. ``step(args_b, state_b) -> (State, Info)`` is one lane's
-    step; ``args`` and ``states`` carry the batch axis; ``info0``/``elbo0`` are per lane
-    (batched) as in :func:`vijax.run`."""
-    def one(a, s, i0, e0):
-        return driver.lane_start(driver.initial_info(lambda x: step(a, x), s, i0, e0))
-    axes = (0, 0, None if info0 is None else 0, None if elbo0 is None else 0)
-    lane = jax.vmap(one, in_axes=axes)(args, states, info0, elbo0)
-    return BatchCarry(jnp.asarray(0), states, lane)
-
-
-def active(carry: BatchCarry, max_iters):
-    """``[B]`` bool: the lanes still running."""
-    return driver.lane_active(carry.lane, max_iters)
-
-
-def advance(step: Callable, args, carry: BatchCarry, *, max_iters, tol, rows: int,
-            window: int = 1, stochastic: bool = False):
-    """Run at most ``rows`` more steps (static), until every lane has stopped or ``t``
-    reaches ``max_iters`` (may be traced).
-
-    Returns ``(carry, trace)`` with ``trace[k, b]`` (step-major: one contiguous row
-    written per step) lane ``b``'s objective after step ``t0 + k`` (its last value for
-    steps it did not take); rows from ``carry.t - t0`` on were not written (zeros; see
-    :func:`padded`)."""
-    rows = max(int(rows), 1)
-    window = max(1, int(window))
-    dtype = jnp.result_type(carry.lane.info.elbo)
-    tol = jnp.asarray(tol, dtype)
-    t0 = carry.t
-    nb = carry.lane.i.shape[0]
-    trace = jnp.zeros((rows, nb), dtype)  # row k: every lane after step t0 + k (contiguous)
-    vstep = jax.vmap(step)
-    vupdate = jax.vmap(lambda lane, info: driver.lane_update(lane, info, tol, window,
-                                                             stochastic)[0])
-
-    def cond(c):
-        carry, _ = c
-        return (carry.t - t0 < rows) & jnp.any(active(carry, max_iters))
-
-    def body(c):
-        carry, trace = c
-        on = active(carry, max_iters)
-        new, info = driver.materialized(vstep(args, carry.state), carry.lane.i >= 0)
-        lane = _select(on, vupdate(carry.lane, info), carry.lane)
-        state = _select(on, new, carry.state)
-        trace = jax.lax.dynamic_update_slice(trace, lane.info.elbo[None, :],
-                                             (carry.t - t0, 0))
-        return BatchCarry(carry.t + 1, state, lane), trace
-
-    carry, trace = jax.lax.while_loop(cond, body, (carry, trace))
-    return carry, trace
-
-
-def padded(carry: BatchCarry, trace, t0=0):
-    """``trace`` of :func:`advance` (started at step ``t0``) as ``[B, rows]``, the rows
-    not run filled with each lane's last objective (as :func:`vijax.run` pads)."""
-    done = jnp.arange(trace.shape[0]) < carry.t - t0
-    return jnp.where(done[:, None], trace, carry.lane.info.elbo[None, :]).T
-
-
-def as_run(carry: BatchCarry, trace) -> Run:
-    """The batched :class:`~vijax.inference.driver.Run` (every field with the batch axis;
-    ``trace`` from :func:`padded`)."""
-    lane = carry.lane
-    return Run(carry.state, lane.info, trace, lane.i, lane.converged, lane.failed_at,
-               lane.max_decrease, lane.excess)
-
-
-def run_batched(step: Callable, args, states, *, max_iters: int, tol, elbo0=None,
-                info0=None, window: int = 1, stochastic: bool = False) -> Run:
-    """All lanes to the end in one loop: ``vmap(run)`` without the batched while loop.
-
-    ``step(args_b, state_b) -> (State, Info)``; ``args``, ``states``, ``elbo0`` and
-    ``info0`` have the batch axis. Returns a :class:`~vijax.inference.driver.Run` whose
-    fields have it too; lane ``b`` equals ``run(lambda s: step(args_b, s), states_b,
-    ...)`` (its trace has ``max_iters`` entries, padded with its last value)."""
-    max_iters = int(max_iters)
-    carry = start(step, args, states, info0=info0, elbo0=elbo0)
-    if max_iters < 1:
-        return as_run(carry, carry.lane.info.elbo[:, None])
-    carry, trace = advance(step, args, carry, max_iters=max_iters, tol=tol, rows=max_iters,
-                           window=window, stochastic=stochastic)
-    return as_run(carry, padded(carry, trace))
-
-
 # ---- the lean loop: deterministic steps (window 1), the fewest per-lane carries ----
 #
 # Per step XLA runs one fusion per carried per-lane array (a select of the new value or
-# the old one), ~3 us each at 10000 lanes on a CPU: the generic carry above (State with
-# its objective, Lane's 14 fields) cost ~28 fusions a step. Here the objective and its
-# rounding bound live only in the segment's [rows + 1, 2, B] buffer (row k: after step
-# t0 + k - 1, row 0 the start; the step reads its predecessor's row), num_iters /
-# converged / failed_at / the failed step's ``extra`` are one int32 code, and the
-# monotonicity maxima are taken from the buffer once per segment.
+# the old one), ~3 us each at 10000 lanes on a CPU: a carry of the State with its
+# objective plus driver.Lane's 14 fields cost ~28 fusions a step. Here the objective and
+# its rounding bound are carried once, and num_iters / converged / failed_at / the failed
+# step's ``extra`` are one int32 code per lane.
 
 #: ``code`` kinds (lowest 2 bits); a running lane's code is -1
 CONVERGED, FAILED = 1, 2
@@ -191,7 +84,7 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
                  span: int, bound: Callable | None = None, peel: bool = False):
     """At most ``rows`` more steps (static) of ``step(args_b, state_b, elbo_prev,
     bound_prev) -> (state_b, Info)`` (``Info.extra`` an int32 scalar), each lane by the
-    rule of :func:`~vijax.inference.driver.lane_update` with ``window == 1``, until every
+    per-step rule of :func:`~vijax.inference.driver.step_verdict`, until every
     lane stopped or ``t`` reaches ``max_iters``.
 
     ``bound(args_b, state_b) -> R`` (optional): the rounding bound is ``R`` of the new
@@ -232,21 +125,15 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
             r = jnp.where(e_prev - e >= 0, jnp.asarray(jax.vmap(bound)(args, new), dtype),
                           b_prev)
             r = driver.materialized(r, one)
-        ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
-        conv = ((stopping.converged(e - e_prev, e, tol, r) & (tol > 0))
-                | jnp.asarray(info.stop, bool)) & ok
+        ok, conv = driver.step_verdict(e_prev, e, r, tol, info.ok, info.stop)
         stop = (t + 1) * span + jnp.where(
             ok, CONVERGED, FAILED + 4 * (jnp.asarray(info.extra, jnp.int32) + 1))
-        drop = e_prev - e
-        fin = jnp.isfinite(drop)
+        max_decrease, excess = driver.decreases(carry.max_decrease, carry.excess, e_prev, e, r)
         elbo = jnp.where(on, e, e_prev)
         carry = LeanCarry(
             t + 1, _select(on, new, carry.state), jnp.where(on & (conv | ~ok), stop, code),
-            elbo, jnp.where(on, r, b_prev),
-            jnp.where(on, jnp.maximum(carry.max_decrease, jnp.where(fin, drop, 0.0)),
-                      carry.max_decrease),
-            jnp.where(on, jnp.maximum(carry.excess, jnp.where(fin, drop - r, -jnp.inf)),
-                      carry.excess))
+            elbo, jnp.where(on, r, b_prev), jnp.where(on, max_decrease, carry.max_decrease),
+            jnp.where(on, excess, carry.excess))
         trace = jax.lax.dynamic_update_index_in_dim(trace, elbo, t - t0, 0)
         return t + 1, carry, trace
 

@@ -224,7 +224,8 @@ def sweep_step(compiled, order, damping=None):
     (``order`` checked by the caller). ``bound`` is the ELBO's rounding bound ``R_t`` when
     the ELBO did not increase (``elbo_prev - elbo >= 0``: a pass over ``|F|``, in a
     branch), else ``bound_prev``; ``invalid`` as in :func:`sweep`. The step of
-    :func:`algorithm` and of the batched loop (:mod:`vijax.inference.batch`)."""
+    :func:`algorithm`; the batched loop (:mod:`vijax.inference.batch`) calls
+    :func:`sweep` and :func:`magnitude_bound` apart (under vmap its bound is a select)."""
     fams = mf.families_of(compiled)
 
     def step(natural, mu, elbo_prev, bound_prev):

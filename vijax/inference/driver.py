@@ -151,21 +151,20 @@ def lane_update(lane: Lane, info, tol, window: int = 1, stochastic: bool = False
 
     ``tol`` must have the objective's dtype. Returns ``(lane, ok, converged)``: the
     bookkeeping after the step, whether the step was valid, whether it ended the fit as
-    converged. The one implementation of the rule: :func:`run` and the batched driver
-    (:mod:`vijax.inference.batch_driver`) both call it."""
+    converged. The rule's per-step parts (:func:`step_verdict`, :func:`decreases`) are
+    shared with the lean batched loop
+    (:func:`vijax.inference.batch_driver.lean_advance`)."""
     info = _as_info(info)
     dtype = jnp.result_type(lane.info.elbo)
     zero = jnp.zeros((), dtype)
     e = jnp.asarray(info.elbo, dtype)
     bound = jnp.asarray(info.bound, dtype)
-    ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
-    drop = lane.info.elbo - e
-    finite_drop = jnp.isfinite(drop)
     win_sum, win_sq = lane.win_sum, lane.win_sq
     prev_mean, prev_se2 = lane.prev_mean, lane.prev_se2
     if window == 1:
-        conv = stopping.converged(e - lane.info.elbo, e, tol, bound) & (tol > 0)
+        ok, conv = step_verdict(lane.info.elbo, e, bound, tol, info.ok, info.stop)
     else:
+        ok = jnp.asarray(info.ok, bool) & jnp.isfinite(e)
         win_sum, win_sq = win_sum + e, win_sq + e * e
         end = (lane.i + 1) % window == 0
         mean = win_sum / window
@@ -177,13 +176,30 @@ def lane_update(lane: Lane, info, tol, window: int = 1, stochastic: bool = False
         prev_mean = jnp.where(end, mean, lane.prev_mean)
         prev_se2 = jnp.where(end, se2, lane.prev_se2)
         win_sum, win_sq = jnp.where(end, zero, win_sum), jnp.where(end, zero, win_sq)
-    conv = (conv | jnp.asarray(info.stop, bool)) & ok
+        conv = (conv | jnp.asarray(info.stop, bool)) & ok
+    max_decrease, excess = decreases(lane.max_decrease, lane.excess, lane.info.elbo, e, bound)
     new = Lane(lane.i + 1, info._replace(elbo=e, bound=bound), conv,
-               jnp.where(ok, lane.failed_at, lane.i),
-               jnp.maximum(lane.max_decrease, jnp.where(finite_drop, drop, 0.0)),
-               jnp.maximum(lane.excess, jnp.where(finite_drop, drop - bound, -jnp.inf)),
+               jnp.where(ok, lane.failed_at, lane.i), max_decrease, excess,
                win_sum, win_sq, prev_mean, prev_se2)
     return new, ok, conv
+
+
+def step_verdict(e_prev, e, bound, tol, info_ok, info_stop):
+    """``(ok, converged)`` of one step by the per-step rule: valid and finite, and
+    :func:`vijax.inference.stopping.converged` (``tol > 0``) or the step's own stop."""
+    ok = jnp.asarray(info_ok, bool) & jnp.isfinite(e)
+    conv = ((stopping.converged(e - e_prev, e, tol, bound) & (tol > 0))
+            | jnp.asarray(info_stop, bool)) & ok
+    return ok, conv
+
+
+def decreases(max_decrease, excess, e_prev, e, bound):
+    """The monotonicity records after a step from ``e_prev`` to ``e``: the largest
+    decrease, and the largest decrease beyond the step's rounding bound."""
+    drop = e_prev - e
+    fin = jnp.isfinite(drop)
+    return (jnp.maximum(max_decrease, jnp.where(fin, drop, 0.0)),
+            jnp.maximum(excess, jnp.where(fin, drop - bound, -jnp.inf)))
 
 
 #: steps of :func:`run`'s first loop (whose trace buffer has this many entries)
