@@ -218,3 +218,20 @@ def test_run_trace_across_chunks(max_iters, tol, split):
         for got, ref in zip(jax.tree_util.tree_leaves(_lane(batched, b)),
                             jax.tree_util.tree_leaves(one)):
             np.testing.assert_array_equal(got, ref)
+
+
+def test_clearing_the_program_cache_reaches_batch_cavi(zoo):
+    """``vijax.conjugacy.program.clear_cache`` forgets batch_cavi's programs too (its own
+    cache keys on the clear count): the next call analyses again."""
+    from vijax.conjugacy import program
+    from vijax.inference import batch
+    case = zoo["normal_gamma"]
+    xs = jnp.stack([case.data, case.data + 1.0])
+    vj.batch_cavi(case.model, xs)
+    _, first = batch._program(case.model, xs)
+    assert batch._program(case.model, xs)[1] is first  # a hit: the same program
+    program.clear_cache()
+    _, again = batch._program(case.model, xs)
+    assert again is not first
+    fits = vj.batch_cavi(case.model, xs)
+    np.testing.assert_allclose(fits.elbo[0], vj.cavi(case.model, case.data).elbo, rtol=1e-10)

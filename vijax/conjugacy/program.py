@@ -232,6 +232,16 @@ def program_for(model_or_program, data) -> Program:
     return prog
 
 
+_GENERATION = [0]  # counts clear_cache calls: caches built on programs key on it
+
+
+def generation() -> int:
+    """How many times :func:`clear_cache` ran (a cache of programs elsewhere, e.g.
+    ``vj.batch_cavi``'s, keys on it so that a clear reaches it too)."""
+    return _GENERATION[0]
+
+
 def clear_cache():
     """Forget every cached program (they are rebuilt on next use)."""
     _CACHE.clear()
+    _GENERATION[0] += 1

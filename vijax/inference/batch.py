@@ -21,6 +21,7 @@ import numpy as np
 
 from vijax.conjugacy import joint_blocks
 from vijax.conjugacy.program import data_spec, program_for
+from vijax.conjugacy.program import generation as program_generation
 from vijax.errors import DataError, ModelSpecError
 from vijax.families.registry import FAMILIES
 from vijax.inference import batch_driver as bd
@@ -143,9 +144,10 @@ def _program(model, datasets):
     float and the family registry (as :func:`vijax.conjugacy.program.program_for`)."""
     leaves, treedef = jax.tree_util.tree_flatten(datasets)
     k = (id(model), treedef, tuple(map(_shape_dtype, leaves)), default_float(),
-         tuple(map(id, FAMILIES.values())))
+         tuple(map(id, FAMILIES.values())), program_generation())
     hit = _PROGRAMS.get(k)
     if hit is not None and hit[0] is model:
+        _PROGRAMS.move_to_end(k)
         return hit[1], hit[2]
     if not leaves:
         raise DataError("batch_cavi needs a data pytree with at least one array leaf")
