@@ -337,15 +337,10 @@ def _first_step(sizes, term, atom, steps, K):
     if not np.array_equal(step[order, 0], np.arange(steps - 1)):
         return None  # not every step exactly once
     cols = [by_step(c)[order] for c in [flat // (K * K) // (steps - 1), flat % (K * K)] + keys]
-    # one integer per position (each column as dense ids, then mixed radix)
-    code = np.zeros(cols[0].shape, np.int64)
-    for c in cols:
-        ids, c = np.unique(c, return_inverse=True)
-        if float(code.max(initial=0) + 1) * len(ids) >= 2.0 ** 62:
-            _, code = np.unique(code, return_inverse=True)
-            code = code.reshape(cols[0].shape)
-        code = code * len(ids) + c.reshape(cols[0].shape)
-    if not (np.all(code == code[:1]) or np.all(np.sort(code, 1) == np.sort(code[:1], 1))):
+    # one integer per position: the id of its row of columns
+    rows = np.stack([np.asarray(c).reshape(-1) for c in cols], -1)
+    code = np.unique(rows, axis=0, return_inverse=True)[1].reshape(cols[0].shape)
+    if not np.all(np.sort(code, 1) == np.sort(code[:1], 1)):
         return None
     first = np.unravel_index(int(order[0]), [t0.shape[i] for i in tl])
     return {atom.labels[i]: int(c) for i, c in zip(tl, first)}
