@@ -65,22 +65,9 @@ _LAZY = {
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Model", "analyze", "Analysis", "compile", "Program", "cavi", "batch_cavi", "CaviResult", "FitResult", "fit_gradient",
-    "compare", "Comparison", "em", "EMResult", "prepare_em", "PreparedEM", "laplace", "LaplaceResult",
-    "forward_kl_gaussian", "forward_kl_samples", "reverse_kl_gaussian", "reverse_kl_fit",
-    "ReverseKLFit",
-    "Support", "real", "positive", "simplex", "unit_interval", "binary", "categorical", "count",
-    "positive_definite", "stats", "MarkovChain", "GaussMarkov", "Wishart",
-    "InverseWishart",
-    "svi", "svi_batch_indices", "gibbs", "GibbsResult", "compare_draws", "DrawComparison",
-    "marginalize", "log_evidence", "CollapseError", "from_numpyro", "distributed",
-    "errors", "families", "models", "results", "summary", "posterior_predictive", "to_arviz",
-    "save_result", "load_result", "algorithms", "Algorithm", "Info", "Run", "run",
-    "CaviState", "GradState", "EMState", "MStepInfo", "LaplaceState",
-    "VijaxError", "ModelSpecError", "NonConjugateError", "UnsupportedPrimitiveError",
-    "DataError", "InvalidParameterError", "FitDivergedError", "ConvergenceWarning",
-]
+#: every public name: the eager ones above and the lazy ones (one list to keep)
+__all__ = ["compare", "Comparison", "compare_draws", "DrawComparison", "marginalize",
+           "log_evidence", "CollapseError", *_LAZY]
 
 
 def __getattr__(name):
