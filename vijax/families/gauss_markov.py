@@ -270,33 +270,27 @@ def _block_filter(jd, jo, h=None):
     return chol, cs, None if h is None else jnp.concatenate([w0[None], ws], 0)
 
 
-def _factor(jd, jo, h=None):
-    """``(L_t, C_t, w_t)`` time-major (``D = 1``: from the scalar filter's pivots)."""
+def _factor(jd, jo, h):
+    """``(L_t, C_t, w_t)`` time-major (``D = 1``: from the scalar filter)."""
     if jd.shape[-1] > 1:
         return _block_filter(jd, jo, h)
-    if h is None:
-        lt, w = jnp.sqrt(_scalar_pivots(jd[..., 0, 0], jo[..., 0, 0])), None
-    else:
-        r, mk, _ = _scalar_forward(jd[..., 0, 0], jo[..., 0, 0], h[..., 0])
-        lt = jax.lax.rsqrt(r)
-        w = (mk * lt)[..., None]
-    return lt[..., None, None], (jo[..., 0, 0] / lt[:-1])[..., None, None], w
+    r, mk, _ = _scalar_forward(jd[..., 0, 0], jo[..., 0, 0], h[..., 0])
+    lt = jax.lax.rsqrt(r)
+    return lt[..., None, None], (jo[..., 0, 0] / lt[:-1])[..., None, None], (mk * lt)[..., None]
 
 
 def _backward(mk, b, ip=None):
     """The RTS smoother's backward scan: ``m_t = mk_t - B_t m_{t+1}`` and (with ``ip``)
-    ``S_tt = ip_t + B_t S_{t+1,t+1} B_t^T``; ``mk`` ``[T, ..., D]`` (or ``[T, ...]`` for
-    scalar states, ``B`` then ``[T-1, ...]``). Returns ``m`` and ``S`` (or None)."""
-    scalar = mk.ndim == b.ndim
-    bm = (lambda b_, m_: b_ * m_) if scalar else _mv  # noqa: E731
-
+    ``S_tt = ip_t + B_t S_{t+1,t+1} B_t^T``; ``mk`` ``[T, ..., D]``, ``B``
+    ``[T-1, ..., D, D]``. Returns ``m`` and ``S`` (or None). (``D = 1`` chains smooth
+    with the scalar recursions of :func:`_scalar_smoothed`.)"""
     def quad(b_, s_):
-        return b_ * b_ * s_ if scalar else _sym(_mm(_mm(b_, s_), jnp.swapaxes(b_, -1, -2)))
+        return _sym(_mm(_mm(b_, s_), jnp.swapaxes(b_, -1, -2)))
 
     if ip is None:
         def mean_step(m_next, xs):
             mk_t, b_t = xs
-            m = mk_t - bm(b_t, m_next)
+            m = mk_t - _mv(b_t, m_next)
             return m, m
 
         _, ms = jax.lax.scan(mean_step, mk[-1], (mk[:-1], b), reverse=True)
@@ -305,7 +299,7 @@ def _backward(mk, b, ip=None):
     def step(c, xs):
         m_next, s_next = c
         mk_t, b_t, ip_t = xs
-        c = (mk_t - bm(b_t, m_next), ip_t + quad(b_t, s_next))
+        c = (mk_t - _mv(b_t, m_next), ip_t + quad(b_t, s_next))
         return c, c
 
     _, (ms, ss) = jax.lax.scan(step, (mk[-1], ip[-1]), (mk[:-1], b, ip[:-1]), reverse=True)
