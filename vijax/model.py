@@ -125,13 +125,29 @@ def check_data(data):
                 sharded.append((path, leaf))
             continue
         arr = np.asarray(leaf)
-        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        if not all_finite(arr):
             _raise_nonfinite(path, int(np.sum(~np.isfinite(arr))), arr.shape)
     if sharded:
         counts = _nonfinite_counts([leaf for _, leaf in sharded])
         for (path, leaf), bad in zip(sharded, counts):
             if int(bad):
                 _raise_nonfinite(path, int(bad), leaf.shape)
+
+
+def all_finite(arr) -> bool:
+    """Whether a host array has no NaN/Inf (True for non-float arrays).
+
+    For float32/float64 one BLAS pass: ``sum(x * x)`` is NaN or Inf when an element is
+    (squares are >= 0, so no Inf - Inf cancels), and overflows only for finite values
+    beyond ``sqrt(max float)``, for which the exact test runs (2-3x faster than
+    ``isfinite(x).all()``, which builds a mask)."""
+    if arr.dtype.kind not in "fc":
+        return True
+    if arr.dtype in (np.float32, np.float64) and arr.size:
+        flat = arr.reshape(-1)
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.all(np.isfinite(arr)))
 
 
 def _raise_nonfinite(path, bad, shape):

@@ -182,3 +182,32 @@ def test_a_program_first_built_under_jit_serves_eager_calls():
     prog = P.program_for(zm.model, x)
     assert not any(isinstance(c, jax.core.Tracer) for c in prog._consts)
     np.testing.assert_allclose(vj.cavi(zm.model, x).elbo, traced, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["normal_gamma", "gaussian_mixture", "linear_regression"])
+def test_data_dependence_is_read_from_structure_and_holds_for_any_data(name, zoo):
+    """``Program.data_dependent`` marks the leaves of F that read the data: a leaf marked
+    independent is the same for two unrelated data sets and unbatched under vmap, and
+    a leaf that changes between them is marked dependent."""
+    case = zoo[name]
+    prog = P.program_for(case.model, case.data)
+    dep = prog.data_dependent
+    assert any(dep) and not all(dep), dep  # priors are constants, data sums are not
+    other = jax.tree_util.tree_map(lambda x: x * 1.7 + 0.3 if jnp.issubdtype(
+        jnp.result_type(x), jnp.inexact) else x, case.zoo_model.make_data(jax.random.key(5)))
+    a = jax.tree_util.tree_leaves(prog.materialize(case.data))
+    b = jax.tree_util.tree_leaves(prog.materialize(other))
+    assert len(a) == len(dep)
+    for d, x, y in zip(dep, a, b):
+        if not d:
+            np.testing.assert_array_equal(x, y)
+    assert any(d and not np.array_equal(x, y) for d, x, y in zip(dep, a, b))
+    # the axes serve vmap: independent leaves come out unbatched (jax refuses otherwise)
+    stacked = jax.tree_util.tree_map(lambda *l: jnp.stack(l), case.data, other)
+    out = jax.vmap(lambda d: jax.tree_util.tree_leaves(prog.materialize(d)),
+                   out_axes=list(prog.batch_axes()))(stacked)
+    for d, x, y in zip(dep, out, a):
+        assert jnp.shape(x) == ((2,) + jnp.shape(y) if d else jnp.shape(y))
+    lane = prog.from_leaves([x[1] if d else x for d, x in zip(dep, out)])
+    for x, y in zip(jax.tree_util.tree_leaves(lane), b):
+        np.testing.assert_array_equal(x, y)

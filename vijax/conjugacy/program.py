@@ -91,6 +91,7 @@ class Program:
         self._data_def = jax.tree_util.tree_structure(spec)
         self._fn = _xla.jit(self._evaluate)  # XLA's compile options of vijax's programs
         self._exe = {}  # executables by the data leaves' shardings (sharded data: one each)
+        self._dependent = None  # data_dependent, on first use
 
     # ------------------------------------------------------------------ the model
     @property
@@ -127,6 +128,33 @@ class Program:
         return f"Program({self.model!r}, families={fams})"
 
     # ------------------------------------------------------------------ data
+    @property
+    def data_dependent(self) -> tuple:
+        """One bool per leaf of ``F`` (flattened): whether it depends on the data.
+
+        Read off the data program's jaxpr, from its structure only: an equation with a
+        data-dependent input makes every output data-dependent (a conservative rule: a
+        leaf marked independent never reads the data, whatever its values). Batched fits
+        keep the independent leaves (priors, constants of the model) unbatched."""
+        if self._dependent is None:
+            dep = set(self._jaxpr.invars)
+            for eqn in self._jaxpr.eqns:
+                if any(not _compat.is_literal(v) and v in dep for v in eqn.invars):
+                    dep.update(eqn.outvars)
+            self._dependent = tuple(not _compat.is_literal(v) and v in dep
+                                    for v in self._jaxpr.outvars)
+        return self._dependent
+
+    def batch_axes(self) -> tuple:
+        """One batch axis per leaf of ``F`` (flattened): ``0`` where it depends on the
+        data, ``None`` where not (the ``in_axes``/``out_axes`` of a batch of data sets'
+        constants, as a flat list: :meth:`from_leaves` rebuilds ``F``)."""
+        return tuple(0 if d else None for d in self.data_dependent)
+
+    def from_leaves(self, leaves):
+        """``F`` from its flattened leaves (the inverse of ``tree_leaves(F)``)."""
+        return jax.tree_util.tree_unflatten(self._treedef, list(leaves))
+
     def _evaluate(self, consts, leaves):
         return _compat.eval_jaxpr(self._jaxpr, consts, *leaves)
 

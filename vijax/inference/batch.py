@@ -31,7 +31,7 @@ from vijax.inference.cavi import CaviResult, _checked_options
 from vijax.inference.cavi import magnitude_bound
 from vijax.inference.cavi import sweep as cavi_sweep
 from vijax.inference.driver import Info
-from vijax.model import _checked_in_place
+from vijax.model import _checked_in_place, all_finite
 from vijax.supports import default_float
 
 #: sweeps per segment of the batched loop (the trace buffer is ``[lanes, SEGMENT]``)
@@ -117,7 +117,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol)
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, _scalar(tol, dtype))
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
@@ -170,6 +170,22 @@ def _program(model, datasets):
     return n, prog
 
 
+#: device scalars of tolerances: a Python float argument costs a host-to-device
+#: transfer on every call (measured ~70 us of vj.batch_cavi's ~1 ms dispatch)
+_SCALARS: dict = {}
+
+
+def _scalar(value, dtype):
+    """``value`` as a cached (uncommitted) device scalar of ``dtype``."""
+    k = (value, np.dtype(dtype).name)
+    hit = _SCALARS.get(k)
+    if hit is None:
+        if len(_SCALARS) > 64:
+            _SCALARS.clear()
+        hit = _SCALARS[k] = jnp.asarray(value, dtype)
+    return hit
+
+
 def _shape_dtype(x):
     dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     return np.shape(x), np.dtype(dtype)
@@ -189,7 +205,7 @@ def _check_finite(datasets, bad_lanes):
             spread = True
             continue
         arr = np.asarray(x)
-        if not np.all(np.isfinite(arr)):
+        if not all_finite(arr):
             rows = ~np.all(np.isfinite(arr.reshape(arr.shape[0], -1)), axis=1)
             bad = rows if bad is None else bad | rows
     if spread:
@@ -275,25 +291,33 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     layout = {}  # the carry's structure, recorded when ``first`` is traced
     span = _span(model, max_iters)
 
-    def materialize(data):
-        return jax.vmap(prog.materialize)(data)
+    # constants that do not depend on the data (the prior's, the model's) stay one
+    # value for every lane: no per-lane copy made, carried, or read by the loop
+    # (F as its list of leaves: :meth:`Program.from_leaves` rebuilds it per lane)
+    axes = list(prog.batch_axes())
+    build = prog.from_leaves
 
-    def step(compiled, state, elbo_prev, bound_prev):
+    def materialize(data):
+        return jax.vmap(lambda d: jax.tree_util.tree_leaves(prog.materialize(d)),
+                        out_axes=axes)(data)
+
+    def step(leaves, state, elbo_prev, bound_prev):
         # CAVI's sweep (vijax.inference.cavi.sweep_step); its rounding bound is left to
         # the loop (``bound``), which evaluates it only when an ELBO did not increase
         natural, mu = state
+        compiled = build(leaves)
         natural, mu, e, invalid = cavi_sweep(
             lambda m: (compiled, m), mf.families_of(compiled), natural, mu,
             _checked_options(compiled, order, damping), damping)
         return (natural, mu), Info(e, invalid < 0, 0.0, False, invalid)
 
-    def bound(compiled, state):
-        return magnitude_bound(compiled, state[1], jnp.zeros(()).dtype)
+    def bound(leaves, state):
+        return magnitude_bound(build(leaves), state[1], jnp.zeros(()).dtype)
 
     def advance(compiled, carry, tol, peel=False):
         carry, trace = bd.lean_advance(step, compiled, carry, max_iters=max_iters,
                                        tol=tol, rows=rows, span=span, bound=bound,
-                                       peel=peel)
+                                       peel=peel, args_axes=axes)
         return carry, trace, bd.lean_running(carry, max_iters)
 
     def status(carry, active, flags=None):
@@ -318,10 +342,11 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         dtype = jnp.zeros(()).dtype
         key = jax.random.key(0) if key is None else key
 
-        def init_one(c, k):
+        def init_one(leaves, k):
+            c = build(leaves)
             natural0 = mf.user_init(c, init, mf.default_init(c, k, dtype))
             return (natural0, mf.mean_params(c, natural0)), mf.elbo(c, natural0)
-        states, elbo0 = jax.vmap(init_one, in_axes=(0, 0 if key_batched else None))(
+        states, elbo0 = jax.vmap(init_one, in_axes=(axes, 0 if key_batched else None))(
             compiled, key)
         carry = bd.lean_start(states, elbo0, jnp.zeros_like(elbo0))
         carry, trace, active = advance(compiled, carry, tol, peel=True)
@@ -329,7 +354,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def first(data, key, init, tol):
         compiled, carry, trace, active = segment0(data, key, init, tol)
-        result, flags = _result(compiled, bd.lean_decode(carry, span))
+        result, flags = _result(compiled, bd.lean_decode(carry, span), axes, build)
         return trace, result, status(carry, active, flags)
 
     def restart(data, key, init, tol):
@@ -344,7 +369,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def finish(data, packed):
         run = bd.lean_decode(bd.unpack(packed, layout["carry"]), span)
-        result, flags = _result(materialize(data), run)
+        result, flags = _result(materialize(data), run, axes, build)
         return result, bd.or_all(bd.any_bits(flags))
 
     # XLA's default CPU emitters, not vijax._xla.jit's classic ones: the batched loop of
@@ -358,10 +383,11 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     return fns
 
 
-def _result(compiled, run):
+def _result(leaves, run, axes, build):
     """The batched :class:`FitResult` of a batched :class:`~vijax.inference.driver.Run`
     (``elbo_trace`` attached by the caller, ``analysis_s`` by :func:`batch_cavi`), as
-    :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters. Also
+    :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters. ``leaves``:
+    F's leaves with batch ``axes``, ``build`` rebuilds one lane's F from them. Also
     ``[B, 3]`` flags (failed, unconverged, excess): whether any lane has one says
     whether :func:`_report` has lanes to name (it reads nothing when none has)."""
     failed = run.failed_at >= 0
@@ -377,7 +403,8 @@ def _result(compiled, run):
     natural = jax.lax.cond(jnp.any(bad), lambda nat: jax.tree_util.tree_map(
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         nat), lambda nat: nat, run.state[0])
-    posterior = jax.vmap(mf.posterior)(compiled, natural)
+    posterior = jax.vmap(lambda c, nat: mf.posterior(build(c), nat), in_axes=(axes, 0))(
+        leaves, natural)
     flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad],
                       axis=1)
     # ``natural`` is filled on the host from the posterior factors (same arrays)

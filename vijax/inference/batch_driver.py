@@ -81,7 +81,8 @@ def lean_start(states, elbo0, bound0) -> LeanCarry:
 
 
 def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows: int,
-                 span: int, bound: Callable | None = None, peel: bool = False):
+                 span: int, bound: Callable | None = None, peel: bool = False,
+                 args_axes: Any = 0):
     """At most ``rows`` more steps (static) of ``step(args_b, state_b, elbo_prev,
     bound_prev) -> (state_b, Info)`` (``Info.extra`` an int32 scalar), each lane by the
     per-step rule of :func:`~vijax.inference.driver.step_verdict`, until every
@@ -90,7 +91,8 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     ``bound(args_b, state_b) -> R`` (optional): the rounding bound is ``R`` of the new
     state after a step whose objective did not increase and the previous bound otherwise
     (CAVI's rule, :func:`vijax.inference.cavi.sweep_step`), and ``Info.bound`` is not
-    read. ``peel``: the carry is a fresh :func:`lean_start` (every lane running, ``t``
+    read. ``args_axes``: ``args``' batch axes (``in_axes`` of a pytree prefix: ``None``
+    for leaves shared by the lanes). ``peel``: the carry is a fresh :func:`lean_start` (every lane running, ``t``
     0): the first step is taken before the loop, where the start's constants fold
     into it (no per-lane buffer of each initial constant).
 
@@ -103,7 +105,7 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     t0 = carry.t
     nb = carry.code.shape[0]
     trace = jnp.zeros((rows, nb), dtype)  # row k: every lane after step t0 + k
-    vstep = jax.vmap(step)
+    vstep = jax.vmap(step, in_axes=(args_axes, 0, 0, 0))
 
     def cond(c):
         return ((c[0] - t0 < rows) & (c[0] < max_iters)) & jnp.any(c[1].code < 0)
@@ -122,7 +124,8 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
         else:
             # (a select, not a branch: some lane's ELBO falls at nearly every step, and
             # XLA splits a branch's |F| into several loops)
-            r = jnp.where(e_prev - e >= 0, jnp.asarray(jax.vmap(bound)(args, new), dtype),
+            r = jnp.where(e_prev - e >= 0, jnp.asarray(
+                jax.vmap(bound, in_axes=(args_axes, 0))(args, new), dtype),
                           b_prev)
             r = driver.materialized(r, one)
         ok, conv = driver.step_verdict(e_prev, e, r, tol, info.ok, info.stop)
