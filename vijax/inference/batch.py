@@ -106,9 +106,9 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     order = None if order is None else tuple(order)
     max_iters = int(max_iters)
     fns = _fitter(model, prog, max_iters, order, damping, key_batched)
-    # before any fit: a pass over the data that also brings it into the cache for the
-    # fit (measured ~50 us faster per call than checking while the fit runs)
-    _check_finite(datasets, fns[4])
+    # the NaN/Inf check of the data runs on the host while the first chunk's fit runs on
+    # the device (dispatch is asynchronous); bad data raise before any result is read
+    check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
 
     outs, flags = [], 0
     for start in range(0, n, chunk):
@@ -117,7 +117,8 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, _scalar(tol, dtype))
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, _scalar(tol, dtype), check)
+        check = None
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
@@ -216,13 +217,16 @@ def _check_finite(datasets, bad_lanes):
                         "impute them before fitting")
 
 
-def _fit_chunk(fns, data, key, init, tol):
+def _fit_chunk(fns, data, key, init, tol, during=None):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
-    goes on segment by segment (compiled on first use). Returns the result and its flags
+    goes on segment by segment (compiled on first use). ``during()`` (optional) runs on
+    the host once the first segment is dispatched. Returns the result and its flags
     (:func:`_report`)."""
     first, restart, more, finish, _ = fns
     trace, result, status = first(data, key, init, tol)
+    if during is not None:
+        during()
     steps, bits = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
     if bits & 1:
@@ -317,8 +321,26 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     def advance(compiled, carry, tol, peel=False):
         carry, trace = bd.lean_advance(step, compiled, carry, max_iters=max_iters,
                                        tol=tol, rows=rows, span=span, bound=bound,
-                                       peel=peel, args_axes=axes)
+                                       peel=peel, args_axes=axes, replay=replay)
         return carry, trace, bd.lean_running(carry, max_iters)
+
+    # replay (undamped sweeps): the loop keeps a stopped lane's state from before its
+    # last sweep, which ``decode`` takes again once (every lane has stopped when a result
+    # is kept). The old natural parameters enter a plain sweep only where an update is
+    # refused (a failed lane, NaN-ed in the result), so the replay is given NaNs for
+    # them: the loop's natural parameters then feed nothing after it, and XLA neither
+    # carries nor computes them per sweep (only the mean parameters the next sweep
+    # reads), measured ~0.2 ms of 10000 normal-gamma fits' ~1 ms on a CPU
+    replay = damping is None
+
+    def decode(compiled, carry):
+        if replay:
+            natural, mu = carry.state
+            nan = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.nan), natural)
+            last, _ = jax.vmap(step, in_axes=(axes, 0, 0, 0))(
+                compiled, (nan, mu), carry.elbo, carry.bound)
+            carry = carry._replace(state=last)
+        return bd.lean_decode(carry, span)
 
     def status(carry, active, flags=None):
         # ``[t, bits]``: bit 0 some lane runs, bits 1-3 :func:`_result`'s flags (one
@@ -354,7 +376,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def first(data, key, init, tol):
         compiled, carry, trace, active = segment0(data, key, init, tol)
-        result, flags = _result(compiled, bd.lean_decode(carry, span), axes, build)
+        result, flags = _result(compiled, decode(compiled, carry), axes, build)
         return trace, result, status(carry, active, flags)
 
     def restart(data, key, init, tol):
@@ -368,8 +390,9 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         return bd.pack(carry)[0], trace, status(carry, active)
 
     def finish(data, packed):
-        run = bd.lean_decode(bd.unpack(packed, layout["carry"]), span)
-        result, flags = _result(materialize(data), run, axes, build)
+        compiled = materialize(data)
+        run = decode(compiled, bd.unpack(packed, layout["carry"]))
+        result, flags = _result(compiled, run, axes, build)
         return result, bd.or_all(bd.any_bits(flags))
 
     # XLA's default CPU emitters, not vijax._xla.jit's classic ones: the batched loop of

@@ -82,7 +82,7 @@ def lean_start(states, elbo0, bound0) -> LeanCarry:
 
 def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows: int,
                  span: int, bound: Callable | None = None, peel: bool = False,
-                 args_axes: Any = 0):
+                 args_axes: Any = 0, replay: bool = False):
     """At most ``rows`` more steps (static) of ``step(args_b, state_b, elbo_prev,
     bound_prev) -> (state_b, Info)`` (``Info.extra`` an int32 scalar), each lane by the
     per-step rule of :func:`~vijax.inference.driver.step_verdict`, until every
@@ -91,7 +91,11 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     ``bound(args_b, state_b) -> R`` (optional): the rounding bound is ``R`` of the new
     state after a step whose objective did not increase and the previous bound otherwise
     (CAVI's rule, :func:`vijax.inference.cavi.sweep_step`), and ``Info.bound`` is not
-    read. ``args_axes``: ``args``' batch axes (``in_axes`` of a pytree prefix: ``None``
+    read. ``replay``: a lane keeps its state from *before* the step at which it stopped
+    or reached ``max_iters`` (the objective, code and records of that step are kept), and
+    the caller takes that step again once after the loop (:mod:`vijax.inference.batch`):
+    the loop's output states then feed nothing but the loop, and XLA carries (and
+    computes per step) only the parts of the state the next step reads. ``args_axes``: ``args``' batch axes (``in_axes`` of a pytree prefix: ``None``
     for leaves shared by the lanes). ``peel``: the carry is a fresh :func:`lean_start` (every lane running, ``t``
     0): the first step is taken before the loop, where the start's constants fold
     into it (no per-lane buffer of each initial constant).
@@ -133,8 +137,10 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
             ok, CONVERGED, FAILED + 4 * (jnp.asarray(info.extra, jnp.int32) + 1))
         max_decrease, excess = driver.decreases(carry.max_decrease, carry.excess, e_prev, e, r)
         elbo = jnp.where(on, e, e_prev)
+        code = jnp.where(on & (conv | ~ok), stop, code)
         carry = LeanCarry(
-            t + 1, _select(on, new, carry.state), jnp.where(on & (conv | ~ok), stop, code),
+            t + 1, _select(((code < 0) & (t + 1 < max_iters)) if replay else on, new,
+                           carry.state), code,
             elbo, jnp.where(on, r, b_prev), jnp.where(on, max_decrease, carry.max_decrease),
             jnp.where(on, excess, carry.excess))
         trace = jax.lax.dynamic_update_index_in_dim(trace, elbo, t - t0, 0)
