@@ -238,7 +238,7 @@ def _fit_chunk(fns, data, key, init, tol, during=None):
             steps, bits = (int(v) for v in np.asarray(status))
             traces.append(trace)
         result, bits = finish(data, packed)
-        bits = int(bits) << 1
+        bits = int(bits)
     # step-major segments, rows past the last step unwritten: the steps run, per lane
     # (a NumPy view of the device buffer: no device op, no copy)
     trace = (np.asarray(traces[0]) if len(traces) == 1
@@ -342,15 +342,9 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
             carry = carry._replace(state=last)
         return bd.lean_decode(carry, span)
 
-    def status(carry, active, flags=None):
-        # ``[t, bits]``: bit 0 some lane runs, bits 1-3 :func:`_result`'s flags (one
-        # reduction)
-        bits = active.astype(jnp.int32)
-        if flags is not None:
-            bits = bits | bd.any_bits(flags) * 2
-        else:
-            bits = bd.any_bits(bits[:, None])
-        return jnp.stack([jnp.asarray(carry.t, jnp.int32), bd.or_all(bits)])
+    def status(carry, bits):
+        # ``[t, bits]``: bit 0 some lane runs, bits 1-3 :func:`_result`'s flags
+        return jnp.stack([jnp.asarray(carry.t, jnp.int32), bits])
 
     def bad_lanes(data):
         bad = False
@@ -376,24 +370,24 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
 
     def first(data, key, init, tol):
         compiled, carry, trace, active = segment0(data, key, init, tol)
-        result, flags = _result(compiled, decode(compiled, carry), axes, build)
-        return trace, result, status(carry, active, flags)
+        result, bits = _result(compiled, decode(compiled, carry), axes, build, active)
+        return trace, result, status(carry, bits)
 
     def restart(data, key, init, tol):
         _, carry, trace, active = segment0(data, key, init, tol)
         packed, layout["carry"] = bd.pack(carry)
-        return packed, trace, status(carry, active)
+        return packed, trace, status(carry, bd.or_all(active.astype(jnp.int32)))
 
     def more(data, packed, tol):
         carry = bd.unpack(packed, layout["carry"])
         carry, trace, active = advance(materialize(data), carry, tol)
-        return bd.pack(carry)[0], trace, status(carry, active)
+        running = bd.or_all(active.astype(jnp.int32))
+        return bd.pack(carry)[0], trace, status(carry, running)
 
     def finish(data, packed):
         compiled = materialize(data)
         run = decode(compiled, bd.unpack(packed, layout["carry"]))
-        result, flags = _result(compiled, run, axes, build)
-        return result, bd.or_all(bd.any_bits(flags))
+        return _result(compiled, run, axes, build)
 
     # XLA's default CPU emitters, not vijax._xla.jit's classic ones: the batched loop of
     # 10000 lanes ran 2x slower with those (float32 first segment 1.27 vs 0.62 ms, float64
@@ -406,13 +400,14 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     return fns
 
 
-def _result(leaves, run, axes, build):
+def _result(leaves, run, axes, build, active=None):
     """The batched :class:`FitResult` of a batched :class:`~vijax.inference.driver.Run`
     (``elbo_trace`` attached by the caller, ``analysis_s`` by :func:`batch_cavi`), as
     :func:`vijax.cavi` builds it per lane: failed lanes get NaN parameters. ``leaves``:
     F's leaves with batch ``axes``, ``build`` rebuilds one lane's F from them. Also
-    ``[B, 3]`` flags (failed, unconverged, excess): whether any lane has one says
-    whether :func:`_report` has lanes to name (it reads nothing when none has)."""
+    the OR over lanes of ``active`` (bit 0, ``[B]`` bool, optional) and of the flags
+    failed, unconverged, excess (bits 1-3): whether any lane has one says whether
+    :func:`_report` has lanes to name (it reads nothing when none has)."""
     failed = run.failed_at >= 0
     invalid = jnp.where(failed, run.info.extra, -1)
     elbo = run.info.elbo
@@ -422,17 +417,21 @@ def _result(leaves, run, axes, build):
             "invalid_iter": jnp.where(invalid >= 0, run.failed_at + 1, -1),
             "excess_decrease": run.excess_decrease, "rounding_bound": run.info.bound}
     bad = nonfinite | (invalid >= 0)
+    flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad],
+                      axis=1)
+    bits = bd.any_bits(flags) * 2
+    if active is not None:
+        bits = bits | active.astype(jnp.int32)
+    bits = bd.or_all(bits)  # one reduction: the status and the branch below read it
     # (a branch: a batch without failed lanes makes no pass over the parameters)
-    natural = jax.lax.cond(jnp.any(bad), lambda nat: jax.tree_util.tree_map(
+    natural = jax.lax.cond((bits & 2) != 0, lambda nat: jax.tree_util.tree_map(
         lambda x: jnp.where(bad.reshape(bad.shape + (1,) * (x.ndim - 1)), jnp.nan, x),
         nat), lambda nat: nat, run.state[0])
     posterior = jax.vmap(lambda c, nat: mf.posterior(build(c), nat), in_axes=(axes, 0))(
         leaves, natural)
-    flags = jnp.stack([bad, ~run.converged & ~bad, (run.excess_decrease > 0) & ~bad],
-                      axis=1)
     # ``natural`` is filled on the host from the posterior factors (same arrays)
     return CaviResult(posterior, elbo, None, run.num_iters, run.converged, diag,
-                      None), flags
+                      None), bits
 
 
 def _span(model, max_iters):
