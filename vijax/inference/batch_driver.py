@@ -148,7 +148,11 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
 
     c = (t0, carry, trace)
     if peel:
-        c = body(c)
+        # every row starts as the first step's (rows not reached are "unwritten"): a
+        # broadcast, where zeros with the row written in made XLA emit a pad fusion
+        # (~0.2 ms at 10000 lanes on a CPU, unvectorized)
+        t, carry, first = body(c)
+        c = (t, carry, jnp.broadcast_to(first[0], trace.shape))
     _, carry, trace = jax.lax.while_loop(cond, body, c)
     return carry, trace
 

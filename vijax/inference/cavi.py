@@ -13,6 +13,8 @@ is differentiable with respect to the data (:mod:`vijax.inference.envelope`).
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any, NamedTuple
 
 import jax
@@ -110,8 +112,11 @@ def sweep(form, fams, natural, mu, order, damping=None):
         if damping is not None:
             eta = {s: (1 - damping) * natural[name][s] + damping * eta[s] for s in eta}
         fam = fams[name]
-        # a sum is finite iff every entry is (one fused reduction, no extra pass)
-        ok = jnp.all(jnp.asarray([jnp.isfinite(jnp.sum(eta[s])) for s in eta]))
+        # a sum is finite iff every entry is (one fused reduction, no extra pass); the
+        # parameters' verdicts joined by & (stacking them for jnp.all made XLA emit a
+        # pad and a reduce over a size-2 axis inside a batched loop's fusion: 30 us a
+        # sweep at 10000 lanes on a CPU, unvectorized)
+        ok = functools.reduce(operator.and_, [jnp.isfinite(jnp.sum(eta[s])) for s in eta])
         if not fam.natural_domain_is_real:
             ok = ok & jnp.all(fam.is_valid_natural(eta))
         invalid = jnp.where((invalid < 0) & ~ok, j, invalid)
