@@ -228,10 +228,10 @@ def test_clearing_the_program_cache_reaches_batch_cavi(zoo):
     case = zoo["normal_gamma"]
     xs = jnp.stack([case.data, case.data + 1.0])
     vj.batch_cavi(case.model, xs)
-    _, first = batch._program(case.model, xs)
+    _, first, _ = batch._program(case.model, xs)
     assert batch._program(case.model, xs)[1] is first  # a hit: the same program
     program.clear_cache()
-    _, again = batch._program(case.model, xs)
+    _, again, _ = batch._program(case.model, xs)
     assert again is not first
     fits = vj.batch_cavi(case.model, xs)
     np.testing.assert_allclose(fits.elbo[0], vj.cavi(case.model, case.data).elbo, rtol=1e-10)

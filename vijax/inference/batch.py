@@ -86,26 +86,32 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         >>> fits.elbo.shape, bool(fits.converged.all())
         ((8,), True)
     """
-    n, prog = _program(model, datasets)
+    n, prog, fitters = _program(model, datasets)
     if not (type(max_iters) is int and max_iters > 0):  # the common case: no call
         checks.check_positive_int("max_iters", max_iters)
     if tol is not None:
         checks.check_tol("tol", tol)
+        tol = float(tol)
     if order is not None:
-        checks.check_order(order, model.supports)
+        order = checks.check_order(order, model.supports)
     if chunk_size is not None and int(chunk_size) < 1:
         raise ModelSpecError(f"chunk_size must be a positive integer, got {chunk_size}")
     chunk = n if chunk_size is None else min(int(chunk_size), n)
-    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
-    tol = stopping.default_tol(dtype) if tol is None else float(tol)
     key_batched = key is not None and jnp.ndim(key) >= 1
     if key is not None:  # None: jax.random.key(0), made inside the compiled fit
         checks.check_key(key[0] if key_batched else key)
     if key_batched and key.shape[0] != n:
         raise DataError(f"key holds {key.shape[0]} keys for {n} data sets")
-    order = None if order is None else tuple(order)
     max_iters = int(max_iters)
-    fns = _fitter(model, prog, max_iters, order, damping, key_batched)
+    # the fitters of this entry by their options (one small look-up on a repeated call)
+    fk = (max_iters, order, damping, key_batched, tol)
+    hit = fitters.get(fk)
+    if hit is None:
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+        t = stopping.default_tol(dtype) if tol is None else float(tol)
+        hit = fitters[fk] = (_fitter(model, prog, max_iters, order, damping, key_batched),
+                             t, jnp.asarray(t, dtype))
+    fns, tol, tol_device = hit
     # the NaN/Inf check of the data runs on the host while the first chunk's fit runs on
     # the device (dispatch is asynchronous); bad data raise before any result is read
     check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
@@ -117,7 +123,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, _scalar(tol, dtype), check)
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol_device, check)
         check = None
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
@@ -133,23 +139,26 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     return result
 
 
-#: (model, data structure) -> (model, batch size, program): the checks and the analysis
-#: of a repeated call cost one dictionary look-up
+#: (model, data structure) -> (model, batch size, program, fitters): the checks, the
+#: analysis and the compiled fitters of a repeated call cost two dictionary look-ups
 _PROGRAMS: "OrderedDict[tuple, tuple]" = OrderedDict()
 
 
 def _program(model, datasets):
-    """``(n, program)``: the batch size of ``datasets`` (checked: one leading axis on
-    every leaf) and the analysis of ``model`` for one lane's shapes (conjugate, no
+    """``(n, program, fitters)``: the batch size of ``datasets`` (checked: one leading
+    axis on every leaf) and the analysis of ``model`` for one lane's shapes (conjugate, no
     declared blocks). Cached by the data's structure, shapes and dtypes, the default
-    float and the family registry (as :func:`vijax.conjugacy.program.program_for`)."""
+    float and the family registry (as :func:`vijax.conjugacy.program.program_for`).
+    ``fitters``: a dict kept with the entry, options -> (:func:`_fitter`'s functions,
+    the tolerance, the tolerance as a device scalar: a Python float argument costs a
+    host-to-device transfer on every call)."""
     leaves, treedef = jax.tree_util.tree_flatten(datasets)
     k = (id(model), treedef, tuple(map(_shape_dtype, leaves)), default_float(),
          tuple(map(id, FAMILIES.values())), program_generation())
     hit = _PROGRAMS.get(k)
     if hit is not None and hit[0] is model:
         _PROGRAMS.move_to_end(k)
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     if not leaves:
         raise DataError("batch_cavi needs a data pytree with at least one array leaf")
     sizes = {int(np.shape(x)[0]) if np.ndim(x) else None for x in leaves}
@@ -165,26 +174,10 @@ def _program(model, datasets):
     joint_blocks.refuse_blocks(model, "vj.batch_cavi")
     prog = program_for(model, one)  # analysed once, errors raised here
     prog.require_conjugate()
-    _PROGRAMS[k] = (model, n, prog)  # the model is held: its id is not reused
+    _PROGRAMS[k] = (model, n, prog, {})  # the model is held: its id is not reused
     if len(_PROGRAMS) > _CACHE_SIZE:
         _PROGRAMS.popitem(last=False)
-    return n, prog
-
-
-#: device scalars of tolerances: a Python float argument costs a host-to-device
-#: transfer on every call (measured ~70 us of vj.batch_cavi's ~1 ms dispatch)
-_SCALARS: dict = {}
-
-
-def _scalar(value, dtype):
-    """``value`` as a cached (uncommitted) device scalar of ``dtype``."""
-    k = (value, np.dtype(dtype).name)
-    hit = _SCALARS.get(k)
-    if hit is None:
-        if len(_SCALARS) > 64:
-            _SCALARS.clear()
-        hit = _SCALARS[k] = jnp.asarray(value, dtype)
-    return hit
+    return n, prog, _PROGRAMS[k][3]
 
 
 def _shape_dtype(x):
@@ -200,7 +193,8 @@ def _check_finite(datasets, bad_lanes):
     copy to the host)."""
     bad, spread = None, False
     for x in jax.tree_util.tree_leaves(datasets):
-        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
             continue
         if _checked_in_place(x):
             spread = True

@@ -95,9 +95,10 @@ def lean_advance(step: Callable, args, carry: LeanCarry, *, max_iters, tol, rows
     or reached ``max_iters`` (the objective, code and records of that step are kept), and
     the caller takes that step again once after the loop (:mod:`vijax.inference.batch`):
     the loop's output states then feed nothing but the loop, and XLA carries (and
-    computes per step) only the parts of the state the next step reads. ``args_axes``: ``args``' batch axes (``in_axes`` of a pytree prefix: ``None``
-    for leaves shared by the lanes). ``peel``: the carry is a fresh :func:`lean_start` (every lane running, ``t``
-    0): the first step is taken before the loop, where the start's constants fold
+    computes per step) only the parts of the state the next step reads. ``args_axes``:
+    ``args``' batch axes (``in_axes`` of a pytree prefix: ``None`` for leaves shared by
+    the lanes). ``peel``: the carry is a fresh :func:`lean_start` (every lane running,
+    ``t`` 0): the first step is taken before the loop, where the start's constants fold
     into it (no per-lane buffer of each initial constant).
 
     Returns ``(carry, trace)``: ``trace[k, b]`` is lane ``b``'s objective after step
