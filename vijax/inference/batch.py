@@ -123,18 +123,22 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         whole = chunk == n  # one chunk: the arrays as they are (no copy)
         data_c = datasets if whole else jax.tree_util.tree_map(take, datasets)
         key_c = take(key) if key_batched and not whole else key
-        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol_device, check)
+        # a constant of the analysis: made on the host (as vj.cavi's), not an output
+        # array; one chunk: while the fit runs, else after the chunks are joined
+        times = np.full(n, prog.analysis_s, fns[5]) if whole else None
+        res, cnt = _fit_chunk(fns, data_c, key_c, init, tol_device, check, times)
         check = None
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
             res = jax.tree_util.tree_map(lambda x: x[:stop - start], res)
             cnt = None
         outs.append(res)
         flags = None if cnt is None or flags is None else flags | cnt
-    result = outs[0] if len(outs) == 1 else _concatenate(outs)
-    # a constant of the analysis: made on the host (as vj.cavi's), not an output array
-    diag = dict(result.diagnostics,
-                analysis_s=np.full(n, prog.analysis_s, result.elbo.dtype))
-    result = result._replace(diagnostics=diag)
+    if len(outs) == 1:
+        result = outs[0]
+    else:
+        result = _concatenate(outs)
+        result = result._replace(diagnostics=dict(
+            result.diagnostics, analysis_s=np.full(n, prog.analysis_s, fns[5])))
     _report(result, n, tol, strict, flags)
     return result
 
@@ -211,16 +215,26 @@ def _check_finite(datasets, bad_lanes):
                         "impute them before fitting")
 
 
-def _fit_chunk(fns, data, key, init, tol, during=None):
+def _fit_chunk(fns, data, key, init, tol, during=None, analysis_s=None):
     """One chunk through the segments: the first one builds the result as well (most
     batches stop within it); otherwise the loop restarts with its carry as an output and
     goes on segment by segment (compiled on first use). ``during()`` (optional) runs on
-    the host once the first segment is dispatched. Returns the result and its flags
-    (:func:`_report`)."""
-    first, restart, more, finish, _ = fns
+    the host once the first segment is dispatched; the result's host-side parts
+    (``natural``, ``analysis_s`` if given) are attached while the device works. Returns
+    the result and its flags (:func:`_report`)."""
+    first, restart, more, finish = fns[:4]
+
+    def dress(result):
+        # the natural parameters are the posterior factors' (one output buffer for both)
+        natural = {name: dict(q.natural) for name, q in result.posterior.items()}
+        diag = result.diagnostics if analysis_s is None else dict(
+            result.diagnostics, analysis_s=analysis_s)
+        return result._replace(natural=natural, diagnostics=diag)
+
     trace, result, status = first(data, key, init, tol)
     if during is not None:
         during()
+    result = dress(result)
     steps, bits = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
     if bits & 1:
@@ -232,14 +246,12 @@ def _fit_chunk(fns, data, key, init, tol, during=None):
             steps, bits = (int(v) for v in np.asarray(status))
             traces.append(trace)
         result, bits = finish(data, packed)
-        bits = int(bits)
+        result, bits = dress(result), int(bits)
     # step-major segments, rows past the last step unwritten: the steps run, per lane
     # (a NumPy view of the device buffer: no device op, no copy)
     trace = (np.asarray(traces[0]) if len(traces) == 1
              else np.concatenate([np.asarray(tr) for tr in traces]))[:steps].T
-    # the natural parameters are the posterior factors' (one output buffer for both)
-    natural = {name: dict(q.natural) for name, q in result.posterior.items()}
-    return result._replace(elbo_trace=trace, natural=natural), bits >> 1
+    return result._replace(elbo_trace=trace), bits >> 1
 
 
 def _concatenate(outs):
@@ -266,8 +278,8 @@ def _padded(x, start, stop, chunk):
 
 
 def _fitter(model, prog, max_iters, order, damping, key_batched):
-    """``(first, restart, more, finish, bad_lanes)``: jitted functions of one batch's
-    arrays (cached).
+    """``(first, restart, more, finish, bad_lanes, dtype)``: jitted functions of one
+    batch's arrays (cached) and the floating dtype of their results.
 
     ``first(data, key, init, tol) -> (trace, result, status)`` runs the first segment
     and builds the result (most batches end within it: the loop's carry is not an
@@ -387,7 +399,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     # 10000 lanes ran 2x slower with those (float32 first segment 1.27 vs 0.62 ms, float64
     # 1.59 vs 1.40 ms, side by side in one process)
     fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
-           jax.jit(bad_lanes))
+           jax.jit(bad_lanes), np.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)))
     _CACHE[k] = (model, fns)  # the model is held: its id is not reused while cached
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
