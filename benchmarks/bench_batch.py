@@ -232,11 +232,11 @@ def _one_dtype(cfg, dt):
                                             "xla_compile_s": 0.0}
     exes["vj.batch_cavi, whole result"] = batch
     # the batched driver's first segment (every lane stops within it here), ELBO only
-    first = vjbatch._fitter(model, program_for(model, xs[0]), MAX_ITERS, None, None,
-                            False)[0]
+    fitter = vjbatch._fitter(model, program_for(model, xs[0]), MAX_ITERS, None, None,
+                             False)  # (traced by the vj.batch_cavi call above)
 
     def elbo_only(x):
-        res = first(x, key, None, tol)[1]
+        res = fitter.unflatten_first(fitter.first(x, key, None, tol))[1]
         return res.elbo, res.num_iters
 
     exes["batched driver (jit), ELBO only"], comps["batched driver (jit), ELBO only"] = \

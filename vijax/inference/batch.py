@@ -14,6 +14,7 @@ chunk padded and the padding dropped).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     fns, tol, tol_device = hit
     # the NaN/Inf check of the data runs on the host while the first chunk's fit runs on
     # the device (dispatch is asynchronous); bad data raise before any result is read
-    check = lambda: _check_finite(datasets, fns[4])  # noqa: E731
+    check = lambda: _check_finite(datasets, fns.bad_lanes)  # noqa: E731
 
     outs, flags = [], 0
     for start in range(0, n, chunk):
@@ -125,7 +126,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
         key_c = take(key) if key_batched and not whole else key
         # a constant of the analysis: made on the host (as vj.cavi's), not an output
         # array; one chunk: while the fit runs, else after the chunks are joined
-        times = np.full(n, prog.analysis_s, fns[5]) if whole else None
+        times = np.full(n, prog.analysis_s, fns.dtype) if whole else None
         res, cnt = _fit_chunk(fns, data_c, key_c, init, tol_device, check, times)
         check = None
         if stop - start < chunk:  # drop the padding lanes (and recount: they are copies)
@@ -138,7 +139,7 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     else:
         result = _concatenate(outs)
         result = result._replace(diagnostics=dict(
-            result.diagnostics, analysis_s=np.full(n, prog.analysis_s, fns[5])))
+            result.diagnostics, analysis_s=np.full(n, prog.analysis_s, fns.dtype)))
     _report(result, n, tol, strict, flags)
     return result
 
@@ -231,9 +232,10 @@ def _fit_chunk(fns, data, key, init, tol, during=None, analysis_s=None):
             result.diagnostics, analysis_s=analysis_s)
         return result._replace(natural=natural, diagnostics=diag)
 
-    trace, result, status = first(data, key, init, tol)
+    leaves = first(data, key, init, tol)
     if during is not None:
         during()
+    trace, result, status = fns.unflatten_first(leaves)
     result = dress(result)
     steps, bits = (int(v) for v in np.asarray(status))  # one host read
     traces = [trace]
@@ -277,11 +279,28 @@ def _padded(x, start, stop, chunk):
     return jnp.concatenate([part, reps])
 
 
-def _fitter(model, prog, max_iters, order, damping, key_batched):
-    """``(first, restart, more, finish, bad_lanes, dtype)``: jitted functions of one
-    batch's arrays (cached) and the floating dtype of their results.
+class Fitter(NamedTuple):
+    """:func:`_fitter`'s functions, the floating dtype of their results, and the output
+    structures recorded when they were traced (``layout``)."""
 
-    ``first(data, key, init, tol) -> (trace, result, status)`` runs the first segment
+    first: Any
+    restart: Any
+    more: Any
+    finish: Any
+    bad_lanes: Any
+    dtype: Any
+    layout: dict
+
+    def unflatten_first(self, leaves):
+        """``(trace, result, status)`` from :attr:`first`'s leaves."""
+        return jax.tree_util.tree_unflatten(self.layout["first"], leaves)
+
+
+def _fitter(model, prog, max_iters, order, damping, key_batched):
+    """A :class:`Fitter`: jitted functions of one batch's arrays (cached).
+
+    ``first(data, key, init, tol) -> leaves`` of ``(trace, result, status)``
+    (:meth:`Fitter.unflatten_first`) runs the first segment
     and builds the result (most batches end within it: the loop's carry is not an
     output, which would cost more than the result); when lanes are still running,
     ``restart(data, key, init, tol) -> (packed, trace, status)`` runs the same segment
@@ -398,8 +417,15 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
     # XLA's default CPU emitters, not vijax._xla.jit's classic ones: the batched loop of
     # 10000 lanes ran 2x slower with those (float32 first segment 1.27 vs 0.62 ms, float64
     # 1.59 vs 1.40 ms, side by side in one process)
-    fns = (jax.jit(first), jax.jit(restart), jax.jit(more), jax.jit(finish),
-           jax.jit(bad_lanes), np.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)))
+    def first_flat(data, key, init, tol):
+        # the outputs as a flat list (their structure recorded when traced): the host
+        # rebuilds the result's pytree while the device runs, not inside the dispatch
+        leaves, layout["first"] = jax.tree_util.tree_flatten(first(data, key, init, tol))
+        return leaves
+
+    fns = Fitter(jax.jit(first_flat), jax.jit(restart), jax.jit(more), jax.jit(finish),
+                 jax.jit(bad_lanes), np.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)),
+                 layout)
     _CACHE[k] = (model, fns)  # the model is held: its id is not reused while cached
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
