@@ -235,3 +235,24 @@ def test_clearing_the_program_cache_reaches_batch_cavi(zoo):
     assert again is not first
     fits = vj.batch_cavi(case.model, xs)
     np.testing.assert_allclose(fits.elbo[0], vj.cavi(case.model, case.data).elbo, rtol=1e-10)
+
+
+@pytest.mark.parametrize("options", [{"damping": 0.6}, {"order": ("tau", "mu")},
+                                     {"init": "tau"}, {"key": "per lane"}])
+def test_options_give_the_single_fits(options):
+    """Damped sweeps (the loop keeps every lane's natural parameters: no replay of the last
+    sweep), another order, a user's start and one key per lane: each lane equals its
+    single fit, sweep counts and diagnostics included."""
+    zm = ZOO["normal_gamma"]()
+    keys = jax.random.split(jax.random.key(8), 5)
+    xs = jax.vmap(lambda k, s: s * zm.make_data(k, 20))(keys, jnp.linspace(0.3, 4.0, 5))
+    kw, per_lane = dict(options), [{} for _ in range(5)]
+    if kw.get("init") == "tau":
+        kw["init"] = {"tau": vj.families.Gamma.from_shape_rate(2.0, 0.5)}
+    if kw.get("key") == "per lane":
+        kw["key"] = jax.random.split(jax.random.key(2), 5)
+        per_lane = [{"key": k} for k in kw["key"]]
+    fits = vj.batch_cavi(zm.model, xs, **kw)
+    single = {k: v for k, v in kw.items() if k != "key"}
+    for b in range(5):
+        _assert_lane_equals(fits, b, vj.cavi(zm.model, xs[b], **single, **per_lane[b]))
