@@ -108,6 +108,8 @@ def batch_cavi(model, datasets, *, key=None, chunk_size=None, strict=False, init
     fk = (max_iters, order, damping, key_batched, tol)
     hit = fitters.get(fk)
     if hit is None:
+        if len(fitters) >= _CACHE_SIZE:  # e.g. a sweep over tolerances
+            fitters.clear()
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
         t = stopping.default_tol(dtype) if tol is None else float(tol)
         hit = fitters[fk] = (_fitter(model, prog, max_iters, order, damping, key_batched),
@@ -317,7 +319,7 @@ def _fitter(model, prog, max_iters, order, damping, key_batched):
         _CACHE.move_to_end(k)
         return hit[1]
     rows = min(max_iters, SEGMENT)
-    layout = {}  # the carry's structure, recorded when ``first`` is traced
+    layout = {}  # the structures of first's outputs and of the carry, recorded when traced
     span = _span(model, max_iters)
 
     # constants that do not depend on the data (the prior's, the model's) stay one
